@@ -1,1 +1,2 @@
 //! dmuc-master
+pub mod store;

@@ -1,1 +1,39 @@
-//! dmuc-room
+//! The XEP-0045 room of dmuc as a pure state machine: events in, actions out.
+//!
+//! Nothing here does I/O, reads a clock or draws a random number, so the
+//! master (and later the peerhost's slaves) can drive the same logic, and
+//! tests assert on exactly what a room decides to do.
+//!
+//! # Layout
+//! - [`ids`]: newtypes that validate once (`Nick`, `OccupantId`, `Seq`, `StanzaId`, `Timestamp`).
+//! - [`affiliation`]: `Affiliation` and `Role`.
+//! - [`config`]: `RoomConfig` and its `muc#roomconfig` form.
+//! - [`form`]: data forms as plain data.
+//! - [`history`]: room messages, subject, discussion history and its limits.
+//! - [`event`]: [`Input`] (parsed stanzas) and [`Action`] (stanzas to send, changes to persist).
+//! - [`room`]: [`Room::handle`], the state machine itself.
+//!
+//! ```text
+//!   stanza ──edge──▶ Input ──▶ Room::handle(input, now) ──▶ Vec<Action>
+//!                                                    ├─ Send { to, Outgoing } ──edge──▶ stanza
+//!                                                    ├─ Persist(..)          ──▶ store (group commit)
+//!                                                    └─ Close
+//! ```
+//! The runtime must keep `Send`s behind the `Persist`s emitted before them.
+
+pub mod affiliation;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod form;
+pub mod history;
+pub mod ids;
+pub mod room;
+
+pub use affiliation::{Affiliation, Role};
+pub use config::{AllowPm, ConfigBounds, RoomConfig, Whois};
+pub use error::{Condition, Error, ErrorType};
+pub use event::{Action, Input, Outgoing, Persist};
+pub use history::{HistoryRequest, Payload, RoomMessage, Subject};
+pub use ids::{Nick, OccupantId, Seq, StanzaId, Timestamp};
+pub use room::{RateLimit, Room, RoomSettings, StoredRoom};
