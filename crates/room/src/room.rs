@@ -196,6 +196,7 @@ impl Room {
     /// Handles one input at time `now`.
     pub fn handle(&mut self, input: Input, now: Timestamp) -> Vec<Action> {
         let mut out = Out(Vec::new());
+        let existed = self.created;
         match input {
             Input::Presence {
                 from,
@@ -237,7 +238,10 @@ impl Room {
                 }
             }
         }
-        self.close_if_gone(&mut out);
+        self.end_if_empty(&mut out);
+        if existed && !self.created {
+            out.0.push(Action::Close);
+        }
         out.0
     }
 
@@ -253,13 +257,12 @@ impl Room {
 
     /// A temporary room ends with its last occupant; so does a room whose
     /// creator left before configuring it.
-    fn close_if_gone(&mut self, out: &mut Out) {
+    fn end_if_empty(&mut self, out: &mut Out) {
         if self.created && self.occupants.is_empty() && (!self.config.persistent || self.locked) {
             if self.config.persistent {
                 out.0.push(Action::Persist(Persist::Delete));
             }
             self.created = false;
-            out.0.push(Action::Close);
         }
     }
 
@@ -1094,7 +1097,6 @@ impl Room {
             out.0.push(Action::Persist(Persist::Delete));
         }
         self.created = false;
-        out.0.push(Action::Close);
     }
 }
 
