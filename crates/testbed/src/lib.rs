@@ -37,10 +37,27 @@
 //! dmuc_testbed::conformance_tests!(prosody; join_order);  // a chosen few
 //! ```
 //!
-//! For `dmuc-master`, start the testbed with an external component
-//! `conference.a.test`, spawn the binary with [`MasterProcess::spawn`],
-//! wait with [`Client::wait_for_service`], and keep the process alive in the
-//! context with [`scenarios::Ctx::keep_alive`].
+//! For `dmuc-master` (in `crates/master/tests/`):
+//!
+//! ```ignore
+//! async fn dmuc() -> dmuc_testbed::Result<dmuc_testbed::scenarios::Ctx> {
+//!     dmuc_testbed::scenarios::Ctx::start_dmuc_master(env!("CARGO_BIN_EXE_dmuc-master")).await
+//! }
+//! dmuc_testbed::conformance_tests!(dmuc);
+//! ```
+//!
+//! [`scenarios::Ctx::start_dmuc_master`] declares the external component
+//! `conference.a.test` on `a.test`, writes the master's TOML config, spawns
+//! it with `--config FILE` ([`MasterProcess`]), waits until the service
+//! answers disco#info, and keeps the process alive in the context. Tests
+//! that crash or restart the master build the same pieces themselves:
+//! [`Testbed::start`], [`MasterProcess::spawn`] / [`MasterProcess::kill9`] /
+//! [`MasterProcess::restart`], [`Client::wait_for_service`].
+//!
+//! On failure the scenario panics with the error (including the stanzas
+//! the client received) and the tails of every log in the testbed
+//! directory. `DMUC_TESTBED_KEEP=1` keeps that directory;
+//! `DMUC_TESTBED_PROSODY_LOG` and `DMUC_TESTBED_MASTER_LOG` set log levels.
 
 mod client;
 mod error;

@@ -274,16 +274,25 @@ impl Testbed {
         Ok(read_log(&self.domain(domain)?.log_path))
     }
 
-    /// The last `lines` lines of every server's log, for failure reports.
+    /// The last `lines` lines of every server's log and of every `*.log`
+    /// in the testbed directory (e.g. a [`crate::MasterProcess`]'s), for
+    /// failure reports.
     pub fn log_tails(&self, lines: usize) -> String {
+        let mut paths: Vec<PathBuf> = self.domains.iter().map(|d| d.log_path.clone()).collect();
+        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+            paths.extend(
+                entries
+                    .filter_map(|e| Some(e.ok()?.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "log")),
+            );
+        }
         let mut out = String::new();
-        for d in &self.domains {
+        for path in paths {
             let _ = writeln!(
                 out,
-                "--- {} ({}) ---\n{}",
-                d.options.name,
-                d.log_path.display(),
-                tail(&read_log(&d.log_path), lines)
+                "--- {} ---\n{}",
+                path.display(),
+                tail(&read_log(&path), lines)
             );
         }
         out

@@ -37,6 +37,7 @@ pub use join::*;
 pub use occupant::*;
 
 use std::any::Any;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -44,8 +45,16 @@ use minidom::Element;
 
 use crate::client::{Client, random_u64};
 use crate::error::{Error, Result};
-use crate::prosody::Testbed;
+use crate::process::{MasterConfig, MasterProcess};
+use crate::prosody::{ExternalComponent, Testbed, TestbedOptions};
 use crate::stanza::{self, error_condition, show};
+
+/// The JID `dmuc-master` serves in [`Ctx::start_dmuc_master`].
+pub const DMUC_SERVICE: &str = "conference.a.test";
+/// Its component secret.
+pub const DMUC_SECRET: &str = "dmuc-testbed-secret";
+/// How long the master may take to connect its component.
+const SERVICE_START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Upper bound of one scenario's run time.
 pub const SCENARIO_TIMEOUT: Duration = Duration::from_secs(60);
@@ -136,6 +145,37 @@ impl Ctx {
         }
     }
 
+    /// Starts `a.test` and `b.test` (each with Prosody's MUC too), declares
+    /// the external component [`DMUC_SERVICE`] on `a.test`, spawns the
+    /// `dmuc-master` `binary` for it (config and log in the testbed
+    /// directory, database `dmuc.sqlite` there) and waits until the service
+    /// answers disco#info. The process lives as long as the context.
+    pub async fn start_dmuc_master(binary: impl Into<PathBuf>) -> Result<Self> {
+        let mut options = TestbedOptions::default();
+        if let Some(a) = options.domain_mut("a.test") {
+            a.components.push(ExternalComponent {
+                jid: DMUC_SERVICE.into(),
+                secret: DMUC_SECRET.into(),
+                validate_from_addresses: true,
+            });
+        }
+        let testbed = Testbed::start(options).await?;
+        let config = MasterConfig {
+            component_jid: DMUC_SERVICE.into(),
+            server: testbed.component_addr("a.test")?,
+            secret: DMUC_SECRET.into(),
+            storage_path: testbed.dir().join("dmuc.sqlite"),
+            log_filter: std::env::var("DMUC_TESTBED_MASTER_LOG").unwrap_or_else(|_| "debug".into()),
+            extra_toml: String::new(),
+        };
+        let master = MasterProcess::spawn(binary, &config, testbed.dir())?;
+        let mut probe = testbed.client("a.test", "probe").await?;
+        probe
+            .wait_for_service(DMUC_SERVICE, SERVICE_START_TIMEOUT)
+            .await?;
+        Ok(Self::new(testbed, DMUC_SERVICE, Expect::dmuc()).keep_alive(master))
+    }
+
     /// Keeps `thing` (e.g. a [`crate::MasterProcess`]) alive until the
     /// context is dropped; it is dropped before the testbed.
     pub fn keep_alive(mut self, thing: impl Any + Send + Sync) -> Self {
@@ -170,7 +210,8 @@ impl Ctx {
     }
 
     /// A fresh room created by `alice@a.test` (nick `alice`), configured
-    /// with `fields`, and joined by `bob@b.test` (nick `bob`).
+    /// with `fields`, and joined by `bob@b.test` (nick `bob`); alice has
+    /// already consumed bob's join presence.
     pub async fn room_with_two(
         &self,
         tag: &str,
