@@ -1,2 +1,119 @@
-//! dmuc-master
+//! The dmuc master: a complete, persistent XEP-0045 service, run as an
+//! external component (XEP-0114) of its domain's XMPP server.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration (`dmuc-master --config FILE`).
+//! - [`store`]: SQLite storage with group commit.
+//! - [`inbound`] / [`outbound`]: the XML edge, stanza to room input and
+//!   room output to stanza; nothing else touches XML.
+//! - [`service`]: routes stanzas to rooms, creates rooms, answers for the
+//!   service domain.
+//! - [`room_task`]: one task per room, driving the pure `dmuc_room::Room`
+//!   and holding stanzas back until what they announce is durable.
+//!
+//! ```text
+//!  XMPP server ⇄ component link ─▶ Service ─▶ room task ─▶ Room::handle
+//!        ▲                                        │  Persist ─▶ Store writer (group commit)
+//!        └──────────────── stanzas, once durable ◀┘
+//! ```
+
+pub mod config;
+pub mod inbound;
+pub mod outbound;
+pub mod room_task;
+pub mod service;
 pub mod store;
+
+use std::sync::Arc;
+
+use dmuc_component::LinkConfig;
+use dmuc_room::{ConfigBounds, RateLimit, RoomConfig, RoomSettings};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use config::Config;
+use service::{Service, ServiceConfig};
+use store::{Store, StoreOptions};
+
+/// Errors of the master.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Link(#[from] dmuc_component::Error),
+}
+
+/// Runs the master until `shutdown` is cancelled: opens the database,
+/// restores persistent rooms, connects to the server and serves. On
+/// shutdown, occupants are told (332) and every change is made durable
+/// before this returns.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let store = Store::open(
+        &config.storage.path,
+        StoreOptions {
+            durability: config.storage.durability,
+            ..StoreOptions::default()
+        },
+    )
+    .await?;
+    let epoch = store.next_epoch().await?;
+    let salt = store.salt().await?;
+    let limits = &config.limits;
+    let settings = RoomSettings {
+        epoch,
+        salt: Arc::from(&salt[..]),
+        bounds: ConfigBounds {
+            max_users: limits.max_occupants,
+            max_history: limits.max_history,
+        },
+        lock_new_rooms: config.rooms.lock_new_rooms,
+        default_config: RoomConfig {
+            persistent: config.rooms.persistent_by_default,
+            max_users: limits.default_max_occupants,
+            history_length: limits.default_history,
+            ..RoomConfig::default()
+        },
+        rate_limit: (limits.rate_per_second > 0).then_some(RateLimit {
+            burst: limits.rate_burst,
+            per_second: limits.rate_per_second,
+        }),
+    };
+    let rooms = store.load_rooms(limits.max_history as usize).await?;
+    let domain: jid::BareJid = config
+        .component
+        .jid
+        .parse()
+        .map_err(|_| Error::Config("component.jid: invalid".into()))?;
+    info!(%domain, epoch, rooms = rooms.len(), "starting");
+
+    let link_shutdown = CancellationToken::new();
+    let link = dmuc_component::spawn(
+        LinkConfig::new(
+            domain.clone(),
+            config.component.server.clone(),
+            config.component.secret.clone(),
+        ),
+        link_shutdown.clone(),
+    )?;
+    let service = Service::new(
+        ServiceConfig {
+            domain,
+            settings,
+            max_message_bytes: limits.max_message_bytes,
+            max_rooms_per_user: limits.max_rooms_per_user,
+        },
+        link.handle,
+        store.writer(),
+        rooms,
+    );
+    service.run(link.inbound, shutdown).await;
+    // Every room has flushed; now the link may flush and close.
+    link_shutdown.cancel();
+    let _ = link.task.await;
+    store.close().await;
+    info!("stopped");
+    Ok(())
+}

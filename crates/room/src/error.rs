@@ -34,15 +34,15 @@ impl Condition {
     /// The error type XEP-0045 uses with this condition.
     pub fn error_type(self) -> ErrorType {
         match self {
-            Condition::BadRequest | Condition::JidMalformed | Condition::NotAcceptable => {
-                ErrorType::Modify
-            }
+            Condition::BadRequest | Condition::JidMalformed => ErrorType::Modify,
             Condition::PolicyViolation => ErrorType::Modify,
             Condition::Forbidden | Condition::NotAuthorized | Condition::RegistrationRequired => {
                 ErrorType::Auth
             }
-            Condition::ResourceConstraint | Condition::ServiceUnavailable => ErrorType::Wait,
+            Condition::ResourceConstraint => ErrorType::Wait,
             Condition::Conflict
+            | Condition::NotAcceptable
+            | Condition::ServiceUnavailable
             | Condition::FeatureNotImplemented
             | Condition::InternalServerError
             | Condition::ItemNotFound

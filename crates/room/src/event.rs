@@ -6,7 +6,7 @@ use jid::{BareJid, FullJid};
 
 use crate::form::{Form, Submission};
 use crate::history::{HistoryRequest, Payload, RoomMessage, Subject};
-use crate::{Affiliation, Condition, Nick, OccupantId, RoomConfig, Role};
+use crate::{Affiliation, Condition, ErrorType, Nick, OccupantId, RoomConfig, Role};
 
 /// A stanza addressed to the room or one of its occupants, already parsed.
 #[derive(Clone, Debug)]
@@ -166,6 +166,8 @@ pub enum Outgoing {
         from: Option<Nick>,
         id: Option<String>,
         condition: Condition,
+        /// Usually `condition.error_type()`; XEP-0045 sometimes says otherwise.
+        error_type: ErrorType,
         text: Option<&'static str>,
     },
 }

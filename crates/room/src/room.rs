@@ -12,7 +12,7 @@ use crate::event::{
     ListItem, MessageKind, OccupantPresence, Outgoing, Persist, StanzaKind,
 };
 use crate::history::{History, HistoryRequest, Payload, RoomMessage, Subject};
-use crate::{Affiliation, Condition, Nick, OccupantId, RoomConfig, Role, Seq, StanzaId, Timestamp};
+use crate::{Affiliation, Condition, ErrorType, Nick, OccupantId, RoomConfig, Role, Seq, StanzaId, Timestamp};
 
 /// Service-wide settings every room of a master shares.
 #[derive(Clone, Debug)]
@@ -109,6 +109,7 @@ impl Out {
                 from,
                 id,
                 condition,
+                error_type: condition.error_type(),
                 text,
             },
         );
@@ -350,6 +351,15 @@ impl Room {
         };
         if let Some((condition, text)) = refusal {
             out.error(&from, StanzaKind::Presence, Some(nick), None, condition, text);
+            if condition == Condition::ServiceUnavailable
+                && let Some(Action::Send {
+                    stanza: Outgoing::Error { error_type, .. },
+                    ..
+                }) = out.0.last_mut()
+            {
+                // §7.2.10: a full room is a temporary condition.
+                *error_type = ErrorType::Wait;
+            }
             return;
         }
 

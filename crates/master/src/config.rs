@@ -1,0 +1,242 @@
+//! `dmuc-master --config FILE`: the TOML configuration.
+//!
+//! ```toml
+//! [component]
+//! jid = "conference.a.test"
+//! server = "127.0.0.1:5347"      # the XMPP server's component port
+//! secret = "..."                 # or set DMUC_COMPONENT_SECRET
+//!
+//! [storage]
+//! path = "/var/lib/dmuc-master/master.sqlite"
+//! durability = "normal"          # "full" | "normal"
+//!
+//! [log]
+//! filter = "info"                # RUST_LOG overrides it
+//!
+//! [limits]                       # every key optional
+//! max_message_bytes = 16384
+//! max_occupants = 1000           # upper bound of muc#roomconfig_maxusers
+//! default_max_occupants = 200
+//! max_history = 100              # upper bound of the history kept per room
+//! default_history = 20
+//! max_rooms_per_user = 50        # rooms one bare JID may create
+//! rate_burst = 30                # per-occupant flood control
+//! rate_per_second = 10
+//!
+//! [rooms]
+//! lock_new_rooms = true          # XEP-0045 §10.1: configure before use
+//! persistent_by_default = false
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::Error;
+use crate::store::Durability;
+
+/// Environment variable that overrides `[component] secret`.
+pub const SECRET_ENV: &str = "DMUC_COMPONENT_SECRET";
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub component: ComponentSection,
+    pub storage: StorageSection,
+    #[serde(default)]
+    pub log: LogSection,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub rooms: RoomsSection,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentSection {
+    /// The MUC service's domain, e.g. `conference.a.test`.
+    pub jid: String,
+    /// `host:port` of the XMPP server's component listener.
+    pub server: String,
+    #[serde(default)]
+    pub secret: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub durability: Durability,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    #[serde(default = "default_filter")]
+    pub filter: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            filter: default_filter(),
+        }
+    }
+}
+
+fn default_filter() -> String {
+    "info".into()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_occupants: u32,
+    pub default_max_occupants: u32,
+    pub max_history: u32,
+    pub default_history: u32,
+    pub max_rooms_per_user: usize,
+    pub rate_burst: u32,
+    /// 0 disables flood control.
+    pub rate_per_second: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 16 * 1024,
+            max_occupants: 1000,
+            default_max_occupants: 200,
+            max_history: 100,
+            default_history: 20,
+            max_rooms_per_user: 50,
+            rate_burst: 30,
+            rate_per_second: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsSection {
+    pub lock_new_rooms: bool,
+    pub persistent_by_default: bool,
+}
+
+impl Default for RoomsSection {
+    fn default() -> Self {
+        RoomsSection {
+            lock_new_rooms: true,
+            persistent_by_default: false,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks a configuration file; the secret may come from the
+    /// environment instead of the file.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        let env_secret = std::env::var(SECRET_ENV).ok();
+        Config::parse(&text, env_secret)
+    }
+
+    /// Parses configuration text; errors name the offending key.
+    pub fn parse(text: &str, env_secret: Option<String>) -> Result<Config, Error> {
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| Error::Config(e.to_string().trim().to_owned()))?;
+        if let Some(secret) = env_secret.filter(|s| !s.is_empty()) {
+            config.component.secret = secret;
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        let bad = |key: &str, why: &str| Err(Error::Config(format!("{key}: {why}")));
+        match self.component.jid.parse::<jid::BareJid>() {
+            Ok(j) if j.node().is_none() => {}
+            _ => return bad("component.jid", "must be a domain, e.g. conference.example.org"),
+        }
+        if !self.component.server.contains(':') {
+            return bad("component.server", "must be host:port");
+        }
+        if self.component.secret.is_empty() {
+            return bad(
+                "component.secret",
+                &format!("missing (set it in the file or in {SECRET_ENV})"),
+            );
+        }
+        if self.storage.path.as_os_str().is_empty() {
+            return bad("storage.path", "must not be empty");
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
+            return bad("log.filter", "is not a valid tracing filter");
+        }
+        let l = &self.limits;
+        if l.max_occupants == 0 || l.default_max_occupants == 0 {
+            return bad("limits.max_occupants", "must be at least 1");
+        }
+        if l.default_max_occupants > l.max_occupants {
+            return bad("limits.default_max_occupants", "exceeds limits.max_occupants");
+        }
+        if l.default_history > l.max_history {
+            return bad("limits.default_history", "exceeds limits.max_history");
+        }
+        if l.max_message_bytes < 512 {
+            return bad("limits.max_message_bytes", "must be at least 512");
+        }
+        if l.rate_per_second > 0 && l.rate_burst == 0 {
+            return bad("limits.rate_burst", "must be at least 1 when rate_per_second is set");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [component]
+        jid = "conference.a.test"
+        server = "127.0.0.1:5347"
+        secret = "s"
+        [storage]
+        path = "/tmp/x.sqlite"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL, None).unwrap();
+        assert_eq!(c.log.filter, "info");
+        assert_eq!(c.limits.default_history, 20);
+        assert!(c.rooms.lock_new_rooms);
+        assert_eq!(c.storage.durability, Durability::Normal);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = |text: &str| Config::parse(text, None).unwrap_err().to_string();
+        assert!(err(&MINIMAL.replace("jid = \"conference.a.test\"", "jid = \"a@b\"")).contains("component.jid"));
+        assert!(err(&MINIMAL.replace("secret = \"s\"", "")).contains("component.secret"));
+        assert!(err(&MINIMAL.replace("[storage]", "[storage]\ndurability = \"maybe\"")).contains("durability"));
+        assert!(err(&format!("{MINIMAL}\n[limits]\nmax_history = 1\n")).contains("limits.default_history"));
+        assert!(err(&format!("{MINIMAL}\n[bogus]\n")).contains("bogus"));
+    }
+
+    #[test]
+    fn the_deployed_example_is_valid() {
+        let c = Config::parse(include_str!("../../../deploy/master.example.toml"), None).unwrap();
+        assert_eq!(c.component.jid, "conference.example.org");
+    }
+
+    #[test]
+    fn environment_supplies_the_secret() {
+        let c = Config::parse(&MINIMAL.replace("secret = \"s\"", ""), Some("env".into())).unwrap();
+        assert_eq!(c.component.secret, "env");
+    }
+}

@@ -1,0 +1,332 @@
+//! The MUC service: routes inbound stanzas to room tasks, creates rooms on
+//! their first join, answers for the service domain, and lists public rooms.
+
+use std::collections::{BTreeMap, HashMap};
+
+use dmuc_component::{Inbound, InvalidStanza, LinkHandle};
+use dmuc_room::event::StanzaKind;
+use dmuc_room::{Condition, Input, Outgoing, Room, RoomSettings, StoredRoom};
+use jid::{BareJid, FullJid, Jid};
+use minidom::Element;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use xmpp_parsers::ns;
+
+use crate::inbound::{self, Routed, ServiceRequest};
+use crate::outbound::{self, Attr};
+use crate::room_task::{self, Listing, RoomContext, RoomEvent, RoomHandle};
+use crate::store::Writer;
+
+/// Features of the service itself (XEP-0045 §6.2 and the id XEPs).
+const SERVICE_FEATURES: &[&str] = &[
+    ns::MUC,
+    "http://jabber.org/protocol/muc#stable_id",
+    "http://jabber.org/protocol/muc#self-ping-optimization",
+    ns::SID,
+    ns::OID,
+    ns::DISCO_INFO,
+    ns::DISCO_ITEMS,
+    ns::PING,
+];
+
+/// The service's fixed parameters.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    pub domain: BareJid,
+    pub settings: RoomSettings,
+    pub max_message_bytes: usize,
+    pub max_rooms_per_user: usize,
+}
+
+struct Running {
+    handle: RoomHandle,
+    /// Who created it, for the rooms-per-user limit (`None`: loaded from storage).
+    creator: Option<BareJid>,
+}
+
+/// Routes stanzas; owns the map from room to room task.
+pub struct Service {
+    config: ServiceConfig,
+    rooms: HashMap<BareJid, Running>,
+    listings: BTreeMap<BareJid, Listing>,
+    created_by: HashMap<BareJid, usize>,
+    ctx: RoomContext,
+    events: mpsc::UnboundedReceiver<RoomEvent>,
+    tasks: JoinSet<()>,
+    next_generation: u64,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("domain", &self.config.domain)
+            .field("rooms", &self.rooms.len())
+            .finish()
+    }
+}
+
+impl Service {
+    /// A service with its persistent rooms restored and running.
+    pub fn new(config: ServiceConfig, link: LinkHandle, writer: Writer, stored: Vec<(BareJid, StoredRoom)>) -> Self {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let mut service = Service {
+            config,
+            rooms: HashMap::new(),
+            listings: BTreeMap::new(),
+            created_by: HashMap::new(),
+            ctx: RoomContext {
+                link,
+                writer,
+                events: events_tx,
+            },
+            events,
+            tasks: JoinSet::new(),
+            next_generation: 0,
+        };
+        for (jid, stored) in stored {
+            let room = Room::restore(jid.clone(), service.config.settings.clone(), stored);
+            if room.config().public {
+                service.listings.insert(
+                    jid.clone(),
+                    Listing {
+                        name: room.config().name.clone(),
+                    },
+                );
+            }
+            service.start_room(room, None);
+        }
+        info!(rooms = service.rooms.len(), "persistent rooms restored");
+        service
+    }
+
+    fn start_room(&mut self, room: Room, creator: Option<BareJid>) {
+        self.next_generation += 1;
+        let jid = room.jid().clone();
+        let (handle, task) = room_task::spawn(room, self.next_generation, self.ctx.clone());
+        self.tasks.spawn(async move {
+            let _ = task.await;
+        });
+        if let Some(c) = &creator {
+            *self.created_by.entry(c.clone()).or_default() += 1;
+        }
+        self.rooms.insert(jid, Running { handle, creator });
+    }
+
+    /// Serves until `shutdown`, then tells every occupant (332) and waits for
+    /// every room to make its changes durable.
+    pub async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(event) = self.events.recv() => self.on_room_event(event).await,
+                item = inbound.recv() => match item {
+                    Some(Inbound::Stanza(el)) => self.on_stanza(el).await,
+                    Some(Inbound::Invalid(bad)) => self.on_invalid(bad).await,
+                    Some(Inbound::Connected { .. }) => info!("component link up"),
+                    Some(Inbound::Disconnected { reason, retry_in }) => {
+                        warn!(%reason, ?retry_in, "component link down; reconnecting");
+                    }
+                    None => break,
+                },
+            }
+        }
+        info!(rooms = self.rooms.len(), "shutting down: telling occupants");
+        for (_, running) in self.rooms.drain() {
+            let _ = running.handle.inbox.send(Input::Shutdown).await;
+        }
+        // Room tasks end once their inboxes close and their commits are durable.
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    async fn on_stanza(&mut self, el: Element) {
+        match inbound::route(el, &self.config.domain, self.config.max_message_bytes) {
+            Routed::Room {
+                room,
+                input,
+                creates,
+            } => self.dispatch(room, input, creates).await,
+            Routed::Service { from, id, request } => self.answer_service(from, id, request).await,
+            Routed::Reply(reply) => self.send(reply).await,
+            Routed::Drop(why) => debug!(why, "stanza dropped"),
+        }
+    }
+
+    /// A stanza the link could not parse: bounce an error if we can.
+    async fn on_invalid(&mut self, bad: InvalidStanza) {
+        warn!(name = %bad.name, from = ?bad.from, reason = %bad.reason, "invalid stanza");
+        let (Some(from), Some(to)) = (&bad.from, &bad.to) else {
+            return;
+        };
+        if bad.type_.as_deref() == Some("error") || !matches!(bad.name.as_str(), "message" | "presence" | "iq") {
+            return;
+        }
+        let mut el = Element::builder(bad.name.as_str(), ns::DEFAULT_NS)
+            .a("from", from.as_str())
+            .a("to", to.as_str())
+            .a("id", bad.id.clone())
+            .build();
+        if let Some(t) = &bad.type_ {
+            outbound::set_attr(&mut el, "type", t.as_str());
+        }
+        if let Some(reply) = outbound::error_reply(&el, Condition::BadRequest, Some("malformed stanza")) {
+            self.send(reply).await;
+        }
+    }
+
+    async fn dispatch(&mut self, room: BareJid, input: Input, creates: bool) {
+        let input = match self.rooms.get(&room) {
+            Some(running) => match running.handle.inbox.send(input).await {
+                Ok(()) => return,
+                // The room just closed: it no longer exists for this input.
+                Err(mpsc::error::SendError(input)) => {
+                    self.forget(&room);
+                    input
+                }
+            },
+            None => input,
+        };
+        if !creates {
+            if let Some((to, reply)) = unknown_room_reply(&input) {
+                let el = outbound::build(&room, &reply);
+                self.send(outbound::addressed(el, &to)).await;
+            }
+            return;
+        }
+        let creator = match &input {
+            Input::Presence { from, .. } => from.to_bare(),
+            _ => return,
+        };
+        if self.created_by.get(&creator).copied().unwrap_or(0) >= self.config.max_rooms_per_user {
+            let reply = Outgoing::Error {
+                kind: StanzaKind::Presence,
+                from: match &input {
+                    Input::Presence { nick, .. } => Some(nick.clone()),
+                    _ => None,
+                },
+                id: None,
+                condition: Condition::NotAllowed,
+                error_type: Condition::NotAllowed.error_type(),
+                text: Some("You have created too many rooms"),
+            };
+            if let Input::Presence { from, .. } = &input {
+                let el = outbound::build(&room, &reply);
+                self.send(outbound::addressed(el, from)).await;
+            }
+            return;
+        }
+        debug!(%room, %creator, "creating room");
+        self.start_room(Room::new(room.clone(), self.config.settings.clone()), Some(creator));
+        let running = &self.rooms[&room];
+        if running.handle.inbox.send(input).await.is_err() {
+            warn!(%room, "new room ended before its first input");
+        }
+    }
+
+    fn forget(&mut self, room: &BareJid) {
+        if let Some(running) = self.rooms.remove(room)
+            && let Some(creator) = running.creator
+            && let Some(n) = self.created_by.get_mut(&creator)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.created_by.remove(&creator);
+            }
+        }
+    }
+
+    async fn on_room_event(&mut self, event: RoomEvent) {
+        match event {
+            RoomEvent::Listing { room, listing } => match listing {
+                Some(l) => {
+                    self.listings.insert(room, l);
+                }
+                None => {
+                    self.listings.remove(&room);
+                }
+            },
+            RoomEvent::Closed {
+                room,
+                generation,
+                leftover,
+            } => {
+                if self
+                    .rooms
+                    .get(&room)
+                    .is_some_and(|r| r.handle.generation == generation)
+                {
+                    self.forget(&room);
+                }
+                for input in leftover {
+                    let creates = matches!(&input, Input::Presence { join: Some(_), .. });
+                    Box::pin(self.dispatch(room.clone(), input, creates)).await;
+                }
+            }
+        }
+    }
+
+    async fn answer_service(&mut self, from: FullJid, id: String, request: ServiceRequest) {
+        let domain = self.config.domain.to_string();
+        let reply = Element::builder("iq", ns::DEFAULT_NS)
+            .a("from", domain.as_str())
+            .a("to", from.to_string())
+            .a("id", id.as_str());
+        let reply = match request {
+            ServiceRequest::DiscoInfo => reply
+                .a("type", "result")
+                .append(outbound::disco_info("conference", "text", "dmuc", SERVICE_FEATURES, None))
+                .build(),
+            ServiceRequest::DiscoItems => reply
+                .a("type", "result")
+                .append(outbound::disco_items(
+                    self.listings
+                        .iter()
+                        .map(|(jid, l)| (Jid::from(jid.clone()), l.name.as_str())),
+                ))
+                .build(),
+            ServiceRequest::Ping => reply.a("type", "result").build(),
+            ServiceRequest::Unsupported => {
+                let request = Element::builder("iq", ns::DEFAULT_NS)
+                    .a("type", "get")
+                    .a("from", from.to_string())
+                    .a("to", domain.as_str())
+                    .a("id", id.as_str())
+                    .build();
+                match outbound::error_reply(&request, Condition::ServiceUnavailable, None) {
+                    Some(r) => r,
+                    None => return,
+                }
+            }
+        };
+        self.send(reply).await;
+    }
+
+    async fn send(&self, el: Element) {
+        if let Err(e) = self.ctx.link.send(el).await {
+            warn!(error = %e, "component link closed; reply dropped");
+        }
+    }
+}
+
+/// The item-not-found answer to a stanza for a room that does not exist.
+fn unknown_room_reply(input: &Input) -> Option<(FullJid, Outgoing)> {
+    let (from, kind, nick, id) = match input {
+        Input::Groupchat { from, id, .. } => (from, StanzaKind::Message, None, id.clone()),
+        Input::Private { from, to, id, .. } => (from, StanzaKind::Message, Some(to.clone()), id.clone()),
+        Input::Iq { from, to, id, .. } => (from, StanzaKind::Iq, to.clone(), Some(id.clone())),
+        Input::Presence { from, nick, .. } => (from, StanzaKind::Presence, Some(nick.clone()), None),
+        Input::Leave { .. } | Input::Bounced { .. } | Input::Shutdown => return None,
+    };
+    Some((
+        from.clone(),
+        Outgoing::Error {
+            kind,
+            from: nick,
+            id,
+            condition: Condition::ItemNotFound,
+            error_type: Condition::ItemNotFound.error_type(),
+            text: Some("No such room"),
+        },
+    ))
+}
