@@ -159,7 +159,12 @@ impl Config {
         let bad = |key: &str, why: &str| Err(Error::Config(format!("{key}: {why}")));
         match self.component.jid.parse::<jid::BareJid>() {
             Ok(j) if j.node().is_none() => {}
-            _ => return bad("component.jid", "must be a domain, e.g. conference.example.org"),
+            _ => {
+                return bad(
+                    "component.jid",
+                    "must be a domain, e.g. conference.example.org",
+                );
+            }
         }
         if !self.component.server.contains(':') {
             return bad("component.server", "must be host:port");
@@ -181,7 +186,10 @@ impl Config {
             return bad("limits.max_occupants", "must be at least 1");
         }
         if l.default_max_occupants > l.max_occupants {
-            return bad("limits.default_max_occupants", "exceeds limits.max_occupants");
+            return bad(
+                "limits.default_max_occupants",
+                "exceeds limits.max_occupants",
+            );
         }
         if l.default_history > l.max_history {
             return bad("limits.default_history", "exceeds limits.max_history");
@@ -190,7 +198,10 @@ impl Config {
             return bad("limits.max_message_bytes", "must be at least 512");
         }
         if l.rate_per_second > 0 && l.rate_burst == 0 {
-            return bad("limits.rate_burst", "must be at least 1 when rate_per_second is set");
+            return bad(
+                "limits.rate_burst",
+                "must be at least 1 when rate_per_second is set",
+            );
         }
         Ok(())
     }
@@ -221,10 +232,19 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let err = |text: &str| Config::parse(text, None).unwrap_err().to_string();
-        assert!(err(&MINIMAL.replace("jid = \"conference.a.test\"", "jid = \"a@b\"")).contains("component.jid"));
+        assert!(
+            err(&MINIMAL.replace("jid = \"conference.a.test\"", "jid = \"a@b\""))
+                .contains("component.jid")
+        );
         assert!(err(&MINIMAL.replace("secret = \"s\"", "")).contains("component.secret"));
-        assert!(err(&MINIMAL.replace("[storage]", "[storage]\ndurability = \"maybe\"")).contains("durability"));
-        assert!(err(&format!("{MINIMAL}\n[limits]\nmax_history = 1\n")).contains("limits.default_history"));
+        assert!(
+            err(&MINIMAL.replace("[storage]", "[storage]\ndurability = \"maybe\""))
+                .contains("durability")
+        );
+        assert!(
+            err(&format!("{MINIMAL}\n[limits]\nmax_history = 1\n"))
+                .contains("limits.default_history")
+        );
         assert!(err(&format!("{MINIMAL}\n[bogus]\n")).contains("bogus"));
     }
 

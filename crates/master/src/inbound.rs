@@ -367,7 +367,18 @@ mod tests {
              <x xmlns='http://jabber.org/protocol/muc'><password>pw</password>\
              <history maxstanzas='5' since='1970-01-01T00:00:10Z'/></x><show>away</show></presence>",
         );
-        let Routed::Room { room, input: Input::Presence { join: Some(join), payload, nick, .. }, creates: true } = r else {
+        let Routed::Room {
+            room,
+            input:
+                Input::Presence {
+                    join: Some(join),
+                    payload,
+                    nick,
+                    ..
+                },
+            creates: true,
+        } = r
+        else {
             panic!("{r:?}");
         };
         assert_eq!(room.as_str(), "room@conference.a.test");
@@ -385,10 +396,23 @@ mod tests {
              <body>hi</body><stanza-id xmlns='urn:xmpp:sid:0' by='room@conference.a.test' id='forged'/>\
              <occupant-id xmlns='urn:xmpp:occupant-id:0' id='forged'/><origin-id xmlns='urn:xmpp:sid:0' id='o'/></message>",
         );
-        let Routed::Room { input: Input::Groupchat { payload, has_body: true, .. }, .. } = r else {
+        let Routed::Room {
+            input:
+                Input::Groupchat {
+                    payload,
+                    has_body: true,
+                    ..
+                },
+            ..
+        } = r
+        else {
             panic!("{r:?}");
         };
-        let names: Vec<_> = payload.elements().iter().map(|e| e.name().to_owned()).collect();
+        let names: Vec<_> = payload
+            .elements()
+            .iter()
+            .map(|e| e.name().to_owned())
+            .collect();
         assert_eq!(names, ["body", "origin-id"]);
     }
 
@@ -422,7 +446,16 @@ mod tests {
         let r = route_xml(
             "<iq xmlns='jabber:component:accept' type='get' id='1' from='u@b.test/r' to='r@conference.a.test'><query xmlns='urn:example:unknown'/></iq>",
         );
-        assert!(matches!(r, Routed::Room { input: Input::Iq { request: IqRequest::Unsupported, .. }, .. }));
+        assert!(matches!(
+            r,
+            Routed::Room {
+                input: Input::Iq {
+                    request: IqRequest::Unsupported,
+                    ..
+                },
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -441,7 +474,15 @@ mod tests {
              <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
              <field var='muc#roomconfig_roomname'><value>Lounge</value></field></x></query></iq>",
         );
-        let Routed::Room { input: Input::Iq { request: IqRequest::ConfigSet(Some(form)), .. }, .. } = submit else {
+        let Routed::Room {
+            input:
+                Input::Iq {
+                    request: IqRequest::ConfigSet(Some(form)),
+                    ..
+                },
+            ..
+        } = submit
+        else {
             panic!("{submit:?}");
         };
         assert_eq!(form.single("muc#roomconfig_roomname"), Some("Lounge"));
@@ -449,6 +490,15 @@ mod tests {
             "<iq xmlns='jabber:component:accept' type='set' id='1' from='u@b.test/r' to='r@conference.a.test'>\
              <query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='cancel'/></query></iq>",
         );
-        assert!(matches!(cancel, Routed::Room { input: Input::Iq { request: IqRequest::ConfigSet(None), .. }, .. }));
+        assert!(matches!(
+            cancel,
+            Routed::Room {
+                input: Input::Iq {
+                    request: IqRequest::ConfigSet(None),
+                    ..
+                },
+                ..
+            }
+        ));
     }
 }

@@ -2,9 +2,7 @@
 //! action and stamped with each recipient's JID.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use dmuc_room::event::{
-    IqResponse, ListItem, MessageKind, OccupantPresence, StanzaKind,
-};
+use dmuc_room::event::{IqResponse, ListItem, MessageKind, OccupantPresence, StanzaKind};
 use dmuc_room::form::{FieldKind, Form};
 use dmuc_room::{Condition, ErrorType, Nick, Outgoing, RoomMessage, Timestamp};
 use jid::{BareJid, FullJid, Jid};
@@ -118,7 +116,12 @@ pub fn error_reply(el: &Element, condition: Condition, text: Option<&str>) -> Op
         .a("from", el.attr("to"))
         .a("id", el.attr("id"))
         .build();
-    reply.append_child(error_element(condition, condition.error_type(), text, by.as_ref()));
+    reply.append_child(error_element(
+        condition,
+        condition.error_type(),
+        text,
+        by.as_ref(),
+    ));
     Some(reply)
 }
 
@@ -141,9 +144,7 @@ fn error_element(
         .a("by", by.map(|b| b.to_string()))
         .append(Element::builder(condition.as_str(), ns::XMPP_STANZAS));
     if let Some(text) = text {
-        e = e.append(
-            Element::builder("text", ns::XMPP_STANZAS).append(text),
-        );
+        e = e.append(Element::builder("text", ns::XMPP_STANZAS).append(text));
     }
     e.build()
 }
@@ -159,10 +160,11 @@ fn presence(room: &BareJid, p: &OccupantPresence) -> Element {
     }
     let mut x = Element::builder("x", ns::MUC_USER).append(item);
     if let Some(d) = &p.destroy {
-        let mut destroy =
-            Element::builder("destroy", ns::MUC_USER).a("jid", d.alternate.as_ref().map(|j| j.to_string()));
+        let mut destroy = Element::builder("destroy", ns::MUC_USER)
+            .a("jid", d.alternate.as_ref().map(|j| j.to_string()));
         if let Some(reason) = &d.reason {
-            destroy = destroy.append(Element::builder("reason", ns::MUC_USER).append(reason.as_str()));
+            destroy =
+                destroy.append(Element::builder("reason", ns::MUC_USER).append(reason.as_str()));
         }
         x = x.append(destroy);
     }
@@ -262,7 +264,9 @@ fn iq_body(body: &IqResponse) -> Option<Element> {
             form,
         } => Some(disco_info("conference", "text", name, features, Some(form))),
         IqResponse::DiscoItems(items) => Some(disco_items(
-            items.iter().map(|(j, n)| (Jid::from(j.clone()), n.as_str())),
+            items
+                .iter()
+                .map(|(j, n)| (Jid::from(j.clone()), n.as_str())),
         )),
         IqResponse::AdminList(items) => Some(
             Element::builder("query", MUC_ADMIN)
@@ -301,11 +305,11 @@ pub fn disco_info(
                 .a("type", kind)
                 .a("name", name),
         )
-        .append_all(
-            features
-                .iter()
-                .map(|f| Element::builder("feature", ns::DISCO_INFO).a("var", *f).build()),
-        )
+        .append_all(features.iter().map(|f| {
+            Element::builder("feature", ns::DISCO_INFO)
+                .a("var", *f)
+                .build()
+        }))
         .append_all(form.map(|f| Element::from(data_form(DataFormType::Result_, f))))
         .build()
 }

@@ -56,7 +56,9 @@ pub struct Listing {
 
 impl Listing {
     fn of(room: &Room) -> Option<Listing> {
-        (room.config().public && !room.is_locked() && room.occupant_count() + usize::from(room.config().persistent) > 0)
+        (room.config().public
+            && !room.is_locked()
+            && room.occupant_count() + usize::from(room.config().persistent) > 0)
             .then(|| Listing {
                 name: room.config().name.clone(),
             })
@@ -72,7 +74,11 @@ pub struct RoomContext {
 }
 
 /// Starts the task that owns `room`.
-pub fn spawn(room: Room, generation: u64, ctx: RoomContext) -> (RoomHandle, tokio::task::JoinHandle<()>) {
+pub fn spawn(
+    room: Room,
+    generation: u64,
+    ctx: RoomContext,
+) -> (RoomHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(INBOX);
     let span = info_span!("room", room = %room.jid());
     let task = tokio::spawn(run(room, rx, generation, ctx).instrument(span));
@@ -136,7 +142,12 @@ async fn run(mut room: Room, mut inbox: mpsc::Receiver<Input>, generation: u64, 
 }
 
 /// Carries out one input's actions; returns whether the room closed.
-async fn execute(room: &Room, actions: Vec<Action>, pending: &mut VecDeque<Pending>, ctx: &RoomContext) -> bool {
+async fn execute(
+    room: &Room,
+    actions: Vec<Action>,
+    pending: &mut VecDeque<Pending>,
+    ctx: &RoomContext,
+) -> bool {
     let mut changes: Vec<Persist> = Vec::new();
     let mut stanzas = Vec::new();
     let mut closed = false;
@@ -180,7 +191,9 @@ async fn drain(pending: &mut VecDeque<Pending>, link: &LinkHandle) {
         };
         match durable {
             Ok(()) => send_all(link, head.stanzas).await,
-            Err(e) => error!(error = %e, withheld = head.stanzas.len(), "storage failed: stanzas withheld"),
+            Err(e) => {
+                error!(error = %e, withheld = head.stanzas.len(), "storage failed: stanzas withheld")
+            }
         }
     }
 }
@@ -195,6 +208,8 @@ async fn send_all(link: &LinkHandle, stanzas: Vec<Element>) {
 }
 
 pub(crate) fn now() -> Timestamp {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     Timestamp(since.as_millis() as i64)
 }

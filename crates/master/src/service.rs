@@ -69,7 +69,12 @@ impl std::fmt::Debug for Service {
 
 impl Service {
     /// A service with its persistent rooms restored and running.
-    pub fn new(config: ServiceConfig, link: LinkHandle, writer: Writer, stored: Vec<(BareJid, StoredRoom)>) -> Self {
+    pub fn new(
+        config: ServiceConfig,
+        link: LinkHandle,
+        writer: Writer,
+        stored: Vec<(BareJid, StoredRoom)>,
+    ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
         let mut service = Service {
             config,
@@ -159,7 +164,9 @@ impl Service {
         let (Some(from), Some(to)) = (&bad.from, &bad.to) else {
             return;
         };
-        if bad.type_.as_deref() == Some("error") || !matches!(bad.name.as_str(), "message" | "presence" | "iq") {
+        if bad.type_.as_deref() == Some("error")
+            || !matches!(bad.name.as_str(), "message" | "presence" | "iq")
+        {
             return;
         }
         let mut el = Element::builder(bad.name.as_str(), ns::DEFAULT_NS)
@@ -170,7 +177,9 @@ impl Service {
         if let Some(t) = &bad.type_ {
             outbound::set_attr(&mut el, "type", t.as_str());
         }
-        if let Some(reply) = outbound::error_reply(&el, Condition::BadRequest, Some("malformed stanza")) {
+        if let Some(reply) =
+            outbound::error_reply(&el, Condition::BadRequest, Some("malformed stanza"))
+        {
             self.send(reply).await;
         }
     }
@@ -217,7 +226,10 @@ impl Service {
             return;
         }
         debug!(%room, %creator, "creating room");
-        self.start_room(Room::new(room.clone(), self.config.settings.clone()), Some(creator));
+        self.start_room(
+            Room::new(room.clone(), self.config.settings.clone()),
+            Some(creator),
+        );
         let running = &self.rooms[&room];
         if running.handle.inbox.send(input).await.is_err() {
             warn!(%room, "new room ended before its first input");
@@ -275,7 +287,13 @@ impl Service {
         let reply = match request {
             ServiceRequest::DiscoInfo => reply
                 .a("type", "result")
-                .append(outbound::disco_info("conference", "text", "dmuc", SERVICE_FEATURES, None))
+                .append(outbound::disco_info(
+                    "conference",
+                    "text",
+                    "dmuc",
+                    SERVICE_FEATURES,
+                    None,
+                ))
                 .build(),
             ServiceRequest::DiscoItems => reply
                 .a("type", "result")
@@ -313,9 +331,13 @@ impl Service {
 fn unknown_room_reply(input: &Input) -> Option<(FullJid, Outgoing)> {
     let (from, kind, nick, id) = match input {
         Input::Groupchat { from, id, .. } => (from, StanzaKind::Message, None, id.clone()),
-        Input::Private { from, to, id, .. } => (from, StanzaKind::Message, Some(to.clone()), id.clone()),
+        Input::Private { from, to, id, .. } => {
+            (from, StanzaKind::Message, Some(to.clone()), id.clone())
+        }
         Input::Iq { from, to, id, .. } => (from, StanzaKind::Iq, to.clone(), Some(id.clone())),
-        Input::Presence { from, nick, .. } => (from, StanzaKind::Presence, Some(nick.clone()), None),
+        Input::Presence { from, nick, .. } => {
+            (from, StanzaKind::Presence, Some(nick.clone()), None)
+        }
         Input::Leave { .. } | Input::Bounced { .. } | Input::Shutdown => return None,
     };
     Some((
