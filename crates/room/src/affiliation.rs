@@ -64,7 +64,12 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Moderator, Role::Participant, Role::Visitor, Role::None];
+    pub const ALL: [Role; 4] = [
+        Role::Moderator,
+        Role::Participant,
+        Role::Visitor,
+        Role::None,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -235,13 +235,27 @@ impl RoomConfig {
                 "Number of history messages sent to joiners",
                 &self.history_length.to_string(),
             ),
-            Field::new(F_OWNERS, FieldKind::JidMulti, Some("Room owners"), jids(owners)),
-            Field::new(F_ADMINS, FieldKind::JidMulti, Some("Room admins"), jids(admins)),
+            Field::new(
+                F_OWNERS,
+                FieldKind::JidMulti,
+                Some("Room owners"),
+                jids(owners),
+            ),
+            Field::new(
+                F_ADMINS,
+                FieldKind::JidMulti,
+                Some("Room admins"),
+                jids(admins),
+            ),
         ];
         Form {
             title: Some(format!(
                 "Configuration for {}",
-                if self.name.is_empty() { "room" } else { &self.name }
+                if self.name.is_empty() {
+                    "room"
+                } else {
+                    &self.name
+                }
             )),
             fields,
         }
@@ -257,7 +271,11 @@ impl RoomConfig {
     /// Applies a submitted configuration form. Unknown fields are ignored (a
     /// client may send fields of another service); invalid values reject the
     /// whole submission and change nothing.
-    pub fn apply(&mut self, form: &Submission, bounds: &ConfigBounds) -> Result<ConfigChange, Error> {
+    pub fn apply(
+        &mut self,
+        form: &Submission,
+        bounds: &ConfigBounds,
+    ) -> Result<ConfigChange, Error> {
         if let Some(t) = form.single("FORM_TYPE")
             && t != FORM_TYPE_CONFIG
         {
@@ -360,11 +378,12 @@ impl RoomConfig {
             next.history_length = n.min(bounds.max_history);
         }
         let mut affiliations = Vec::new();
-        for (var, affiliation) in [(F_OWNERS, Affiliation::Owner), (F_ADMINS, Affiliation::Admin)] {
+        for (var, affiliation) in [
+            (F_OWNERS, Affiliation::Owner),
+            (F_ADMINS, Affiliation::Admin),
+        ] {
             for jid in form.get(var).unwrap_or_default() {
-                let jid: BareJid = jid
-                    .parse()
-                    .map_err(|_| Error::InvalidField(var.into()))?;
+                let jid: BareJid = jid.parse().map_err(|_| Error::InvalidField(var.into()))?;
                 affiliations.push((jid, affiliation));
             }
         }
@@ -374,7 +393,11 @@ impl RoomConfig {
             statuses.push(if next.logging { 170 } else { 171 });
         }
         if next.whois != self.whois {
-            statuses.push(if next.whois == Whois::Anyone { 172 } else { 173 });
+            statuses.push(if next.whois == Whois::Anyone {
+                172
+            } else {
+                173
+            });
         }
         *self = next;
         Ok(ConfigChange {
@@ -386,10 +409,26 @@ impl RoomConfig {
     /// The `muc#roominfo` and feature view of the room for disco#info.
     pub fn features(&self) -> Vec<&'static str> {
         vec![
-            if self.public { "muc_public" } else { "muc_hidden" },
-            if self.persistent { "muc_persistent" } else { "muc_temporary" },
-            if self.members_only { "muc_membersonly" } else { "muc_open" },
-            if self.moderated { "muc_moderated" } else { "muc_unmoderated" },
+            if self.public {
+                "muc_public"
+            } else {
+                "muc_hidden"
+            },
+            if self.persistent {
+                "muc_persistent"
+            } else {
+                "muc_temporary"
+            },
+            if self.members_only {
+                "muc_membersonly"
+            } else {
+                "muc_open"
+            },
+            if self.moderated {
+                "muc_moderated"
+            } else {
+                "muc_unmoderated"
+            },
             if self.whois == Whois::Anyone {
                 "muc_nonanonymous"
             } else {
@@ -422,7 +461,11 @@ impl RoomConfig {
                     self.change_subject,
                 ),
                 Field::text(F_NAME, "Natural-language room name", &self.name),
-                Field::text(F_MAX_USERS, "Maximum number of occupants", &self.max_users.to_string()),
+                Field::text(
+                    F_MAX_USERS,
+                    "Maximum number of occupants",
+                    &self.max_users.to_string(),
+                ),
                 Field::new(
                     F_LOGGING,
                     FieldKind::Boolean,
@@ -488,7 +531,10 @@ mod tests {
     fn invalid_value_changes_nothing() {
         let mut c = RoomConfig::default();
         let err = c
-            .apply(&submit(&[(F_NAME, &["x"]), (F_PERSISTENT, &["maybe"])]), &bounds())
+            .apply(
+                &submit(&[(F_NAME, &["x"]), (F_PERSISTENT, &["maybe"])]),
+                &bounds(),
+            )
             .unwrap_err();
         assert_eq!(err, Error::InvalidField(F_PERSISTENT.into()));
         assert_eq!(c, RoomConfig::default());
@@ -497,7 +543,10 @@ mod tests {
     #[test]
     fn password_protection_needs_a_secret() {
         let mut c = RoomConfig::default();
-        assert!(c.apply(&submit(&[(F_PASSWORD_PROTECTED, &["1"])]), &bounds()).is_err());
+        assert!(
+            c.apply(&submit(&[(F_PASSWORD_PROTECTED, &["1"])]), &bounds())
+                .is_err()
+        );
     }
 
     #[test]
@@ -510,7 +559,11 @@ mod tests {
         };
         let form = c.to_form(&[], &[]);
         let sub = Submission {
-            fields: form.fields.iter().map(|f| (f.var.clone(), f.values.clone())).collect(),
+            fields: form
+                .fields
+                .iter()
+                .map(|f| (f.var.clone(), f.values.clone()))
+                .collect(),
         };
         let before = c.clone();
         c.apply(&sub, &bounds()).unwrap();

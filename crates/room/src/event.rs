@@ -6,7 +6,7 @@ use jid::{BareJid, FullJid};
 
 use crate::form::{Form, Submission};
 use crate::history::{HistoryRequest, Payload, RoomMessage, Subject};
-use crate::{Affiliation, Condition, ErrorType, Nick, OccupantId, RoomConfig, Role};
+use crate::{Affiliation, Condition, ErrorType, Nick, OccupantId, Role, RoomConfig};
 
 /// A stanza addressed to the room or one of its occupants, already parsed.
 #[derive(Clone, Debug)]
@@ -146,7 +146,10 @@ pub enum Outgoing {
     /// A discussion history message (with a delay).
     History(Arc<RoomMessage>),
     /// The subject, sent last on join (`delayed`) and live when it changes.
-    Subject { subject: Option<Subject>, delayed: bool },
+    Subject {
+        subject: Option<Subject>,
+        delayed: bool,
+    },
     /// A room message carrying only status codes (e.g. 104).
     Status(Vec<u16>),
     Private {

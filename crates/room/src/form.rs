@@ -41,11 +41,21 @@ impl Field {
     }
 
     pub fn boolean(var: &str, label: &str, value: bool) -> Self {
-        Field::new(var, FieldKind::Boolean, Some(label), vec![bool_str(value).to_owned()])
+        Field::new(
+            var,
+            FieldKind::Boolean,
+            Some(label),
+            vec![bool_str(value).to_owned()],
+        )
     }
 
     pub fn text(var: &str, label: &str, value: &str) -> Self {
-        Field::new(var, FieldKind::TextSingle, Some(label), vec![value.to_owned()])
+        Field::new(
+            var,
+            FieldKind::TextSingle,
+            Some(label),
+            vec![value.to_owned()],
+        )
     }
 
     pub fn with_options(mut self, options: &[(&str, &str)]) -> Self {
@@ -79,7 +89,8 @@ impl Submission {
     }
 
     pub fn single(&self, var: &str) -> Option<&str> {
-        self.get(var).map(|v| v.first().map(String::as_str).unwrap_or(""))
+        self.get(var)
+            .map(|v| v.first().map(String::as_str).unwrap_or(""))
     }
 }
 

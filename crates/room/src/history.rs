@@ -146,7 +146,10 @@ mod tests {
     #[test]
     fn keeps_the_newest() {
         let h = history();
-        assert_eq!(seqs(&h.select(&HistoryRequest::default(), Timestamp(0))), [2, 3, 4, 5]);
+        assert_eq!(
+            seqs(&h.select(&HistoryRequest::default(), Timestamp(0))),
+            [2, 3, 4, 5]
+        );
     }
 
     #[test]
@@ -154,12 +157,40 @@ mod tests {
         let h = history();
         let now = Timestamp(5000);
         let req = |r: HistoryRequest| seqs(&h.select(&r, now));
-        assert_eq!(req(HistoryRequest { max_stanzas: Some(2), ..Default::default() }), [4, 5]);
-        assert!(req(HistoryRequest { max_chars: Some(0), ..Default::default() }).is_empty());
-        assert_eq!(req(HistoryRequest { max_chars: Some(250), ..Default::default() }), [4, 5]);
-        assert_eq!(req(HistoryRequest { seconds: Some(2), ..Default::default() }), [3, 4, 5]);
         assert_eq!(
-            req(HistoryRequest { since: Some(Timestamp(4000)), seconds: Some(3), ..Default::default() }),
+            req(HistoryRequest {
+                max_stanzas: Some(2),
+                ..Default::default()
+            }),
+            [4, 5]
+        );
+        assert!(
+            req(HistoryRequest {
+                max_chars: Some(0),
+                ..Default::default()
+            })
+            .is_empty()
+        );
+        assert_eq!(
+            req(HistoryRequest {
+                max_chars: Some(250),
+                ..Default::default()
+            }),
+            [4, 5]
+        );
+        assert_eq!(
+            req(HistoryRequest {
+                seconds: Some(2),
+                ..Default::default()
+            }),
+            [3, 4, 5]
+        );
+        assert_eq!(
+            req(HistoryRequest {
+                since: Some(Timestamp(4000)),
+                seconds: Some(3),
+                ..Default::default()
+            }),
             [4, 5]
         );
     }

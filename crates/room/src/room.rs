@@ -8,11 +8,13 @@ use jid::{BareJid, FullJid};
 
 use crate::config::{ConfigBounds, Whois};
 use crate::event::{
-    Action, AdminFilter, AdminItem, Destroyed, Input, IqRequest, IqResponse, JoinRequest,
-    ListItem, MessageKind, OccupantPresence, Outgoing, Persist, StanzaKind,
+    Action, AdminFilter, AdminItem, Destroyed, Input, IqRequest, IqResponse, JoinRequest, ListItem,
+    MessageKind, OccupantPresence, Outgoing, Persist, StanzaKind,
 };
 use crate::history::{History, HistoryRequest, Payload, RoomMessage, Subject};
-use crate::{Affiliation, Condition, ErrorType, Nick, OccupantId, RoomConfig, Role, Seq, StanzaId, Timestamp};
+use crate::{
+    Affiliation, Condition, ErrorType, Nick, OccupantId, Role, RoomConfig, Seq, StanzaId, Timestamp,
+};
 
 /// Service-wide settings every room of a master shares.
 #[derive(Clone, Debug)]
@@ -191,7 +193,10 @@ impl Room {
     }
 
     pub fn affiliation(&self, jid: &BareJid) -> Affiliation {
-        self.affiliations.get(jid).copied().unwrap_or(Affiliation::None)
+        self.affiliations
+            .get(jid)
+            .copied()
+            .unwrap_or(Affiliation::None)
     }
 
     /// Handles one input at time `now`.
@@ -333,7 +338,10 @@ impl Room {
         } else if self.occupants.get(&nick).is_some_and(|o| o.bare != bare) {
             Some(error(Condition::Conflict, "That nickname is in use"))
         } else if self.config.members_only && affiliation == Affiliation::None {
-            Some(error(Condition::RegistrationRequired, "This room is members-only"))
+            Some(error(
+                Condition::RegistrationRequired,
+                "This room is members-only",
+            ))
         } else if self
             .config
             .password
@@ -350,7 +358,14 @@ impl Room {
             None
         };
         if let Some((condition, text)) = refusal {
-            out.error(&from, StanzaKind::Presence, Some(nick), None, condition, text);
+            out.error(
+                &from,
+                StanzaKind::Presence,
+                Some(nick),
+                None,
+                condition,
+                text,
+            );
             if condition == Condition::ServiceUnavailable
                 && let Some(Action::Send {
                     stanza: Outgoing::Error { error_type, .. },
@@ -365,15 +380,18 @@ impl Room {
 
         let occupant_id = OccupantId::derive(&self.settings.salt, &self.jid, &bare);
         let role = affiliation.default_role(self.config.moderated);
-        let occupant = self.occupants.entry(nick.clone()).or_insert_with(|| Occupant {
-            bare,
-            sessions: Vec::new(),
-            role,
-            occupant_id,
-            presence: Payload::default(),
-            tokens: 0.0,
-            refilled: now,
-        });
+        let occupant = self
+            .occupants
+            .entry(nick.clone())
+            .or_insert_with(|| Occupant {
+                bare,
+                sessions: Vec::new(),
+                role,
+                occupant_id,
+                presence: Payload::default(),
+                tokens: 0.0,
+                refilled: now,
+            });
         occupant.sessions.push(from.clone());
         occupant.presence = payload;
         if let Some(limit) = self.settings.rate_limit {
@@ -502,7 +520,14 @@ impl Room {
         }
     }
 
-    fn change_nick(&mut self, out: &mut Out, from: &FullJid, old: Nick, new: Nick, payload: Payload) {
+    fn change_nick(
+        &mut self,
+        out: &mut Out,
+        from: &FullJid,
+        old: Nick,
+        new: Nick,
+        payload: Payload,
+    ) {
         let bare = from.to_bare();
         if self.occupants.get(&new).is_some_and(|o| o.bare != bare) {
             out.error(
@@ -517,7 +542,14 @@ impl Room {
         }
         if self.occupants.contains_key(&new) {
             // Same user holds both nicks (two sessions): not a rename.
-            out.error(from, StanzaKind::Presence, Some(new), None, Condition::NotAcceptable, None);
+            out.error(
+                from,
+                StanzaKind::Presence,
+                Some(new),
+                None,
+                Condition::NotAcceptable,
+                None,
+            );
             return;
         }
         let mut occupant = self.occupants.remove(&old).expect("indexed");
@@ -529,7 +561,10 @@ impl Room {
         let sessions = occupant.sessions.clone();
         let mut own = self.presence_of(&old, &occupant, occupant.role, vec![303, 110]);
         own.new_nick = Some(new.clone());
-        out.send(sessions.clone(), Outgoing::Presence(Box::new(unavailable(own))));
+        out.send(
+            sessions.clone(),
+            Outgoing::Presence(Box::new(unavailable(own))),
+        );
         self.each_recipient(out, None, |room, role| {
             let mut p = room.presence_of(&old, &occupant, role, vec![303]);
             p.new_nick = Some(new.clone());
@@ -661,7 +696,14 @@ impl Room {
             let allowed =
                 role == Role::Moderator || (self.config.change_subject && role.has_voice());
             if !allowed {
-                out.error(&from, StanzaKind::Message, None, id, Condition::Forbidden, None);
+                out.error(
+                    &from,
+                    StanzaKind::Message,
+                    None,
+                    id,
+                    Condition::Forbidden,
+                    None,
+                );
                 return;
             }
             let subject = Subject {
@@ -692,7 +734,14 @@ impl Room {
             return;
         }
         if !self.take_token(&nick, now) {
-            out.error(&from, StanzaKind::Message, None, id, Condition::ResourceConstraint, None);
+            out.error(
+                &from,
+                StanzaKind::Message,
+                None,
+                id,
+                Condition::ResourceConstraint,
+                None,
+            );
             return;
         }
         let occupant = &self.occupants[&nick];
@@ -744,19 +793,38 @@ impl Room {
         now: Timestamp,
     ) {
         let err = |out: &mut Out, condition, text| {
-            out.error(&from, StanzaKind::Message, Some(to.clone()), id.clone(), condition, text)
+            out.error(
+                &from,
+                StanzaKind::Message,
+                Some(to.clone()),
+                id.clone(),
+                condition,
+                text,
+            )
         };
         let Some(sender) = self.by_session.get(&from).cloned() else {
-            return err(out, Condition::NotAcceptable, Some("You are not in this room"));
+            return err(
+                out,
+                Condition::NotAcceptable,
+                Some("You are not in this room"),
+            );
         };
         if kind == MessageKind::Groupchat {
-            return err(out, Condition::BadRequest, Some("Private messages may not be of type groupchat"));
+            return err(
+                out,
+                Condition::BadRequest,
+                Some("Private messages may not be of type groupchat"),
+            );
         }
         let Some(target) = self.occupants.get(&to) else {
             return err(out, Condition::ItemNotFound, Some("Recipient not in room"));
         };
         if !self.config.allow_pm.allows(self.occupants[&sender].role) {
-            return err(out, Condition::Forbidden, Some("Private messages are not allowed in this room"));
+            return err(
+                out,
+                Condition::Forbidden,
+                Some("Private messages are not allowed in this room"),
+            );
         }
         let to_sessions = target.sessions.clone();
         if !self.take_token(&sender, now) {
@@ -777,7 +845,14 @@ impl Room {
 
     // ---- IQs ---------------------------------------------------------------
 
-    fn on_iq(&mut self, out: &mut Out, from: FullJid, to: Option<Nick>, id: String, request: IqRequest) {
+    fn on_iq(
+        &mut self,
+        out: &mut Out,
+        from: FullJid,
+        to: Option<Nick>,
+        id: String,
+        request: IqRequest,
+    ) {
         let sender = self.by_session.get(&from).cloned();
         let result = match (&to, request) {
             (Some(target), IqRequest::Ping) => match &sender {
@@ -800,7 +875,9 @@ impl Room {
             (None, IqRequest::DiscoInfo) => Ok(self.disco_info()),
             (None, IqRequest::DiscoItems) => Ok(IqResponse::DiscoItems(Vec::new())),
             (None, IqRequest::AdminList(filter)) => self.admin_list(&from, sender.as_ref(), filter),
-            (None, IqRequest::AdminSet(items)) => self.admin_set(out, &from, sender.as_ref(), items),
+            (None, IqRequest::AdminSet(items)) => {
+                self.admin_set(out, &from, sender.as_ref(), items)
+            }
             (None, IqRequest::ConfigGet) => self.config_get(&from),
             (None, IqRequest::ConfigSet(form)) => self.config_set(out, &from, form),
             (None, IqRequest::Destroy { reason, alternate }) => {
@@ -916,7 +993,8 @@ impl Room {
                     if actor_role != Role::Moderator {
                         return Err((Condition::Forbidden, None));
                     }
-                    let touches_moderator = *role == Role::Moderator || target.role == Role::Moderator;
+                    let touches_moderator =
+                        *role == Role::Moderator || target.role == Role::Moderator;
                     if target_aff.is_admin_or_owner() && *role != Role::Moderator {
                         return Err((Condition::NotAllowed, None));
                     }
@@ -928,7 +1006,8 @@ impl Room {
                     jid, affiliation, ..
                 } => {
                     let current = self.affiliation(jid);
-                    let owner_needed = affiliation.is_admin_or_owner() || current.is_admin_or_owner();
+                    let owner_needed =
+                        affiliation.is_admin_or_owner() || current.is_admin_or_owner();
                     let allowed = match actor_aff {
                         Affiliation::Owner => true,
                         Affiliation::Admin => !owner_needed,
@@ -981,7 +1060,13 @@ impl Room {
         self.broadcast_presence(out, nick, &[]);
     }
 
-    fn set_affiliation(&mut self, out: &mut Out, jid: BareJid, affiliation: Affiliation, reason: Option<String>) {
+    fn set_affiliation(
+        &mut self,
+        out: &mut Out,
+        jid: BareJid,
+        affiliation: Affiliation,
+        reason: Option<String>,
+    ) {
         if affiliation == Affiliation::None {
             self.affiliations.remove(&jid);
         } else {
@@ -1021,12 +1106,18 @@ impl Room {
             v.sort();
             v
         };
-        Ok(IqResponse::ConfigForm(
-            self.config.to_form(&list(Affiliation::Owner), &list(Affiliation::Admin)),
-        ))
+        Ok(IqResponse::ConfigForm(self.config.to_form(
+            &list(Affiliation::Owner),
+            &list(Affiliation::Admin),
+        )))
     }
 
-    fn config_set(&mut self, out: &mut Out, from: &FullJid, form: Option<crate::form::Submission>) -> IqResult {
+    fn config_set(
+        &mut self,
+        out: &mut Out,
+        from: &FullJid,
+        form: Option<crate::form::Submission>,
+    ) -> IqResult {
         if self.requester_affiliation(from) != Affiliation::Owner {
             return Err((Condition::Forbidden, None));
         }
@@ -1085,7 +1176,13 @@ impl Room {
         }
     }
 
-    fn destroy(&mut self, out: &mut Out, from: &FullJid, reason: Option<String>, alternate: Option<BareJid>) -> IqResult {
+    fn destroy(
+        &mut self,
+        out: &mut Out,
+        from: &FullJid,
+        reason: Option<String>,
+        alternate: Option<BareJid>,
+    ) -> IqResult {
         if self.requester_affiliation(from) != Affiliation::Owner {
             return Err((Condition::Forbidden, None));
         }
@@ -1100,7 +1197,10 @@ impl Room {
             p.role = Role::None;
             p.affiliation = Affiliation::None;
             p.destroy = Some(destroyed.clone());
-            out.send(occupant.sessions, Outgoing::Presence(Box::new(unavailable(p))));
+            out.send(
+                occupant.sessions,
+                Outgoing::Presence(Box::new(unavailable(p))),
+            );
         }
         self.by_session.clear();
         if self.persistent() {

@@ -69,7 +69,10 @@ impl Harness {
     fn with_owner() -> Self {
         let mut h = Harness::new();
         h.join("alice@a.test/pc", "alice");
-        h.iq("alice@a.test/pc", IqRequest::ConfigSet(Some(Submission::default())));
+        h.iq(
+            "alice@a.test/pc",
+            IqRequest::ConfigSet(Some(Submission::default())),
+        );
         h
     }
 
@@ -140,17 +143,32 @@ fn creation_gives_201_and_locks_until_configured() {
     assert_eq!(own.statuses, vec![110, 201]);
     assert_eq!(own.affiliation, Affiliation::Owner);
     assert_eq!(own.role, Role::Moderator);
-    assert!(matches!(to_alice[1], Outgoing::Subject { subject: None, delayed: true }));
+    assert!(matches!(
+        to_alice[1],
+        Outgoing::Subject {
+            subject: None,
+            delayed: true
+        }
+    ));
     assert!(h.room.is_locked());
 
     let refused = h.join("bob@b.test/x", "bob");
-    assert_eq!(error_condition(sent_to(&refused, "bob@b.test/x")[0]), Condition::ItemNotFound);
+    assert_eq!(
+        error_condition(sent_to(&refused, "bob@b.test/x")[0]),
+        Condition::ItemNotFound
+    );
 
     // An instant room (empty submission) unlocks it.
-    h.iq("alice@a.test/pc", IqRequest::ConfigSet(Some(Submission::default())));
+    h.iq(
+        "alice@a.test/pc",
+        IqRequest::ConfigSet(Some(Submission::default())),
+    );
     assert!(!h.room.is_locked());
     let joined = h.join("bob@b.test/x", "bob");
-    assert_eq!(presence(sent_to(&joined, "bob@b.test/x")[1]).statuses, vec![110]);
+    assert_eq!(
+        presence(sent_to(&joined, "bob@b.test/x")[1]).statuses,
+        vec![110]
+    );
 }
 
 #[test]
@@ -164,12 +182,20 @@ fn join_order_is_roster_self_history_subject() {
     let to_alice = sent_to(&actions, "alice@a.test/pc");
     assert_eq!(to_alice.len(), 1);
     assert_eq!(presence(to_alice[0]).nick, nick("bob"));
-    assert_eq!(presence(to_alice[0]).jid, Some(jid("bob@b.test/x")), "moderators see real JIDs");
+    assert_eq!(
+        presence(to_alice[0]).jid,
+        Some(jid("bob@b.test/x")),
+        "moderators see real JIDs"
+    );
 
     let to_bob = sent_to(&actions, "bob@b.test/x");
     assert_eq!(to_bob.len(), 5);
     assert_eq!(presence(to_bob[0]).nick, nick("alice"));
-    assert_eq!(presence(to_bob[0]).jid, None, "semi-anonymous: participants don't");
+    assert_eq!(
+        presence(to_bob[0]).jid,
+        None,
+        "semi-anonymous: participants don't"
+    );
     assert_eq!(presence(to_bob[1]).statuses, vec![110]);
     let history: Vec<u64> = to_bob[2..4]
         .iter()
@@ -224,11 +250,20 @@ fn join_errors() {
     let mut h = Harness::with_owner();
     h.join("bob@b.test/x", "bob");
     let conflict = h.join("carol@b.test/y", "bob");
-    assert_eq!(error_condition(sent_to(&conflict, "carol@b.test/y")[0]), Condition::Conflict);
+    assert_eq!(
+        error_condition(sent_to(&conflict, "carol@b.test/y")[0]),
+        Condition::Conflict
+    );
 
-    h.configure(&[("muc#roomconfig_passwordprotectedroom", "1"), ("muc#roomconfig_roomsecret", "pw")]);
+    h.configure(&[
+        ("muc#roomconfig_passwordprotectedroom", "1"),
+        ("muc#roomconfig_roomsecret", "pw"),
+    ]);
     let wrong = h.join("dave@b.test/z", "dave");
-    assert_eq!(error_condition(sent_to(&wrong, "dave@b.test/z")[0]), Condition::NotAuthorized);
+    assert_eq!(
+        error_condition(sent_to(&wrong, "dave@b.test/z")[0]),
+        Condition::NotAuthorized
+    );
     let right = h.join_with(
         "dave@b.test/z",
         "dave",
@@ -237,9 +272,21 @@ fn join_errors() {
             ..Default::default()
         },
     );
-    assert_eq!(presence(sent_to(&right, "dave@b.test/z").last().map(|_| sent_to(&right, "dave@b.test/z")[2]).unwrap()).statuses, vec![110]);
+    assert_eq!(
+        presence(
+            sent_to(&right, "dave@b.test/z")
+                .last()
+                .map(|_| sent_to(&right, "dave@b.test/z")[2])
+                .unwrap()
+        )
+        .statuses,
+        vec![110]
+    );
 
-    h.configure(&[("muc#roomconfig_passwordprotectedroom", "0"), ("muc#roomconfig_membersonly", "1")]);
+    h.configure(&[
+        ("muc#roomconfig_passwordprotectedroom", "0"),
+        ("muc#roomconfig_membersonly", "1"),
+    ]);
     let members = h.join("erin@b.test/e", "erin");
     assert_eq!(
         error_condition(sent_to(&members, "erin@b.test/e")[0]),
@@ -255,7 +302,10 @@ fn join_errors() {
         }]),
     );
     let banned = h.join("erin@b.test/e", "erin");
-    assert_eq!(error_condition(sent_to(&banned, "erin@b.test/e")[0]), Condition::Forbidden);
+    assert_eq!(
+        error_condition(sent_to(&banned, "erin@b.test/e")[0]),
+        Condition::Forbidden
+    );
 }
 
 #[test]
@@ -288,7 +338,10 @@ fn room_full_lets_admins_in() {
         }]),
     );
     let admin = h.join("carol@b.test/y", "carol");
-    assert!(matches!(sent_to(&admin, "carol@b.test/y")[0], Outgoing::Presence(_)));
+    assert!(matches!(
+        sent_to(&admin, "carol@b.test/y")[0],
+        Outgoing::Presence(_)
+    ));
 }
 
 #[test]
@@ -296,7 +349,11 @@ fn groupchat_is_reflected_with_ids_and_sequenced() {
     let mut h = Harness::with_owner();
     h.join("bob@b.test/x", "bob");
     let actions = h.say("bob@b.test/x", "hi");
-    let Action::Send { to, stanza: Outgoing::Groupchat(m) } = &actions[0] else {
+    let Action::Send {
+        to,
+        stanza: Outgoing::Groupchat(m),
+    } = &actions[0]
+    else {
         panic!("expected one broadcast, got {actions:?}");
     };
     assert_eq!(to.len(), 2, "sender included");
@@ -305,20 +362,31 @@ fn groupchat_is_reflected_with_ids_and_sequenced() {
     assert_eq!(m.stanza_id.as_str(), "7-1");
     assert_eq!(m.nick, nick("bob"));
     let again = h.say("bob@b.test/x", "again");
-    assert!(matches!(&again[0], Action::Send { stanza: Outgoing::Groupchat(m2), .. } if m2.occupant_id == m.occupant_id && m2.seq == Seq(2)));
+    assert!(
+        matches!(&again[0], Action::Send { stanza: Outgoing::Groupchat(m2), .. } if m2.occupant_id == m.occupant_id && m2.seq == Seq(2))
+    );
 }
 
 #[test]
 fn non_occupants_and_visitors_cannot_speak() {
     let mut h = Harness::with_owner();
     let stranger = h.say("eve@b.test/e", "spam");
-    assert_eq!(error_condition(sent_to(&stranger, "eve@b.test/e")[0]), Condition::NotAcceptable);
+    assert_eq!(
+        error_condition(sent_to(&stranger, "eve@b.test/e")[0]),
+        Condition::NotAcceptable
+    );
 
     h.configure(&[("muc#roomconfig_moderatedroom", "1")]);
     let joined = h.join("bob@b.test/x", "bob");
-    assert_eq!(presence(sent_to(&joined, "bob@b.test/x")[1]).role, Role::Visitor);
+    assert_eq!(
+        presence(sent_to(&joined, "bob@b.test/x")[1]).role,
+        Role::Visitor
+    );
     let visitor = h.say("bob@b.test/x", "hello");
-    assert_eq!(error_condition(sent_to(&visitor, "bob@b.test/x")[0]), Condition::Forbidden);
+    assert_eq!(
+        error_condition(sent_to(&visitor, "bob@b.test/x")[0]),
+        Condition::Forbidden
+    );
 
     // Voice granted: now bob may speak.
     h.iq(
@@ -329,7 +397,13 @@ fn non_occupants_and_visitors_cannot_speak() {
             reason: None,
         }]),
     );
-    assert!(matches!(h.say("bob@b.test/x", "hello")[0], Action::Send { stanza: Outgoing::Groupchat(_), .. }));
+    assert!(matches!(
+        h.say("bob@b.test/x", "hello")[0],
+        Action::Send {
+            stanza: Outgoing::Groupchat(_),
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -347,9 +421,14 @@ fn subject_changes_only_by_those_allowed() {
         })
     };
     let refused = subject(&mut h, "bob@b.test/x");
-    assert_eq!(error_condition(sent_to(&refused, "bob@b.test/x")[0]), Condition::Forbidden);
+    assert_eq!(
+        error_condition(sent_to(&refused, "bob@b.test/x")[0]),
+        Condition::Forbidden
+    );
     let ok = subject(&mut h, "alice@a.test/pc");
-    assert!(matches!(sent_to(&ok, "bob@b.test/x")[0], Outgoing::Subject { subject: Some(s), delayed: false } if s.text == "news"));
+    assert!(
+        matches!(sent_to(&ok, "bob@b.test/x")[0], Outgoing::Subject { subject: Some(s), delayed: false } if s.text == "news")
+    );
     // A message with subject and body is a normal message, not a subject change.
     let with_body = h.handle(Input::Groupchat {
         from: jid("bob@b.test/x"),
@@ -359,9 +438,17 @@ fn subject_changes_only_by_those_allowed() {
         payload: Payload::default(),
         size: 10,
     });
-    assert!(matches!(with_body[0], Action::Send { stanza: Outgoing::Groupchat(_), .. }));
+    assert!(matches!(
+        with_body[0],
+        Action::Send {
+            stanza: Outgoing::Groupchat(_),
+            ..
+        }
+    ));
     let joined = h.join("carol@b.test/c", "carol");
-    assert!(matches!(sent_to(&joined, "carol@b.test/c").last().unwrap(), Outgoing::Subject { subject: Some(s), .. } if s.text == "news"));
+    assert!(
+        matches!(sent_to(&joined, "carol@b.test/c").last().unwrap(), Outgoing::Subject { subject: Some(s), .. } if s.text == "news")
+    );
 }
 
 #[test]
@@ -375,7 +462,9 @@ fn private_messages() {
         kind: MessageKind::Chat,
         payload: Payload::default(),
     });
-    assert!(matches!(sent_to(&pm, "alice@a.test/pc")[0], Outgoing::Private { from, .. } if *from == nick("bob")));
+    assert!(
+        matches!(sent_to(&pm, "alice@a.test/pc")[0], Outgoing::Private { from, .. } if *from == nick("bob"))
+    );
     let nobody = h.handle(Input::Private {
         from: jid("bob@b.test/x"),
         to: nick("nobody"),
@@ -383,7 +472,10 @@ fn private_messages() {
         kind: MessageKind::Chat,
         payload: Payload::default(),
     });
-    assert_eq!(error_condition(sent_to(&nobody, "bob@b.test/x")[0]), Condition::ItemNotFound);
+    assert_eq!(
+        error_condition(sent_to(&nobody, "bob@b.test/x")[0]),
+        Condition::ItemNotFound
+    );
 }
 
 #[test]
@@ -412,7 +504,10 @@ fn nick_change_sends_303_then_available() {
         join: None,
         payload: Payload::default(),
     });
-    assert_eq!(error_condition(sent_to(&conflict, "bob@b.test/x")[0]), Condition::Conflict);
+    assert_eq!(
+        error_condition(sent_to(&conflict, "bob@b.test/x")[0]),
+        Condition::Conflict
+    );
 }
 
 #[test]
@@ -422,7 +517,10 @@ fn leaving_the_last_occupant_closes_a_temporary_room() {
         from: jid("alice@a.test/pc"),
         payload: Payload::default(),
     });
-    assert_eq!(presence(sent_to(&actions, "alice@a.test/pc")[0]).statuses, vec![110]);
+    assert_eq!(
+        presence(sent_to(&actions, "alice@a.test/pc")[0]).statuses,
+        vec![110]
+    );
     assert!(matches!(actions.last(), Some(Action::Close)));
 }
 
@@ -442,7 +540,10 @@ fn kick_and_ban() {
     let to_bob = presence(sent_to(&kick, "bob@b.test/x")[0]);
     assert_eq!(to_bob.statuses, vec![110, 307]);
     assert_eq!(to_bob.reason.as_deref(), Some("bye"));
-    assert_eq!(presence(sent_to(&kick, "carol@b.test/c")[0]).statuses, vec![307]);
+    assert_eq!(
+        presence(sent_to(&kick, "carol@b.test/c")[0]).statuses,
+        vec![307]
+    );
 
     let ban = h.iq(
         "alice@a.test/pc",
@@ -455,8 +556,13 @@ fn kick_and_ban() {
     let to_carol = presence(sent_to(&ban, "carol@b.test/c")[0]);
     assert_eq!(to_carol.statuses, vec![110, 301]);
     assert_eq!(to_carol.affiliation, Affiliation::Outcast);
-    let list = h.iq("alice@a.test/pc", IqRequest::AdminList(AdminFilter::Affiliation(Affiliation::Outcast)));
-    assert!(matches!(sent_to(&list, "alice@a.test/pc")[0], Outgoing::IqResult { body: IqResponse::AdminList(items), .. } if items.len() == 1));
+    let list = h.iq(
+        "alice@a.test/pc",
+        IqRequest::AdminList(AdminFilter::Affiliation(Affiliation::Outcast)),
+    );
+    assert!(
+        matches!(sent_to(&list, "alice@a.test/pc")[0], Outgoing::IqResult { body: IqResponse::AdminList(items), .. } if items.len() == 1)
+    );
 }
 
 #[test]
@@ -471,7 +577,10 @@ fn participants_cannot_kick_and_nobody_kicks_the_owner() {
             reason: None,
         }]),
     );
-    assert_eq!(error_condition(sent_to(&by_bob, "bob@b.test/x")[0]), Condition::Forbidden);
+    assert_eq!(
+        error_condition(sent_to(&by_bob, "bob@b.test/x")[0]),
+        Condition::Forbidden
+    );
 }
 
 #[test]
@@ -485,22 +594,43 @@ fn last_owner_cannot_be_removed() {
             reason: None,
         }]),
     );
-    assert_eq!(error_condition(sent_to(&actions, "alice@a.test/pc")[0]), Condition::Conflict);
-    assert_eq!(h.room.affiliation(&"alice@a.test".parse().unwrap()), Affiliation::Owner);
+    assert_eq!(
+        error_condition(sent_to(&actions, "alice@a.test/pc")[0]),
+        Condition::Conflict
+    );
+    assert_eq!(
+        h.room.affiliation(&"alice@a.test".parse().unwrap()),
+        Affiliation::Owner
+    );
 }
 
 #[test]
 fn config_change_announces_104_and_persists() {
     let mut h = Harness::with_owner();
     h.join("bob@b.test/x", "bob");
-    let actions = h.configure(&[("muc#roomconfig_persistentroom", "1"), ("muc#roomconfig_roomname", "Lounge")]);
-    assert!(matches!(sent_to(&actions, "bob@b.test/x")[0], Outgoing::Status(codes) if codes == &vec![104]));
-    assert!(actions.iter().any(|a| matches!(a, Action::Persist(Persist::Config(c)) if c.name == "Lounge")));
+    let actions = h.configure(&[
+        ("muc#roomconfig_persistentroom", "1"),
+        ("muc#roomconfig_roomname", "Lounge"),
+    ]);
+    assert!(
+        matches!(sent_to(&actions, "bob@b.test/x")[0], Outgoing::Status(codes) if codes == &vec![104])
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Persist(Persist::Config(c)) if c.name == "Lounge"))
+    );
     assert!(actions.iter().any(|a| matches!(a, Action::Persist(Persist::Affiliation(j, Affiliation::Owner)) if *j == "alice@a.test".parse::<BareJid>().unwrap())));
     let msg = h.say("bob@b.test/x", "kept");
-    assert!(matches!(&msg[0], Action::Persist(Persist::Message(m)) if m.seq == Seq(1)), "persist comes before the send: {msg:?}");
+    assert!(
+        matches!(&msg[0], Action::Persist(Persist::Message(m)) if m.seq == Seq(1)),
+        "persist comes before the send: {msg:?}"
+    );
     let bob_config = h.iq("bob@b.test/x", IqRequest::ConfigGet);
-    assert_eq!(error_condition(sent_to(&bob_config, "bob@b.test/x")[0]), Condition::Forbidden);
+    assert_eq!(
+        error_condition(sent_to(&bob_config, "bob@b.test/x")[0]),
+        Condition::Forbidden
+    );
 }
 
 #[test]
@@ -517,8 +647,15 @@ fn destroy_tells_everyone_and_deletes() {
     );
     let to_bob = presence(sent_to(&actions, "bob@b.test/x")[0]);
     assert!(!to_bob.available);
-    assert_eq!(to_bob.destroy.as_ref().and_then(|d| d.reason.as_deref()), Some("done"));
-    assert!(actions.iter().any(|a| matches!(a, Action::Persist(Persist::Delete))));
+    assert_eq!(
+        to_bob.destroy.as_ref().and_then(|d| d.reason.as_deref()),
+        Some("done")
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Persist(Persist::Delete)))
+    );
     assert!(matches!(actions.last(), Some(Action::Close)));
 }
 
@@ -526,16 +663,24 @@ fn destroy_tells_everyone_and_deletes() {
 fn bounced_occupant_is_removed_with_333() {
     let mut h = Harness::with_owner();
     h.join("bob@b.test/x", "bob");
-    let actions = h.handle(Input::Bounced { from: jid("bob@b.test/x") });
+    let actions = h.handle(Input::Bounced {
+        from: jid("bob@b.test/x"),
+    });
     assert!(sent_to(&actions, "bob@b.test/x").is_empty());
-    assert_eq!(presence(sent_to(&actions, "alice@a.test/pc")[0]).statuses, vec![333]);
+    assert_eq!(
+        presence(sent_to(&actions, "alice@a.test/pc")[0]).statuses,
+        vec![333]
+    );
 }
 
 #[test]
 fn shutdown_sends_332() {
     let mut h = Harness::with_owner();
     let actions = h.handle(Input::Shutdown);
-    assert_eq!(presence(sent_to(&actions, "alice@a.test/pc")[0]).statuses, vec![110, 332]);
+    assert_eq!(
+        presence(sent_to(&actions, "alice@a.test/pc")[0]).statuses,
+        vec![110, 332]
+    );
 }
 
 #[test]
@@ -549,9 +694,18 @@ fn self_ping_is_answered_only_for_occupants() {
             request: IqRequest::Ping,
         })
     };
-    assert!(matches!(ping(&mut h, "alice@a.test/pc")[0], Action::Send { stanza: Outgoing::IqResult { .. }, .. }));
+    assert!(matches!(
+        ping(&mut h, "alice@a.test/pc")[0],
+        Action::Send {
+            stanza: Outgoing::IqResult { .. },
+            ..
+        }
+    ));
     let stranger = ping(&mut h, "eve@b.test/e");
-    assert_eq!(error_condition(sent_to(&stranger, "eve@b.test/e")[0]), Condition::NotAcceptable);
+    assert_eq!(
+        error_condition(sent_to(&stranger, "eve@b.test/e")[0]),
+        Condition::NotAcceptable
+    );
 }
 
 #[test]
@@ -561,7 +715,10 @@ fn rejoin_from_the_same_session_is_a_full_resync() {
     let actions = h.join("bob@b.test/x", "bob");
     let to_bob = sent_to(&actions, "bob@b.test/x");
     assert_eq!(presence(to_bob[1]).statuses, vec![110]);
-    assert!(sent_to(&actions, "alice@a.test/pc").is_empty(), "others see nothing new");
+    assert!(
+        sent_to(&actions, "alice@a.test/pc").is_empty(),
+        "others see nothing new"
+    );
 }
 
 #[test]
@@ -608,8 +765,36 @@ fn flood_is_limited() {
             at,
         )
     };
-    assert!(matches!(say(&mut room, NOW)[0], Action::Send { stanza: Outgoing::Groupchat(_), .. }));
-    assert!(matches!(say(&mut room, NOW)[0], Action::Send { stanza: Outgoing::Groupchat(_), .. }));
-    assert!(matches!(say(&mut room, NOW)[0], Action::Send { stanza: Outgoing::Error { condition: Condition::ResourceConstraint, kind: StanzaKind::Message, .. }, .. }));
-    assert!(matches!(say(&mut room, Timestamp(NOW.0 + 1000))[0], Action::Send { stanza: Outgoing::Groupchat(_), .. }));
+    assert!(matches!(
+        say(&mut room, NOW)[0],
+        Action::Send {
+            stanza: Outgoing::Groupchat(_),
+            ..
+        }
+    ));
+    assert!(matches!(
+        say(&mut room, NOW)[0],
+        Action::Send {
+            stanza: Outgoing::Groupchat(_),
+            ..
+        }
+    ));
+    assert!(matches!(
+        say(&mut room, NOW)[0],
+        Action::Send {
+            stanza: Outgoing::Error {
+                condition: Condition::ResourceConstraint,
+                kind: StanzaKind::Message,
+                ..
+            },
+            ..
+        }
+    ));
+    assert!(matches!(
+        say(&mut room, Timestamp(NOW.0 + 1000))[0],
+        Action::Send {
+            stanza: Outgoing::Groupchat(_),
+            ..
+        }
+    ));
 }
