@@ -67,7 +67,7 @@ pub fn route(el: Element, service: &BareJid, max_message_bytes: usize) -> Routed
         return reject(&el, Condition::ItemNotFound, None);
     }
     let stanza_type = el.attr("type").unwrap_or("");
-    if stanza_type == "error" && el.name() != "presence" {
+    if stanza_type == "error" && el.name() != "presence" && !is_gone(&el) {
         return Routed::Drop("error stanza");
     }
     let Some(node) = to.node() else {
@@ -108,6 +108,7 @@ pub fn route(el: Element, service: &BareJid, max_message_bytes: usize) -> Routed
             ("", None) => reject(&el, Condition::JidMalformed, Some("a nickname is required")),
             _ => Routed::Drop("subscription presence to a room"),
         },
+        "message" if stanza_type == "error" => routed(Input::Bounced { from }),
         "message" => {
             let size = String::from(&el).len();
             if size > max_message_bytes {
@@ -161,6 +162,25 @@ pub fn route(el: Element, service: &BareJid, max_message_bytes: usize) -> Routed
         },
         _ => Routed::Drop("not a stanza"),
     }
+}
+
+/// Whether an error bounced to the room means the occupant's session is
+/// gone (XEP-0045 §18.1), as opposed to a complaint about one stanza.
+fn is_gone(el: &Element) -> bool {
+    const GONE: &[&str] = &[
+        "gone",
+        "item-not-found",
+        "recipient-unavailable",
+        "redirect",
+        "remote-server-not-found",
+        "remote-server-timeout",
+        "service-unavailable",
+    ];
+    el.name() == "message"
+        && el
+            .get_child("error", ns::DEFAULT_NS)
+            .and_then(|e| e.children().find(|c| c.ns() == ns::XMPP_STANZAS))
+            .is_some_and(|c| GONE.contains(&c.name()))
 }
 
 fn service_stanza(el: Element, from: FullJid) -> Routed {
@@ -464,6 +484,18 @@ mod tests {
             "<message xmlns='jabber:component:accept' type='error' from='u@b.test/r' to='r@conference.a.test'/>",
         );
         assert!(matches!(r, Routed::Drop(_)));
+    }
+
+    #[test]
+    fn a_bounce_saying_the_session_is_gone_removes_the_occupant() {
+        let bounce = |condition: &str| {
+            route_xml(&format!(
+                "<message xmlns='jabber:component:accept' type='error' from='u@b.test/r' to='r@conference.a.test/n'>\
+                 <error type='cancel'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
+            ))
+        };
+        assert!(matches!(bounce("recipient-unavailable"), Routed::Room { input: Input::Bounced { .. }, .. }));
+        assert!(matches!(bounce("policy-violation"), Routed::Drop(_)));
     }
 
     #[test]
