@@ -439,7 +439,7 @@ mod tests {
     #[test]
     fn bad_input_gets_precise_errors() {
         let bad_nick = route_xml(
-            "<presence xmlns='jabber:component:accept' from='u@b.test/r' to='room@conference.a.test/bad&#x7;nick'><x xmlns='http://jabber.org/protocol/muc'/></presence>",
+            "<presence xmlns='jabber:component:accept' from='u@b.test/r' to='room@conference.a.test/bad&#xFFF9;nick'><x xmlns='http://jabber.org/protocol/muc'/></presence>",
         );
         assert_eq!(reply_condition(&bad_nick), "jid-malformed");
         let no_nick = route_xml(
