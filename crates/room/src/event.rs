@@ -115,7 +115,7 @@ pub enum AdminItem {
 }
 
 /// What the room asks its runtime to do.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Send one stanza to every listed real JID.
     Send { to: Vec<FullJid>, stanza: Outgoing },

@@ -36,4 +36,4 @@ pub use error::{Condition, Error, ErrorType};
 pub use event::{Action, Input, Outgoing, Persist};
 pub use history::{HistoryRequest, Payload, RoomMessage, Subject};
 pub use ids::{Nick, OccupantId, Seq, StanzaId, Timestamp};
-pub use room::{RateLimit, Room, RoomSettings, StoredRoom};
+pub use room::{OccupantSnapshot, RateLimit, Room, RoomSettings, RoomSnapshot, StoredRoom};

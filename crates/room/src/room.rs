@@ -63,6 +63,39 @@ struct Occupant {
     refilled: Timestamp,
 }
 
+/// Everything a replica needs to continue a room exactly where its master
+/// is: the whole state, so that the same inputs then produce the same actions.
+#[derive(Clone, Debug)]
+pub struct RoomSnapshot {
+    pub jid: BareJid,
+    pub settings: RoomSettings,
+    pub config: RoomConfig,
+    /// Sorted by JID.
+    pub affiliations: Vec<(BareJid, Affiliation)>,
+    /// Sorted by nick.
+    pub occupants: Vec<OccupantSnapshot>,
+    pub subject: Option<Subject>,
+    /// Oldest first.
+    pub history: Vec<Arc<RoomMessage>>,
+    pub next_seq: Seq,
+    pub locked: bool,
+    pub created: bool,
+}
+
+/// One occupant in a [`RoomSnapshot`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct OccupantSnapshot {
+    pub nick: Nick,
+    pub bare: BareJid,
+    pub sessions: Vec<FullJid>,
+    pub role: Role,
+    pub occupant_id: OccupantId,
+    pub presence: Payload,
+    /// Flood-control state, so replicas limit exactly as the master does.
+    pub tokens: f64,
+    pub refilled: Timestamp,
+}
+
 /// One XEP-0045 room.
 #[derive(Debug)]
 pub struct Room {
@@ -173,6 +206,74 @@ impl Room {
         }
         room.next_seq = stored.next_seq;
         room.created = true;
+        room
+    }
+
+    /// The whole state, for a replica.
+    pub fn snapshot(&self) -> RoomSnapshot {
+        let mut affiliations: Vec<(BareJid, Affiliation)> = self
+            .affiliations
+            .iter()
+            .map(|(j, a)| (j.clone(), *a))
+            .collect();
+        affiliations.sort();
+        RoomSnapshot {
+            jid: self.jid.clone(),
+            settings: self.settings.clone(),
+            config: self.config.clone(),
+            affiliations,
+            occupants: self
+                .occupants
+                .iter()
+                .map(|(nick, o)| OccupantSnapshot {
+                    nick: nick.clone(),
+                    bare: o.bare.clone(),
+                    sessions: o.sessions.clone(),
+                    role: o.role,
+                    occupant_id: o.occupant_id.clone(),
+                    presence: o.presence.clone(),
+                    tokens: o.tokens,
+                    refilled: o.refilled,
+                })
+                .collect(),
+            subject: self.subject.clone(),
+            history: self.history.iter().cloned().collect(),
+            next_seq: self.next_seq,
+            locked: self.locked,
+            created: self.created,
+        }
+    }
+
+    /// A replica continuing from `snapshot`.
+    pub fn from_snapshot(snapshot: RoomSnapshot) -> Self {
+        let mut room = Room::new(snapshot.jid, snapshot.settings);
+        room.config = snapshot.config;
+        room.affiliations = snapshot.affiliations.into_iter().collect();
+        for o in snapshot.occupants {
+            for s in &o.sessions {
+                room.by_session.insert(s.clone(), o.nick.clone());
+            }
+            room.occupants.insert(
+                o.nick,
+                Occupant {
+                    bare: o.bare,
+                    sessions: o.sessions,
+                    role: o.role,
+                    occupant_id: o.occupant_id,
+                    presence: o.presence,
+                    tokens: o.tokens,
+                    refilled: o.refilled,
+                },
+            );
+        }
+        room.subject = snapshot.subject;
+        let keep = usize::MAX;
+        for m in snapshot.history {
+            room.history.push(m, keep);
+        }
+        room.next_seq = snapshot.next_seq;
+        room.locked = snapshot.locked;
+        room.created = snapshot.created;
         room
     }
 
