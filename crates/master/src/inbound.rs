@@ -494,7 +494,13 @@ mod tests {
                  <error type='cancel'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
             ))
         };
-        assert!(matches!(bounce("recipient-unavailable"), Routed::Room { input: Input::Bounced { .. }, .. }));
+        assert!(matches!(
+            bounce("recipient-unavailable"),
+            Routed::Room {
+                input: Input::Bounced { .. },
+                ..
+            }
+        ));
         assert!(matches!(bounce("policy-violation"), Routed::Drop(_)));
     }
 

@@ -11,7 +11,9 @@
 //! - [`form`]: data forms as plain data.
 //! - [`history`]: room messages, subject, discussion history and its limits.
 //! - [`event`]: [`Input`] (parsed stanzas) and [`Action`] (stanzas to send, changes to persist).
-//! - [`room`]: [`Room::handle`], the state machine itself.
+//! - [`room`]: [`Room::handle`], the state machine itself, and its snapshots.
+//! - [`replica`]: slaves applying the master's numbered inputs to a replica,
+//!   and the split of deliveries between master and slaves.
 //!
 //! ```text
 //!   stanza ──edge──▶ Input ──▶ Room::handle(input, now) ──▶ Vec<Action>
@@ -28,6 +30,7 @@ pub mod event;
 pub mod form;
 pub mod history;
 pub mod ids;
+pub mod replica;
 pub mod room;
 
 pub use affiliation::{Affiliation, Role};
