@@ -4,8 +4,8 @@
 //! # Layout
 //! - [`config`]: the TOML configuration (`dmuc-master --config FILE`).
 //! - [`store`]: SQLite storage with group commit.
-//! - [`inbound`] / [`outbound`]: the XML edge, stanza to room input and
-//!   room output to stanza; nothing else touches XML.
+//! - `dmuc_stanza` (its own crate, shared with the peerhost): the XML edge,
+//!   stanza to room input and room output to stanza.
 //! - [`service`]: routes stanzas to rooms, creates rooms, answers for the
 //!   service domain.
 //! - [`room_task`]: one task per room, driving the pure `dmuc_room::Room`
@@ -18,8 +18,6 @@
 //! ```
 
 pub mod config;
-pub mod inbound;
-pub mod outbound;
 pub mod room_task;
 pub mod service;
 pub mod store;

@@ -18,7 +18,7 @@ use minidom::Element;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, error, info_span, warn};
 
-use crate::outbound;
+use dmuc_stanza::outbound;
 use crate::store::{Commit, Writer};
 
 /// How many inputs may wait for a busy room before senders wait.

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use xmpp_parsers::ns;
 
-use crate::inbound::{self, Routed, ServiceRequest};
-use crate::outbound::{self, Attr};
+use dmuc_stanza::inbound::{self, Routed, ServiceRequest};
+use dmuc_stanza::outbound::{self, Attr};
 use crate::room_task::{self, Listing, RoomContext, RoomEvent, RoomHandle};
 use crate::store::Writer;
 
