@@ -166,6 +166,11 @@ impl Client {
         stanza::bare(&self.jid)
     }
 
+    /// Why the stream ended, once it has (seen by a receive call).
+    pub fn closed(&self) -> Option<&str> {
+        self.closed.as_deref()
+    }
+
     /// A fresh stanza id, unique for this client.
     pub fn next_id(&mut self) -> String {
         self.next_id += 1;

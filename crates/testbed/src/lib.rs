@@ -14,6 +14,8 @@
 //! stanza.rs     namespaces and read-only stanza inspection helpers
 //! muc.rs        XEP-0045 helpers on Client: join sequence, config, admin, groupchat
 //! scenarios/    the conformance scenarios, Ctx (service under test + expectations)
+//! demo.rs       the demo's scripted conversation (run_script → Transcript)
+//! bin/dmuc-demo.rs  the local demo: two domains, dmuc-master, the script, your client
 //! ```
 //!
 //! ```text
@@ -60,6 +62,7 @@
 //! `DMUC_TESTBED_PROSODY_LOG` and `DMUC_TESTBED_MASTER_LOG` set log levels.
 
 mod client;
+pub mod demo;
 mod error;
 mod muc;
 mod process;

@@ -347,6 +347,20 @@ impl Client {
         self.expect_groupchat(room, &id).await
     }
 
+    /// Sets the subject of `room` and waits for its reflection; returns it.
+    pub async fn set_subject(&mut self, room: &str, subject: &str) -> Result<Element> {
+        self.send_raw(&format!(
+            "<message type='groupchat' to='{}'><subject>{}</subject></message>",
+            escape(room),
+            escape(subject)
+        ))
+        .await?;
+        self.expect("subject reflection", |el| {
+            stanza::is_subject_message(el) && is_from_room(el, room)
+        })
+        .await
+    }
+
     /// Waits for a presence from `room/nick` satisfying `pred`.
     pub async fn expect_presence_from(
         &mut self,

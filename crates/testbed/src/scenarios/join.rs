@@ -27,18 +27,7 @@ pub(crate) async fn set_subject(
     room: &str,
     subject: &str,
 ) -> Result<minidom::Element> {
-    client
-        .send_raw(&format!(
-            "<message type='groupchat' to='{}'><subject>{}</subject></message>",
-            escape(room),
-            escape(subject)
-        ))
-        .await?;
-    client
-        .expect("subject reflection", |el| {
-            stanza::is_subject_message(el) && stanza::is_from_room(el, room)
-        })
-        .await
+    client.set_subject(room, subject).await
 }
 
 /// §7.2.1: a presence without `<x xmlns='…muc'/>` from a non-occupant is

@@ -151,28 +151,10 @@ impl Ctx {
     /// directory, database `dmuc.sqlite` there) and waits until the service
     /// answers disco#info. The process lives as long as the context.
     pub async fn start_dmuc_master(binary: impl Into<PathBuf>) -> Result<Self> {
-        let mut options = TestbedOptions::default();
-        if let Some(a) = options.domain_mut("a.test") {
-            a.components.push(ExternalComponent {
-                jid: DMUC_SERVICE.into(),
-                secret: DMUC_SECRET.into(),
-                validate_from_addresses: true,
-            });
-        }
-        let testbed = Testbed::start(options).await?;
-        let config = MasterConfig {
-            component_jid: DMUC_SERVICE.into(),
-            server: testbed.component_addr("a.test")?,
-            secret: DMUC_SECRET.into(),
-            storage_path: testbed.dir().join("dmuc.sqlite"),
-            log_filter: std::env::var("DMUC_TESTBED_MASTER_LOG").unwrap_or_else(|_| "debug".into()),
-            extra_toml: String::new(),
-        };
-        let master = MasterProcess::spawn(binary, &config, testbed.dir())?;
-        let mut probe = testbed.client("a.test", "probe").await?;
-        probe
-            .wait_for_service(DMUC_SERVICE, SERVICE_START_TIMEOUT)
-            .await?;
+        let master_log =
+            std::env::var("DMUC_TESTBED_MASTER_LOG").unwrap_or_else(|_| "debug".into());
+        let (testbed, master) =
+            start_dmuc_testbed(binary, TestbedOptions::default(), &master_log).await?;
         Ok(Self::new(testbed, DMUC_SERVICE, Expect::dmuc()).keep_alive(master))
     }
 
@@ -227,6 +209,45 @@ impl Ctx {
             .await?;
         Ok((room, alice, bob))
     }
+}
+
+/// What [`Ctx::start_dmuc_master`] does, with the pieces handed back
+/// separately: starts the domains of `options` (which must include
+/// `a.test`), declares the external component [`DMUC_SERVICE`] on `a.test`,
+/// spawns the `dmuc-master` `binary` for it with the tracing filter
+/// `master_log` (config and log in the testbed directory, database
+/// `dmuc.sqlite` there) and waits until the service answers disco#info.
+///
+/// For callers that stop the master themselves before the servers, e.g.
+/// the demo ([`MasterProcess::stop`] sends SIGTERM: occupants get 332).
+pub async fn start_dmuc_testbed(
+    binary: impl Into<PathBuf>,
+    mut options: TestbedOptions,
+    master_log: &str,
+) -> Result<(Testbed, MasterProcess)> {
+    let a = options
+        .domain_mut("a.test")
+        .ok_or_else(|| Error::UnknownDomain("a.test".into()))?;
+    a.components.push(ExternalComponent {
+        jid: DMUC_SERVICE.into(),
+        secret: DMUC_SECRET.into(),
+        validate_from_addresses: true,
+    });
+    let testbed = Testbed::start(options).await?;
+    let config = MasterConfig {
+        component_jid: DMUC_SERVICE.into(),
+        server: testbed.component_addr("a.test")?,
+        secret: DMUC_SECRET.into(),
+        storage_path: testbed.dir().join("dmuc.sqlite"),
+        log_filter: master_log.to_owned(),
+        extra_toml: String::new(),
+    };
+    let master = MasterProcess::spawn(binary, &config, testbed.dir())?;
+    let mut probe = testbed.client("a.test", "probe").await?;
+    probe
+        .wait_for_service(DMUC_SERVICE, SERVICE_START_TIMEOUT)
+        .await?;
+    Ok((testbed, master))
 }
 
 /// Fails with `msg` unless `cond`.
