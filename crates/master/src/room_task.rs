@@ -18,8 +18,8 @@ use minidom::Element;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, error, info_span, warn};
 
-use dmuc_stanza::outbound;
 use crate::store::{Commit, Writer};
+use dmuc_stanza::outbound;
 
 /// How many inputs may wait for a busy room before senders wait.
 const INBOX: usize = 1024;
@@ -55,13 +55,13 @@ pub struct Listing {
 }
 
 impl Listing {
+    /// Public rooms that exist and are open for business are listed.
     fn of(room: &Room) -> Option<Listing> {
-        (room.config().public
-            && !room.is_locked()
-            && room.occupant_count() + usize::from(room.config().persistent) > 0)
-            .then(|| Listing {
-                name: room.config().name.clone(),
-            })
+        let config = room.config();
+        let exists = room.occupant_count() > 0 || config.persistent;
+        (config.public && exists && !room.is_locked()).then(|| Listing {
+            name: config.name.clone(),
+        })
     }
 }
 

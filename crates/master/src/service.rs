@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use xmpp_parsers::ns;
 
-use dmuc_stanza::inbound::{self, Routed, ServiceRequest};
-use dmuc_stanza::outbound::{self, Attr};
 use crate::room_task::{self, Listing, RoomContext, RoomEvent, RoomHandle};
 use crate::store::Writer;
+use dmuc_stanza::inbound::{self, Routed, ServiceRequest};
+use dmuc_stanza::outbound::{self, Attr};
 
 /// Features of the service itself (XEP-0045 §6.2 and the id XEPs).
 const SERVICE_FEATURES: &[&str] = &[
@@ -124,6 +124,9 @@ impl Service {
     pub async fn run(mut self, mut inbound: mpsc::Receiver<Inbound>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
+                // Room events first: a room that closed before a stanza
+                // arrived must be gone when that stanza is routed.
+                biased;
                 _ = shutdown.cancelled() => break,
                 Some(event) = self.events.recv() => self.on_room_event(event).await,
                 item = inbound.recv() => match item {
@@ -196,34 +199,20 @@ impl Service {
             },
             None => input,
         };
-        if !creates {
-            if let Some((to, reply)) = unknown_room_reply(&input) {
-                let el = outbound::build(&room, &reply);
-                self.send(outbound::addressed(el, &to)).await;
-            }
-            return;
-        }
         let creator = match &input {
-            Input::Presence { from, .. } => from.to_bare(),
-            _ => return,
+            Input::Presence { from, .. } if creates => from.to_bare(),
+            _ => {
+                let refusal = refusal(&input, Condition::ItemNotFound, "No such room");
+                return self.reply(&room, refusal).await;
+            }
         };
         if self.created_by.get(&creator).copied().unwrap_or(0) >= self.config.max_rooms_per_user {
-            let reply = Outgoing::Error {
-                kind: StanzaKind::Presence,
-                from: match &input {
-                    Input::Presence { nick, .. } => Some(nick.clone()),
-                    _ => None,
-                },
-                id: None,
-                condition: Condition::NotAllowed,
-                error_type: Condition::NotAllowed.error_type(),
-                text: Some("You have created too many rooms"),
-            };
-            if let Input::Presence { from, .. } = &input {
-                let el = outbound::build(&room, &reply);
-                self.send(outbound::addressed(el, from)).await;
-            }
-            return;
+            let refusal = refusal(
+                &input,
+                Condition::NotAllowed,
+                "You have created too many rooms",
+            );
+            return self.reply(&room, refusal).await;
         }
         debug!(%room, %creator, "creating room");
         self.start_room(
@@ -320,6 +309,13 @@ impl Service {
         self.send(reply).await;
     }
 
+    async fn reply(&self, room: &BareJid, reply: Option<(FullJid, Outgoing)>) {
+        if let Some((to, stanza)) = reply {
+            let el = outbound::build(room, &stanza);
+            self.send(outbound::addressed(el, &to)).await;
+        }
+    }
+
     async fn send(&self, el: Element) {
         if let Err(e) = self.ctx.link.send(el).await {
             warn!(error = %e, "component link closed; reply dropped");
@@ -327,8 +323,9 @@ impl Service {
     }
 }
 
-/// The item-not-found answer to a stanza for a room that does not exist.
-fn unknown_room_reply(input: &Input) -> Option<(FullJid, Outgoing)> {
+/// The error answer from `room` to `input` (none for inputs that must not
+/// be answered, such as unavailable presence).
+fn refusal(input: &Input, condition: Condition, text: &'static str) -> Option<(FullJid, Outgoing)> {
     let (from, kind, nick, id) = match input {
         Input::Groupchat { from, id, .. } => (from, StanzaKind::Message, None, id.clone()),
         Input::Private { from, to, id, .. } => {
@@ -346,9 +343,9 @@ fn unknown_room_reply(input: &Input) -> Option<(FullJid, Outgoing)> {
             kind,
             from: nick,
             id,
-            condition: Condition::ItemNotFound,
-            error_type: Condition::ItemNotFound.error_type(),
-            text: Some("No such room"),
+            condition,
+            error_type: condition.error_type(),
+            text: Some(text),
         },
     ))
 }

@@ -500,3 +500,28 @@ fn temporary_rooms_come_and_go() {
         Ok(())
     });
 }
+
+/// One user may create only so many rooms; joining existing ones is free.
+#[test]
+fn rooms_per_user_are_limited() {
+    run(async || {
+        let bed = Bed::start("[limits]\nmax_rooms_per_user = 1\n").await?;
+        let mut bob = bed.client("b.test", "bob").await?;
+        let mut alice = bed.client("a.test", "alice").await?;
+        bob.create_instant_room(&room("first"), "bob").await?;
+        let refused = bob
+            .join_refused(&room("second"), "bob", &JoinOptions::default())
+            .await?;
+        assert!(
+            is_error(&refused, "not-allowed"),
+            "{}",
+            stanza::show(&refused)
+        );
+        alice.create_instant_room(&room("second"), "alice").await?;
+        bob.join(&room("second"), "bob").await?;
+        // Once bob's room is gone, he may create another.
+        bob.leave(&room("first"), "bob").await?;
+        bob.create_instant_room(&room("third"), "bob").await?;
+        Ok(())
+    });
+}

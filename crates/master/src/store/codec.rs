@@ -8,15 +8,8 @@ use dmuc_room::{
     Affiliation, Nick, OccupantId, Payload, RoomConfig, RoomMessage, Seq, StanzaId, Timestamp,
 };
 use jid::BareJid;
-use minidom::Element;
 
 use super::StoreError;
-
-/// The namespace of the wrapper element used to parse a stored payload back.
-/// It is bound to a prefix, never the default namespace, so that a child
-/// without a namespace does not inherit it.
-const PAYLOAD_WRAPPER_OPEN: &str = "<dmuc:payload xmlns:dmuc='urn:dmuc:store:payload'>";
-const PAYLOAD_WRAPPER_CLOSE: &str = "</dmuc:payload>";
 
 /// A `rooms` row, subject included.
 #[derive(Debug, sqlx::FromRow)]
@@ -52,34 +45,12 @@ impl MessageRow {
             sender: jid(&self.sender)?,
             id: self.msg_id,
             at: Timestamp(self.at_ms),
-            payload: payload_from_xml(&self.payload_xml)?,
+            payload: Payload::from_xml(&self.payload_xml)
+                .map_err(|e| StoreError::Invalid(format!("stored payload: {e}")))?,
             size: usize::try_from(self.size)
                 .map_err(|_| StoreError::Invalid(format!("negative size {}", self.size)))?,
         })
     }
-}
-
-/// The children of a payload as concatenated XML, each with its own namespace declarations.
-pub(super) fn payload_to_xml(payload: &Payload) -> Result<String, StoreError> {
-    let mut out = Vec::new();
-    for element in payload.elements() {
-        element
-            .write_to(&mut out)
-            .map_err(|e| StoreError::Invalid(format!("unserializable payload: {e}")))?;
-    }
-    String::from_utf8(out).map_err(|_| StoreError::Invalid("payload is not UTF-8".into()))
-}
-
-/// Parses what [`payload_to_xml`] wrote back into elements.
-pub(super) fn payload_from_xml(xml: &str) -> Result<Payload, StoreError> {
-    if xml.is_empty() {
-        return Ok(Payload::default());
-    }
-    let wrapped = format!("{PAYLOAD_WRAPPER_OPEN}{xml}{PAYLOAD_WRAPPER_CLOSE}");
-    let root: Element = wrapped
-        .parse()
-        .map_err(|e| StoreError::Invalid(format!("stored payload: {e}")))?;
-    Ok(Payload::new(root.children().cloned().collect()))
 }
 
 pub(super) fn config_to_json(config: &RoomConfig) -> Result<String, StoreError> {
@@ -116,40 +87,20 @@ pub(super) fn u64_from_db(v: i64, what: &str) -> Result<u64, StoreError> {
 mod tests {
     use super::*;
 
-    fn round_trip(xml: &[&str]) {
-        let elements: Vec<Element> = xml.iter().map(|x| x.parse().unwrap()).collect();
-        let payload = Payload::new(elements);
-        let stored = payload_to_xml(&payload).unwrap();
-        let back = payload_from_xml(&stored).unwrap();
-        assert_eq!(back, payload, "stored as {stored}");
-        // Serializing again gives the same text: nothing drifts across restarts.
-        assert_eq!(payload_to_xml(&back).unwrap(), stored);
-    }
-
+    // The payload XML itself is tested with `Payload::to_xml` in dmuc-room.
     #[test]
-    fn payload_xml_round_trips() {
-        round_trip(&[]);
-        round_trip(&[
-            "<body xmlns='jabber:client' xml:lang='en'>a &lt;b&gt; &amp; c \"q\" 'a' ]]&gt; ünï 🎉</body>",
-            "<origin-id xmlns='urn:xmpp:sid:0' id='x&amp;y&lt;z'/>",
-            "<active xmlns='http://jabber.org/protocol/chatstates'/>",
-        ]);
-        round_trip(&[
-            "<x:outer xmlns:x='urn:a' xmlns='urn:b' x:attr='1' plain='v'>\
-               <inner>text<deep xmlns='urn:c'>more</deep>tail</inner>\
-               <x:again/>\
-             </x:outer>",
-        ]);
-        round_trip(&[
-            "<html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'><p>Hi <b>there</b></p></body></html>",
-        ]);
-    }
-
-    #[test]
-    fn damaged_payload_is_an_error() {
-        assert!(matches!(
-            payload_from_xml("<unclosed"),
-            Err(StoreError::Invalid(_))
-        ));
+    fn damaged_payload_is_invalid_data() {
+        let row = MessageRow {
+            seq: 1,
+            stanza_id: "1-1".into(),
+            occupant_id: "o".into(),
+            nick: "n".into(),
+            sender: "a@a.test".into(),
+            msg_id: None,
+            at_ms: 0,
+            size: 1,
+            payload_xml: "<unclosed".into(),
+        };
+        assert!(matches!(row.into_message(), Err(StoreError::Invalid(_))));
     }
 }

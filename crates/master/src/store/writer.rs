@@ -385,7 +385,7 @@ async fn insert_messages(
             .map(|(_, m)| {
                 Ok((
                     codec::u64_to_db(m.seq.0, "seq")?,
-                    codec::payload_to_xml(&m.payload)?,
+                    m.payload.to_xml(),
                     i64::try_from(m.size).unwrap_or(i64::MAX),
                 ))
             })
