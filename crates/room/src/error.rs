@@ -78,6 +78,9 @@ pub enum Error {
     MalformedNick,
     #[error("invalid value for form field {0}")]
     InvalidField(String),
+    /// Stored or transmitted payload XML that does not parse.
+    #[error("payload is not well-formed XML: {0}")]
+    MalformedPayload(String),
 }
 
 impl Error {
@@ -86,6 +89,7 @@ impl Error {
         match self {
             Error::MalformedNick => Condition::JidMalformed,
             Error::InvalidField(_) => Condition::NotAcceptable,
+            Error::MalformedPayload(_) => Condition::BadRequest,
         }
     }
 }

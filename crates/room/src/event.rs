@@ -9,7 +9,7 @@ use crate::history::{HistoryRequest, Payload, RoomMessage, Subject};
 use crate::{Affiliation, Condition, ErrorType, Nick, OccupantId, Role, RoomConfig};
 
 /// A stanza addressed to the room or one of its occupants, already parsed.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Input {
     /// Available presence to `room/nick`: a join, a rejoin, a nick change or
     /// a status change, depending on who sends it.
@@ -70,7 +70,7 @@ pub enum MessageKind {
 }
 
 /// An IQ request, by what the room does with it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IqRequest {
     DiscoInfo,
     DiscoItems,

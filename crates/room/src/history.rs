@@ -5,8 +5,15 @@ use std::sync::Arc;
 
 use jid::BareJid;
 use minidom::Element;
+use minidom::tree_builder::TreeBuilder;
 
-use crate::{Nick, OccupantId, Seq, StanzaId, Timestamp};
+use crate::{Error, Nick, OccupantId, Seq, StanzaId, Timestamp};
+
+/// Wraps a payload while it is parsed back. The namespace is bound to a
+/// prefix, never made the default, so that a child without a namespace does
+/// not inherit it.
+const WRAPPER_OPEN: &str = "<dmuc:payload xmlns:dmuc='urn:dmuc:payload'>";
+const WRAPPER_CLOSE: &str = "</dmuc:payload>";
 
 /// Opaque XML children of a stanza (body, origin-id, chat states, ...),
 /// carried through unchanged and shared between recipients.
@@ -20,6 +27,58 @@ impl Payload {
 
     pub fn elements(&self) -> &[Element] {
         &self.0
+    }
+
+    /// The children as one string of XML: each serialized on its own, with
+    /// its own namespace declarations, concatenated (empty for no children).
+    /// This is how payloads are stored and sent to peerhosts; serializing
+    /// what [`Payload::from_xml`] parsed gives the same text again.
+    ///
+    /// Payloads come from parsed stanzas, so every child serializes. One that
+    /// does not (only possible for an element built in code with an invalid
+    /// name or character) could not be sent to anyone either: it is left out
+    /// rather than failing the stanza.
+    pub fn to_xml(&self) -> String {
+        let mut out = Vec::new();
+        for element in self.elements() {
+            let before = out.len();
+            let written = element.write_to(&mut out);
+            debug_assert!(written.is_ok(), "unserializable payload child: {written:?}");
+            if written.is_err() {
+                out.truncate(before);
+            }
+        }
+        // The writer only ever emits UTF-8.
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+
+    /// Parses what [`Payload::to_xml`] wrote back into elements. Text between
+    /// the children (whitespace) is not part of a payload and is dropped.
+    pub fn from_xml(xml: &str) -> Result<Payload, Error> {
+        if xml.is_empty() {
+            return Ok(Payload::default());
+        }
+        let wrapped = format!("{WRAPPER_OPEN}{xml}{WRAPPER_CLOSE}");
+        let malformed = |e: &dyn std::fmt::Display| Error::MalformedPayload(e.to_string());
+        // `Element::from_str` stops at the end of the root and ignores what
+        // follows, so a payload that closes the wrapper early would be cut
+        // short silently; this loop also checks that nothing follows.
+        let mut reader = minidom::rxml::RawReader::new(wrapped.as_bytes());
+        let mut tree = TreeBuilder::new();
+        let root = loop {
+            match reader.read().map_err(|e| malformed(&e))? {
+                Some(event) => tree.process_event(event).map_err(|e| malformed(&e))?,
+                None => return Err(malformed(&"unexpected end")),
+            }
+            if let Some(root) = tree.root.take() {
+                break root;
+            }
+        };
+        if !matches!(reader.read(), Ok(None)) {
+            return Err(malformed(&"content after the payload"));
+        }
+        Ok(Payload::new(root.children().cloned().collect()))
     }
 }
 
@@ -129,6 +188,54 @@ mod tests {
             payload: Payload::default(),
             size,
         })
+    }
+
+    fn payload_round_trip(xml: &[&str]) {
+        let elements: Vec<Element> = xml.iter().map(|x| x.parse().unwrap()).collect();
+        let payload = Payload::new(elements);
+        let text = payload.to_xml();
+        let back = Payload::from_xml(&text).unwrap();
+        assert_eq!(back, payload, "serialized as {text}");
+        // Serializing again gives the same text: nothing drifts across
+        // restarts or hops between master and peerhost.
+        assert_eq!(back.to_xml(), text);
+    }
+
+    #[test]
+    fn payload_xml_round_trips() {
+        payload_round_trip(&[]);
+        payload_round_trip(&[
+            "<body xmlns='jabber:client' xml:lang='en'>a &lt;b&gt; &amp; c \"q\" 'a' ]]&gt; ünï 🎉</body>",
+            "<origin-id xmlns='urn:xmpp:sid:0' id='x&amp;y&lt;z'/>",
+            "<active xmlns='http://jabber.org/protocol/chatstates'/>",
+        ]);
+        payload_round_trip(&[
+            "<x:outer xmlns:x='urn:a' xmlns='urn:b' x:attr='1' plain='v'>\
+               <inner>text<deep xmlns='urn:c'>more</deep>tail</inner>\
+               <x:again/>\
+             </x:outer>",
+        ]);
+        payload_round_trip(&[
+            "<html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'><p>Hi <b>there</b></p></body></html>",
+        ]);
+        // A child using the wrapper's own prefix for another namespace.
+        payload_round_trip(&["<dmuc:x xmlns:dmuc='urn:other'><dmuc:y/></dmuc:x>"]);
+    }
+
+    #[test]
+    fn malformed_payload_is_an_error() {
+        for bad in [
+            "<unclosed",
+            "<a xmlns='x'></b>",
+            // Closing the wrapper early must not silently drop the rest.
+            "<a xmlns='x'/></dmuc:payload><evil xmlns='x'/>",
+            "<a xmlns='x'/></dmuc:payload>",
+        ] {
+            assert!(
+                matches!(Payload::from_xml(bad), Err(Error::MalformedPayload(_))),
+                "{bad}"
+            );
+        }
     }
 
     fn seqs(v: &[Arc<RoomMessage>]) -> Vec<u64> {

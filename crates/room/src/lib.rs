@@ -14,6 +14,8 @@
 //! - [`room`]: [`Room::handle`], the state machine itself, and its snapshots.
 //! - [`replica`]: slaves applying the master's numbered inputs to a replica,
 //!   and the split of deliveries between master and slaves.
+//! - `testing` (feature `testing`): proptest strategies for inputs, shared
+//!   with the crates that carry rooms over a wire.
 //!
 //! ```text
 //!   stanza ──edge──▶ Input ──▶ Room::handle(input, now) ──▶ Vec<Action>
@@ -32,6 +34,8 @@ pub mod history;
 pub mod ids;
 pub mod replica;
 pub mod room;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use affiliation::{Affiliation, Role};
 pub use config::{AllowPm, ConfigBounds, RoomConfig, Whois};

@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// Service-wide settings every room of a master shares.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoomSettings {
     /// The master's boot epoch, part of every stanza id it assigns.
     pub epoch: u64,
@@ -65,7 +65,7 @@ struct Occupant {
 
 /// Everything a replica needs to continue a room exactly where its master
 /// is: the whole state, so that the same inputs then produce the same actions.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RoomSnapshot {
     pub jid: BareJid,
     pub settings: RoomSettings,
