@@ -59,7 +59,11 @@ impl Deployment {
                 jid: PROSODY_SERVICE.into(),
                 extra_lua: vec![format!("muc_log_by_default = {}", options.prosody_archive)],
             }),
-            System::Dmuc => a = a.with_component(DMUC_SERVICE, DMUC_SECRET),
+            System::Dmuc => {
+                a = a.with_component(DMUC_SERVICE, DMUC_SECRET);
+                // As deployed: one stanza per room event, fanned out by the server.
+                a.multicast_senders.push(DMUC_SERVICE.into());
+            }
         }
         let mut testbed_options = TestbedOptions::new()
             .with_domain(a)

@@ -5,6 +5,7 @@
 //! jid = "conference.a.test"
 //! server = "127.0.0.1:5347"      # the XMPP server's component port
 //! secret = "..."                 # or set DMUC_COMPONENT_SECRET
+//! multicast = "auto"             # XEP-0033 through the server if offered; "off"
 //!
 //! [storage]
 //! path = "/var/lib/dmuc-master/master.sqlite"
@@ -60,6 +61,21 @@ pub struct ComponentSection {
     pub server: String,
     #[serde(default)]
     pub secret: String,
+    /// Whether to send one stanza per room event through the server's
+    /// XEP-0033 multicast (deploy/prosody/mod_dmuc_multicast.lua) when it
+    /// offers it, instead of one stanza per recipient.
+    #[serde(default)]
+    pub multicast: Multicast,
+}
+
+/// `[component] multicast`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Multicast {
+    /// Use it if the server's disco#info lists XEP-0033.
+    #[default]
+    Auto,
+    Off,
 }
 
 #[derive(Clone, Debug, Deserialize)]

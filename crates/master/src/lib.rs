@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub use config::Config;
+use config::Multicast;
 use service::{Service, ServiceConfig};
 use store::{Store, StoreOptions};
 
@@ -96,12 +97,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         ),
         link_shutdown.clone(),
     )?;
+    let multicast_from = match config.component.multicast {
+        Multicast::Auto => parent_domain(&domain),
+        Multicast::Off => None,
+    };
     let service = Service::new(
         ServiceConfig {
             domain,
             settings,
             max_message_bytes: limits.max_message_bytes,
             max_rooms_per_user: limits.max_rooms_per_user,
+            multicast_from,
         },
         link.handle,
         store.writer(),
@@ -114,4 +120,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     store.close().await;
     info!("stopped");
     Ok(())
+}
+
+/// `a.test` for `conference.a.test`: the server a component belongs to.
+fn parent_domain(domain: &jid::BareJid) -> Option<jid::BareJid> {
+    let (_, parent) = domain.domain().as_str().split_once('.')?;
+    parent.parse().ok()
 }

@@ -15,7 +15,7 @@ use dmuc_component::LinkHandle;
 use dmuc_room::{Action, Input, Persist, Room, Timestamp};
 use jid::BareJid;
 use minidom::Element;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, error, info_span, warn};
 
 use crate::store::{Commit, Writer};
@@ -23,6 +23,10 @@ use dmuc_stanza::outbound;
 
 /// How many inputs may wait for a busy room before senders wait.
 const INBOX: usize = 1024;
+
+/// Recipients per multicast stanza: far below the server's stanza size
+/// limit (Prosody: 512 KiB on component streams).
+const MULTICAST_CHUNK: usize = 500;
 
 /// What the service keeps of a running room.
 #[derive(Debug)]
@@ -71,6 +75,8 @@ pub struct RoomContext {
     pub link: LinkHandle,
     pub writer: Writer,
     pub events: mpsc::UnboundedSender<RoomEvent>,
+    /// The server that expands XEP-0033 multicasts for us, when it does.
+    pub multicast: watch::Receiver<Option<BareJid>>,
 }
 
 /// Starts the task that owns `room`.
@@ -151,12 +157,18 @@ async fn execute(
     let mut changes: Vec<Persist> = Vec::new();
     let mut stanzas = Vec::new();
     let mut closed = false;
+    let via = ctx.multicast.borrow().clone();
     for action in actions {
         match action {
             Action::Persist(change) => changes.push(change),
             Action::Send { to, stanza } => {
                 let el = outbound::build(room.jid(), &stanza);
-                stanzas.extend(to.iter().map(|jid| outbound::addressed(el.clone(), jid)));
+                match &via {
+                    Some(server) if to.len() > 1 => {
+                        stanzas.extend(outbound::multicast(el, &to, server, MULTICAST_CHUNK));
+                    }
+                    _ => stanzas.extend(to.iter().map(|jid| outbound::addressed(el.clone(), jid))),
+                }
             }
             Action::Close => closed = true,
         }

@@ -8,7 +8,7 @@ use dmuc_room::event::StanzaKind;
 use dmuc_room::{Condition, Input, Outgoing, Room, RoomSettings, StoredRoom};
 use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -38,7 +38,12 @@ pub struct ServiceConfig {
     pub settings: RoomSettings,
     pub max_message_bytes: usize,
     pub max_rooms_per_user: usize,
+    /// The server to ask for XEP-0033 multicast (our parent domain), if any.
+    pub multicast_from: Option<BareJid>,
 }
+
+/// The id of the disco#info that asks our server whether it multicasts.
+const MULTICAST_PROBE: &str = "dmuc-multicast-probe";
 
 struct Running {
     handle: RoomHandle,
@@ -53,6 +58,8 @@ pub struct Service {
     listings: BTreeMap<BareJid, Listing>,
     created_by: HashMap<BareJid, usize>,
     ctx: RoomContext,
+    /// Where room tasks see whether multicast is on.
+    multicast: watch::Sender<Option<BareJid>>,
     events: mpsc::UnboundedReceiver<RoomEvent>,
     tasks: JoinSet<()>,
     next_generation: u64,
@@ -76,6 +83,7 @@ impl Service {
         stored: Vec<(BareJid, StoredRoom)>,
     ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
+        let (multicast, multicast_rx) = watch::channel(None);
         let mut service = Service {
             config,
             rooms: HashMap::new(),
@@ -85,7 +93,9 @@ impl Service {
                 link,
                 writer,
                 events: events_tx,
+                multicast: multicast_rx,
             },
+            multicast,
             events,
             tasks: JoinSet::new(),
             next_generation: 0,
@@ -132,9 +142,14 @@ impl Service {
                 item = inbound.recv() => match item {
                     Some(Inbound::Stanza(el)) => self.on_stanza(el).await,
                     Some(Inbound::Invalid(bad)) => self.on_invalid(bad).await,
-                    Some(Inbound::Connected { .. }) => info!("component link up"),
+                    Some(Inbound::Connected { .. }) => {
+                        info!("component link up");
+                        self.probe_multicast().await;
+                    }
                     Some(Inbound::Disconnected { reason, retry_in }) => {
                         warn!(%reason, ?retry_in, "component link down; reconnecting");
+                        // The server may come back without the module.
+                        self.multicast.send_replace(None);
                     }
                     None => break,
                 },
@@ -148,7 +163,38 @@ impl Service {
         while self.tasks.join_next().await.is_some() {}
     }
 
+    /// Asks the server whether it offers XEP-0033 multicast.
+    async fn probe_multicast(&self) {
+        if let Some(server) = &self.config.multicast_from {
+            let probe = Element::builder("iq", ns::DEFAULT_NS)
+                .a("type", "get")
+                .a("id", MULTICAST_PROBE)
+                .a("from", self.config.domain.to_string())
+                .a("to", server.to_string())
+                .append(Element::builder("query", ns::DISCO_INFO))
+                .build();
+            self.send(probe).await;
+        }
+    }
+
+    /// The answer to [`Self::probe_multicast`].
+    fn on_multicast_probe(&self, answer: &Element) {
+        let offered = answer.attr("type") == Some("result")
+            && answer
+                .get_child("query", ns::DISCO_INFO)
+                .is_some_and(|q| {
+                    q.children()
+                        .any(|f| f.is("feature", ns::DISCO_INFO) && f.attr("var") == Some(outbound::NS_ADDRESS))
+                });
+        let via = offered.then(|| self.config.multicast_from.clone()).flatten();
+        info!(via = ?via.as_ref().map(|j| j.to_string()), "XEP-0033 multicast");
+        self.multicast.send_replace(via);
+    }
+
     async fn on_stanza(&mut self, el: Element) {
+        if el.is("iq", ns::DEFAULT_NS) && el.attr("id") == Some(MULTICAST_PROBE) {
+            return self.on_multicast_probe(&el);
+        }
         match inbound::route(el, &self.config.domain, self.config.max_message_bytes) {
             Routed::Room {
                 room,

@@ -525,3 +525,48 @@ fn rooms_per_user_are_limited() {
         Ok(())
     });
 }
+
+/// With the server's multicast module (deploy/prosody), a room event
+/// crosses the component link once and still reaches everyone; users
+/// cannot use the module to amplify their own stanzas.
+#[test]
+fn multicast_through_the_server() {
+    run(async || {
+        let (testbed, master) = dmuc_testbed::scenarios::start_dmuc_testbed(
+            MASTER,
+            TestbedOptions::default(),
+            "info,dmuc_master=debug",
+        )
+        .await?;
+        let room = room("multi");
+        let mut alice = testbed.client("a.test", "alice").await?;
+        let mut bob = testbed.client("b.test", "bob").await?;
+        let mut carol = testbed.client("a.test", "carol").await?;
+        alice.create_instant_room(&room, "alice").await?;
+        bob.join(&room, "bob").await?;
+        carol.join(&room, "carol").await?;
+        let id = bob.send_groupchat(&room, "to all").await?;
+        for client in [&mut alice, &mut bob, &mut carol] {
+            let got = client.expect_groupchat(&room, &id).await?;
+            assert!(got.get_child("addresses", "http://jabber.org/protocol/address").is_none());
+        }
+        assert!(
+            master.log().contains(r#"XEP-0033 multicast via=Some("a.test")"#),
+            "the master found the module"
+        );
+
+        carol
+            .send_raw(
+                "<message to='a.test' type='chat' id='amp'><body>spam</body>\
+                 <addresses xmlns='http://jabber.org/protocol/address'>\
+                 <address type='bcc' jid='alice@a.test'/><address type='bcc' jid='bob@b.test'/>\
+                 </addresses></message>",
+            )
+            .await?;
+        let refused = carol
+            .expect("multicast refused", |el| stanza::attr(el, "id") == "amp")
+            .await?;
+        assert!(is_error(&refused, "forbidden"), "{}", stanza::show(&refused));
+        Ok(())
+    });
+}

@@ -33,6 +33,9 @@ fn ncname(name: &'static str) -> NcName {
     NcName::try_from(name).expect("attribute names in this crate are valid NCNames")
 }
 
+/// XEP-0033 Extended Stanza Addressing.
+pub const NS_ADDRESS: &str = "http://jabber.org/protocol/address";
+
 /// The namespace of stanzas on a component stream.
 const NS: &str = ns::DEFAULT_NS;
 
@@ -363,6 +366,29 @@ fn field_type(kind: FieldKind) -> FieldType {
         FieldKind::TextPrivate => FieldType::TextPrivate,
         FieldKind::TextSingle => FieldType::TextSingle,
     }
+}
+
+/// One stanza for many recipients through the XEP-0033 multicast service
+/// `server` (bcc addresses: each recipient gets a copy without the list),
+/// `chunk` recipients per stanza.
+pub fn multicast(el: Element, to: &[FullJid], server: &BareJid, chunk: usize) -> Vec<Element> {
+    to.chunks(chunk.max(1))
+        .map(|group| {
+            let mut copy = el.clone();
+            set_attr(&mut copy, "to", server.to_string());
+            copy.append_child(
+                Element::builder("addresses", NS_ADDRESS)
+                    .append_all(group.iter().map(|jid| {
+                        Element::builder("address", NS_ADDRESS)
+                            .a("type", "bcc")
+                            .a("jid", jid.to_string())
+                            .build()
+                    }))
+                    .build(),
+            );
+            copy
+        })
+        .collect()
 }
 
 /// Sets the recipient of a stanza built by [`build`].

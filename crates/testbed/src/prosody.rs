@@ -58,6 +58,9 @@ pub struct DomainOptions {
     pub components: Vec<ExternalComponent>,
     /// Internal MUC components on this server.
     pub mucs: Vec<InternalMuc>,
+    /// Components allowed to multicast through `deploy/prosody/mod_dmuc_multicast.lua`
+    /// (XEP-0033); the module is loaded when this is not empty.
+    pub multicast_senders: Vec<String>,
 }
 
 impl DomainOptions {
@@ -67,6 +70,7 @@ impl DomainOptions {
             name: name.into(),
             components: Vec::new(),
             mucs: Vec::new(),
+            multicast_senders: Vec::new(),
         }
     }
 
@@ -432,6 +436,9 @@ fn lua_str(s: &str) -> String {
     format!("{s:?}")
 }
 
+/// Where the Prosody modules dmuc ships live.
+const DMUC_PROSODY_MODULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/prosody");
+
 /// The Prosody configuration of one domain.
 fn render_config(
     d: &DomainOptions,
@@ -461,7 +468,9 @@ c2s_direct_tls_ports = {{}}
 s2s_direct_tls_ports = {{}}
 network_settings = {{ nagle = false }}
 unbound = {{ hoststxt = {hosts} }}
-modules_enabled = {{ "saslauth", "dialback", "disco", "roster", "ping", "posix" }}
+modules_enabled = {{ "saslauth", "dialback", "disco", "roster", "ping", "posix"{multicast} }}
+plugin_paths = {{ {plugins} }}
+dmuc_multicast_senders = {{ {senders} }}
 modules_disabled = {{ "offline", "s2s_auth_certs" }}
 authentication = "insecure"
 insecure_open_authentication = "Yes please, I know what I'm doing!"
@@ -481,6 +490,14 @@ VirtualHost "{name}"
         level = lua_str(log_level),
         log = path(root.join("prosody.log")),
         hosts = path(hosts.to_path_buf()),
+        multicast = if d.multicast_senders.is_empty() { "" } else { r#", "dmuc_multicast""# },
+        plugins = lua_str(DMUC_PROSODY_MODULES),
+        senders = d
+            .multicast_senders
+            .iter()
+            .map(|s| lua_str(s))
+            .collect::<Vec<_>>()
+            .join(", "),
     );
     for m in &d.mucs {
         let _ = writeln!(

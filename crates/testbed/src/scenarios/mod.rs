@@ -233,6 +233,8 @@ pub async fn start_dmuc_testbed(
         secret: DMUC_SECRET.into(),
         validate_from_addresses: true,
     });
+    // The production set-up: the master multicasts through its server.
+    a.multicast_senders.push(DMUC_SERVICE.into());
     let testbed = Testbed::start(options).await?;
     let config = MasterConfig {
         component_jid: DMUC_SERVICE.into(),
