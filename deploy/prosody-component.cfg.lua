@@ -11,3 +11,10 @@ network_settings = { nagle = false }
 Component "conference.example.org"
     component_secret = "change me" -- the same as [component] secret
     -- The master sends only from its own domain: keep validation on.
+
+-- Let the master multicast (XEP-0033): one stanza per room event, fanned out
+-- by Prosody. Copy deploy/prosody/mod_dmuc_multicast.lua to plugin_paths.
+plugin_paths = { "/usr/share/dmuc/prosody" }
+VirtualHost "example.org"
+    modules_enabled = { "dmuc_multicast" } -- in addition to your usual modules
+    dmuc_multicast_senders = { "conference.example.org" }
