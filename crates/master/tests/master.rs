@@ -5,11 +5,11 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use dmuc_testbed::scenarios::{DMUC_SECRET, DMUC_SERVICE};
+use dmuc_testbed::scenarios::{DMUC_SERVICE, MasterSetup, start_dmuc_testbed};
 use dmuc_testbed::stanza::{self, body, is_error, stanza_ids};
 use dmuc_testbed::{
-    Client, Element, ExternalComponent, HistoryLimits, JoinOptions, JoinOutcome, MasterConfig,
-    MasterProcess, Result, Testbed, TestbedOptions,
+    Client, Element, HistoryLimits, JoinOptions, JoinOutcome, MasterProcess, Result, Testbed,
+    TestbedOptions,
 };
 
 const MASTER: &str = env!("CARGO_BIN_EXE_dmuc-master");
@@ -21,28 +21,18 @@ struct Bed {
 }
 
 impl Bed {
+    /// Without the server's multicast module: the master's fallback path
+    /// (one stanza per recipient) is what these tests exercise; the
+    /// conformance suite runs with the module.
     async fn start(extra_toml: &str) -> Result<Bed> {
-        let mut options = TestbedOptions::default();
-        if let Some(a) = options.domain_mut("a.test") {
-            a.components.push(ExternalComponent {
-                jid: DMUC_SERVICE.into(),
-                secret: DMUC_SECRET.into(),
-                validate_from_addresses: true,
-            });
-        }
-        let testbed = Testbed::start(options).await?;
-        let config = MasterConfig {
-            component_jid: DMUC_SERVICE.into(),
-            server: testbed.component_addr("a.test")?,
-            secret: DMUC_SECRET.into(),
-            storage_path: testbed.dir().join("dmuc.sqlite"),
+        let setup = MasterSetup {
             log_filter: "info,dmuc_master=debug".into(),
             extra_toml: extra_toml.into(),
+            multicast: false,
         };
-        let master = MasterProcess::spawn(MASTER, &config, testbed.dir())?;
-        let bed = Bed { testbed, master };
-        bed.wait_for_master().await?;
-        Ok(bed)
+        let (testbed, master) =
+            start_dmuc_testbed(MASTER, TestbedOptions::default(), &setup).await?;
+        Ok(Bed { testbed, master })
     }
 
     async fn wait_for_master(&self) -> Result<()> {
@@ -532,12 +522,12 @@ fn rooms_per_user_are_limited() {
 #[test]
 fn multicast_through_the_server() {
     run(async || {
-        let (testbed, master) = dmuc_testbed::scenarios::start_dmuc_testbed(
-            MASTER,
-            TestbedOptions::default(),
-            "info,dmuc_master=debug",
-        )
-        .await?;
+        let setup = MasterSetup {
+            log_filter: "info,dmuc_master=debug".into(),
+            ..MasterSetup::default()
+        };
+        let (testbed, master) =
+            start_dmuc_testbed(MASTER, TestbedOptions::default(), &setup).await?;
         let room = room("multi");
         let mut alice = testbed.client("a.test", "alice").await?;
         let mut bob = testbed.client("b.test", "bob").await?;
@@ -548,10 +538,15 @@ fn multicast_through_the_server() {
         let id = bob.send_groupchat(&room, "to all").await?;
         for client in [&mut alice, &mut bob, &mut carol] {
             let got = client.expect_groupchat(&room, &id).await?;
-            assert!(got.get_child("addresses", "http://jabber.org/protocol/address").is_none());
+            assert!(
+                got.get_child("addresses", "http://jabber.org/protocol/address")
+                    .is_none()
+            );
         }
         assert!(
-            master.log().contains(r#"XEP-0033 multicast via=Some("a.test")"#),
+            master
+                .log()
+                .contains(r#"XEP-0033 multicast via=Some("a.test")"#),
             "the master found the module"
         );
 
@@ -566,7 +561,11 @@ fn multicast_through_the_server() {
         let refused = carol
             .expect("multicast refused", |el| stanza::attr(el, "id") == "amp")
             .await?;
-        assert!(is_error(&refused, "forbidden"), "{}", stanza::show(&refused));
+        assert!(
+            is_error(&refused, "forbidden"),
+            "{}",
+            stanza::show(&refused)
+        );
         Ok(())
     });
 }

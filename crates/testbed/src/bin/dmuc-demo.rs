@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use dmuc_testbed::demo::{self, Conversation};
 use dmuc_testbed::minidom::Element;
-use dmuc_testbed::scenarios::{DMUC_SERVICE, start_dmuc_testbed};
+use dmuc_testbed::scenarios::{DMUC_SERVICE, MasterSetup, start_dmuc_testbed};
 use dmuc_testbed::stanza::{self, escape};
 use dmuc_testbed::{
     C2S_PORT, COMPONENT_PORT, Client, DomainOptions, MasterProcess, S2S_PORT, Testbed,
@@ -119,8 +119,11 @@ async fn run(args: Args) -> ExitCode {
         .with_domain(DomainOptions::new("b.test"));
     options.log_level = log_level("DMUC_TESTBED_PROSODY_LOG");
     println!("Starting a.test and b.test (Prosody) and dmuc-master as {DMUC_SERVICE}...");
-    let started =
-        start_dmuc_testbed(&args.master, options, &log_level("DMUC_TESTBED_MASTER_LOG")).await;
+    let setup = MasterSetup {
+        log_filter: log_level("DMUC_TESTBED_MASTER_LOG"),
+        ..MasterSetup::default()
+    };
+    let started = start_dmuc_testbed(&args.master, options, &setup).await;
     let (testbed, mut master) = match started {
         Ok(pieces) => pieces,
         Err(e) => {

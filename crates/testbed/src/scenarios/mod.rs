@@ -151,10 +151,12 @@ impl Ctx {
     /// directory, database `dmuc.sqlite` there) and waits until the service
     /// answers disco#info. The process lives as long as the context.
     pub async fn start_dmuc_master(binary: impl Into<PathBuf>) -> Result<Self> {
-        let master_log =
-            std::env::var("DMUC_TESTBED_MASTER_LOG").unwrap_or_else(|_| "debug".into());
+        let setup = MasterSetup {
+            log_filter: std::env::var("DMUC_TESTBED_MASTER_LOG").unwrap_or_else(|_| "debug".into()),
+            ..MasterSetup::default()
+        };
         let (testbed, master) =
-            start_dmuc_testbed(binary, TestbedOptions::default(), &master_log).await?;
+            start_dmuc_testbed(binary, TestbedOptions::default(), &setup).await?;
         Ok(Self::new(testbed, DMUC_SERVICE, Expect::dmuc()).keep_alive(master))
     }
 
@@ -211,19 +213,41 @@ impl Ctx {
     }
 }
 
+/// How [`start_dmuc_testbed`] runs the master.
+#[derive(Debug, Clone)]
+pub struct MasterSetup {
+    /// The master's tracing filter.
+    pub log_filter: String,
+    /// Raw TOML appended to its configuration (e.g. `[limits]`).
+    pub extra_toml: String,
+    /// Load `mod_dmuc_multicast` on `a.test` for the master (as deployed);
+    /// without it the master sends one stanza per recipient.
+    pub multicast: bool,
+}
+
+impl Default for MasterSetup {
+    fn default() -> Self {
+        Self {
+            log_filter: "debug".into(),
+            extra_toml: String::new(),
+            multicast: true,
+        }
+    }
+}
+
 /// What [`Ctx::start_dmuc_master`] does, with the pieces handed back
 /// separately: starts the domains of `options` (which must include
 /// `a.test`), declares the external component [`DMUC_SERVICE`] on `a.test`,
-/// spawns the `dmuc-master` `binary` for it with the tracing filter
-/// `master_log` (config and log in the testbed directory, database
-/// `dmuc.sqlite` there) and waits until the service answers disco#info.
+/// spawns the `dmuc-master` `binary` for it as `setup` says (config and log
+/// in the testbed directory, database `dmuc.sqlite` there) and waits until
+/// the service answers disco#info.
 ///
 /// For callers that stop the master themselves before the servers, e.g.
 /// the demo ([`MasterProcess::stop`] sends SIGTERM: occupants get 332).
 pub async fn start_dmuc_testbed(
     binary: impl Into<PathBuf>,
     mut options: TestbedOptions,
-    master_log: &str,
+    setup: &MasterSetup,
 ) -> Result<(Testbed, MasterProcess)> {
     let a = options
         .domain_mut("a.test")
@@ -233,16 +257,17 @@ pub async fn start_dmuc_testbed(
         secret: DMUC_SECRET.into(),
         validate_from_addresses: true,
     });
-    // The production set-up: the master multicasts through its server.
-    a.multicast_senders.push(DMUC_SERVICE.into());
+    if setup.multicast {
+        a.multicast_senders.push(DMUC_SERVICE.into());
+    }
     let testbed = Testbed::start(options).await?;
     let config = MasterConfig {
         component_jid: DMUC_SERVICE.into(),
         server: testbed.component_addr("a.test")?,
         secret: DMUC_SECRET.into(),
         storage_path: testbed.dir().join("dmuc.sqlite"),
-        log_filter: master_log.to_owned(),
-        extra_toml: String::new(),
+        log_filter: setup.log_filter.clone(),
+        extra_toml: setup.extra_toml.clone(),
     };
     let master = MasterProcess::spawn(binary, &config, testbed.dir())?;
     let mut probe = testbed.client("a.test", "probe").await?;
