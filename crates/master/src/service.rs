@@ -180,13 +180,14 @@ impl Service {
     /// The answer to [`Self::probe_multicast`].
     fn on_multicast_probe(&self, answer: &Element) {
         let offered = answer.attr("type") == Some("result")
-            && answer
-                .get_child("query", ns::DISCO_INFO)
-                .is_some_and(|q| {
-                    q.children()
-                        .any(|f| f.is("feature", ns::DISCO_INFO) && f.attr("var") == Some(outbound::NS_ADDRESS))
-                });
-        let via = offered.then(|| self.config.multicast_from.clone()).flatten();
+            && answer.get_child("query", ns::DISCO_INFO).is_some_and(|q| {
+                q.children().any(|f| {
+                    f.is("feature", ns::DISCO_INFO) && f.attr("var") == Some(outbound::NS_ADDRESS)
+                })
+            });
+        let via = offered
+            .then(|| self.config.multicast_from.clone())
+            .flatten();
         info!(via = ?via.as_ref().map(|j| j.to_string()), "XEP-0033 multicast");
         self.multicast.send_replace(via);
     }

@@ -82,7 +82,9 @@ impl Replica {
         if seq <= self.deliver_after {
             return Applied::Deliver(Vec::new());
         }
-        Applied::Deliver(local_only(actions, |jid| jid.domain().as_str() == self.domain))
+        Applied::Deliver(local_only(actions, |jid| {
+            jid.domain().as_str() == self.domain
+        }))
     }
 }
 
@@ -190,15 +192,26 @@ mod tests {
         };
         // Bob's whole join sequence comes from the slave: alice, himself, subject.
         assert_eq!(recipients(&slave_part), ["bob@b.test/1"; 3]);
-        assert!(matches!(&slave_part[1], Action::Send { stanza: Outgoing::Presence(p), .. } if p.statuses == [110]));
+        assert!(
+            matches!(&slave_part[1], Action::Send { stanza: Outgoing::Presence(p), .. } if p.statuses == [110])
+        );
     }
 
     #[test]
     fn duplicates_are_ignored_and_gaps_reported() {
         let (_, mut slave) = setup();
-        assert!(matches!(slave.apply(2, Timestamp(2), join("bob@b.test/1", "bob")), Applied::Deliver(_)));
-        assert_eq!(slave.apply(2, Timestamp(2), say("bob@b.test/1")), Applied::Duplicate);
-        assert_eq!(slave.apply(4, Timestamp(3), say("bob@b.test/1")), Applied::Gap { have: 2 });
+        assert!(matches!(
+            slave.apply(2, Timestamp(2), join("bob@b.test/1", "bob")),
+            Applied::Deliver(_)
+        ));
+        assert_eq!(
+            slave.apply(2, Timestamp(2), say("bob@b.test/1")),
+            Applied::Duplicate
+        );
+        assert_eq!(
+            slave.apply(4, Timestamp(3), say("bob@b.test/1")),
+            Applied::Gap { have: 2 }
+        );
         assert_eq!(slave.seq(), 2);
     }
 
@@ -207,8 +220,14 @@ mod tests {
         let (mut master, mut slave) = setup();
         master.handle(join("bob@b.test/1", "bob"), Timestamp(2));
         slave.delivered_by_master_until(3);
-        assert_eq!(slave.apply(2, Timestamp(2), join("bob@b.test/1", "bob")), Applied::Deliver(vec![]));
-        assert_eq!(slave.apply(3, Timestamp(3), say("alice@a.test/1")), Applied::Deliver(vec![]));
+        assert_eq!(
+            slave.apply(2, Timestamp(2), join("bob@b.test/1", "bob")),
+            Applied::Deliver(vec![])
+        );
+        assert_eq!(
+            slave.apply(3, Timestamp(3), say("alice@a.test/1")),
+            Applied::Deliver(vec![])
+        );
         let Applied::Deliver(after) = slave.apply(4, Timestamp(4), say("alice@a.test/1")) else {
             panic!("applied");
         };

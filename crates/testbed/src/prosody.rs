@@ -490,7 +490,11 @@ VirtualHost "{name}"
         level = lua_str(log_level),
         log = path(root.join("prosody.log")),
         hosts = path(hosts.to_path_buf()),
-        multicast = if d.multicast_senders.is_empty() { "" } else { r#", "dmuc_multicast""# },
+        multicast = if d.multicast_senders.is_empty() {
+            ""
+        } else {
+            r#", "dmuc_multicast""#
+        },
         plugins = lua_str(DMUC_PROSODY_MODULES),
         senders = d
             .multicast_senders
