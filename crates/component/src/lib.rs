@@ -90,12 +90,16 @@
 //! * `link`: the task: reconnect loop, one session per connection (reader
 //!   task + batching writer), keepalive pings, graceful close.
 //! * [`error`]: the crate's [`Error`].
+//! * [`settings`]: what both dmuc binaries read and do alike: the
+//!   `[component]` and `[log]` TOML sections, `EX_USAGE`, tracing set-up,
+//!   the `--config FILE` argument and the SIGINT/SIGTERM shutdown signal.
 
 pub mod config;
 mod connect;
 pub mod error;
 mod incoming;
 mod link;
+pub mod settings;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,0 +1,125 @@
+//! `dmuc-peerhost --config FILE`: the TOML configuration.
+//!
+//! ```toml
+//! [component]
+//! jid = "muc-peer.b.test"        # served domain = its parent (b.test)
+//! server = "127.0.0.1:5347"      # b.test's component port
+//! secret = "..."                 # or set DMUC_COMPONENT_SECRET
+//!
+//! [peering]
+//! listen = "0.0.0.0:7443"        # gRPC (plain TCP in this version)
+//!
+//! [log]
+//! filter = "info"                # RUST_LOG overrides it
+//! ```
+//!
+//! The component must be declared on the domain's server with
+//! `validate_from_addresses = false` (Prosody) or `check_from: false`
+//! (ejabberd): the peerhost speaks as the remote rooms to local users.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use dmuc_component::settings::{ComponentSection, LogSection, SECRET_ENV, SettingsError};
+use jid::BareJid;
+use serde::Deserialize;
+
+use crate::Error;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub component: ComponentSection,
+    pub peering: PeeringSection,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// `[peering]`: where masters reach this peerhost.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeeringSection {
+    /// The gRPC listen address, `ip:port`.
+    pub listen: SocketAddr,
+}
+
+impl Config {
+    /// Reads and checks a configuration file; the secret may come from the
+    /// environment instead of the file.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        Config::parse(&text, std::env::var(SECRET_ENV).ok())
+    }
+
+    /// Parses configuration text; errors name the offending key.
+    pub fn parse(text: &str, env_secret: Option<String>) -> Result<Config, Error> {
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| Error::Config(e.to_string().trim().to_owned()))?;
+        config.component = config.component.with_env_secret(env_secret);
+        config.domain()?;
+        config.log.check()?;
+        Ok(config)
+    }
+
+    /// The domain whose users this peerhost serves: the component's parent
+    /// (`b.test` for `muc-peer.b.test`).
+    pub fn domain(&self) -> Result<BareJid, SettingsError> {
+        let jid = self.component.check()?;
+        jid.domain()
+            .as_str()
+            .split_once('.')
+            .and_then(|(_, parent)| parent.parse::<BareJid>().ok())
+            .ok_or_else(|| {
+                SettingsError::new(
+                    "component.jid",
+                    "must be a subdomain of the served domain, e.g. muc-peer.example.org",
+                )
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [component]
+        jid = "muc-peer.b.test"
+        server = "127.0.0.1:5347"
+        secret = "s"
+        [peering]
+        listen = "127.0.0.1:7443"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL, None).unwrap();
+        assert_eq!(c.log.filter, "info");
+        assert_eq!(c.domain().unwrap().to_string(), "b.test");
+        assert_eq!(c.peering.listen.port(), 7443);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = |text: &str| Config::parse(text, None).unwrap_err().to_string();
+        assert!(err(&MINIMAL.replace("muc-peer.b.test", "test")).contains("component.jid"));
+        assert!(err(&MINIMAL.replace("secret = \"s\"", "")).contains("component.secret"));
+        assert!(err(&MINIMAL.replace("127.0.0.1:7443", "nowhere")).contains("listen"));
+        assert!(err(&MINIMAL.replace("[peering]\n", "")).contains("listen"));
+        assert!(err(&format!("{MINIMAL}\n[storage]\npath = \"x\"\n")).contains("storage"));
+        assert!(err(&format!("{MINIMAL}\n[log]\nfilter = \"info,[\"\n")).contains("log.filter"));
+    }
+
+    #[test]
+    fn the_deployed_example_is_valid() {
+        let c = Config::parse(include_str!("../../../deploy/peerhost.example.toml"), None).unwrap();
+        assert_eq!(c.component.jid, "muc-peer.example.org");
+    }
+
+    #[test]
+    fn environment_supplies_the_secret() {
+        let c = Config::parse(&MINIMAL.replace("secret = \"s\"", ""), Some("env".into())).unwrap();
+        assert_eq!(c.component.secret, "env");
+    }
+}

@@ -1,0 +1,160 @@
+//! The dmuc peerhost: runs next to one XMPP domain's server (e.g. `b.test`)
+//! as an external component, and holds *slaves* of remote dmuc rooms. A
+//! master replicates a room here over gRPC; each room event then crosses to
+//! this domain once, and the slave fans it out to the domain's own users,
+//! speaking as the room (`from='room@conference.a.test/nick'`).
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration (`dmuc-peerhost --config FILE`);
+//!   `[component]` and `[log]` are shared with the master
+//!   (`dmuc_component::settings`).
+//! - [`stream`]: the `dmuc.peering.v1.Peering` gRPC service; one task per
+//!   `Replicate` stream: handshake, then frames routed to slaves.
+//! - [`slave`]: one task per slave, owning the room's
+//!   `dmuc_room::replica::Replica` and delivering its stanzas through the
+//!   component link.
+//!
+//! ```text
+//!  master ══gRPC══▶ stream task ─RoomEvent─▶ slave task ─▶ Replica::apply
+//!         ◀═══════  Ack / Resync ◀────────────┘   │ stanzas for b.test users only
+//!                                                 ▼
+//!                        component link (muc-peer.b.test) ─▶ b.test's server ─▶ bob, carol…
+//! ```
+//!
+//! # Not there yet
+//! This is the first increment. Still to come:
+//! - TLS with mutual authentication on the gRPC listener (plain TCP now, so
+//!   keep it on a trusted network), and a list of accepted masters: any
+//!   master that says `Hello` with a well-formed `master_jid` is served.
+//! - SQLite persistence of slaves (`[storage]`): slaves live as long as
+//!   their stream; a new stream starts from new `CreateSlave`s.
+//! - Answers to discovery: stanzas addressed to the peerhost's component
+//!   get `service-unavailable`.
+//! - Integration with dmuc-master, which does not open streams yet.
+//! - XEP-0033 multicast through the local server (the master has it).
+//! - Acks mean "handed to the component link", not "flushed to the server".
+
+pub mod config;
+pub mod slave;
+pub mod stream;
+
+use std::time::Duration;
+
+use dmuc_component::settings::SettingsError;
+use dmuc_component::{Inbound, LinkHandle};
+use dmuc_protocol::pb::peering_server::PeeringServer;
+use dmuc_room::Condition;
+use dmuc_stanza::outbound;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tracing::{debug, info, warn};
+
+pub use config::Config;
+pub use stream::PeeringService;
+
+/// Largest frame accepted from a master. A `CreateSlave` carries the room's
+/// whole history with payloads: 100 messages of up to 64 KiB, with room to
+/// spare. tonic's default (4 MiB) would refuse big rooms.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// How long open streams get to end after shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Errors of the peerhost.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Link(#[from] dmuc_component::Error),
+    #[error("peering server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+impl From<SettingsError> for Error {
+    fn from(e: SettingsError) -> Self {
+        Error::Config(e.to_string())
+    }
+}
+
+/// Runs the peerhost until `shutdown` is cancelled: connects to the server
+/// as a component and serves masters on `listener`. On shutdown, streams
+/// end (their slaves deliver what they were given, within a grace period),
+/// then the component link flushes and closes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let domain = config.domain()?;
+    let link_config = config.component.to_link_config()?;
+    let peer_jid = link_config.jid.clone();
+    let listen = listener.local_addr().ok();
+    info!(%peer_jid, %domain, ?listen, "starting");
+
+    let link_shutdown = CancellationToken::new();
+    let link = dmuc_component::spawn(link_config, link_shutdown.clone())?;
+    let inbound = tokio::spawn(answer_inbound(link.inbound, link.handle.clone()));
+
+    let service = PeeringService::new(peer_jid, domain, link.handle, shutdown.clone());
+    let streams = service.streams();
+    let server = Server::builder()
+        .add_service(PeeringServer::new(service).max_decoding_message_size(MAX_FRAME_BYTES))
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.clone().cancelled_owned(),
+        );
+    let grace = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let served = tokio::select! {
+        served = server => served,
+        () = grace => {
+            warn!("streams still open after the grace period: closing");
+            Ok(())
+        }
+    };
+    streams.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, streams.wait())
+        .await
+        .is_err()
+    {
+        warn!("slaves still busy after the grace period");
+    }
+    // Every slave has handed over its stanzas; now the link may flush.
+    link_shutdown.cancel();
+    let _ = link.task.await;
+    let _ = inbound.await;
+    info!("stopped");
+    served.map_err(Error::from)
+}
+
+/// Stanzas addressed to the peerhost itself: nothing is served there yet,
+/// so requests get `service-unavailable` (errors are never answered).
+async fn answer_inbound(mut inbound: mpsc::Receiver<Inbound>, link: LinkHandle) {
+    while let Some(event) = inbound.recv().await {
+        match event {
+            Inbound::Connected { stream_id, .. } => info!(%stream_id, "component connected"),
+            Inbound::Disconnected { reason, retry_in } => {
+                warn!(error = %reason, ?retry_in, "component disconnected")
+            }
+            Inbound::Stanza(el) => {
+                debug!(
+                    name = el.name(),
+                    from = el.attr("from"),
+                    "stanza to the peerhost"
+                );
+                if let Some(reply) = outbound::error_reply(&el, Condition::ServiceUnavailable, None)
+                    && link.send(reply).await.is_err()
+                {
+                    break;
+                }
+            }
+            Inbound::Invalid(bad) => debug!(?bad, "invalid stanza to the peerhost"),
+        }
+    }
+}
