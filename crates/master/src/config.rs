@@ -5,7 +5,6 @@
 //! jid = "conference.a.test"
 //! server = "127.0.0.1:5347"      # the XMPP server's component port
 //! secret = "..."                 # or set DMUC_COMPONENT_SECRET
-//! multicast = "auto"             # XEP-0033 through the server if offered; "off"
 //!
 //! [storage]
 //! path = "/var/lib/dmuc-master/master.sqlite"
@@ -27,17 +26,19 @@
 //! [rooms]
 //! lock_new_rooms = true          # XEP-0045 §10.1: configure before use
 //! persistent_by_default = false
+//!
+//! [delivery]
+//! multicast = "auto"             # XEP-0033 through the server if offered; "off"
 //! ```
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use dmuc_component::settings::{ComponentSection, LogSection, SECRET_ENV, SettingsError};
+
 use crate::Error;
 use crate::store::Durability;
-
-/// Environment variable that overrides `[component] secret`.
-pub const SECRET_ENV: &str = "DMUC_COMPONENT_SECRET";
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -50,25 +51,21 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub rooms: RoomsSection,
+    #[serde(default)]
+    pub delivery: DeliverySection,
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ComponentSection {
-    /// The MUC service's domain, e.g. `conference.a.test`.
-    pub jid: String,
-    /// `host:port` of the XMPP server's component listener.
-    pub server: String,
-    #[serde(default)]
-    pub secret: String,
+/// `[delivery]`: how stanzas reach occupants.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySection {
     /// Whether to send one stanza per room event through the server's
     /// XEP-0033 multicast (deploy/prosody/mod_dmuc_multicast.lua) when it
     /// offers it, instead of one stanza per recipient.
-    #[serde(default)]
     pub multicast: Multicast,
 }
 
-/// `[component] multicast`.
+/// `[delivery] multicast`.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Multicast {
@@ -84,25 +81,6 @@ pub struct StorageSection {
     pub path: PathBuf,
     #[serde(default)]
     pub durability: Durability,
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogSection {
-    #[serde(default = "default_filter")]
-    pub filter: String,
-}
-
-impl Default for LogSection {
-    fn default() -> Self {
-        LogSection {
-            filter: default_filter(),
-        }
-    }
-}
-
-fn default_filter() -> String {
-    "info".into()
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -150,6 +128,12 @@ impl Default for RoomsSection {
     }
 }
 
+impl From<SettingsError> for Error {
+    fn from(e: SettingsError) -> Self {
+        Error::Config(e.to_string())
+    }
+}
+
 impl Config {
     /// Reads and checks a configuration file; the secret may come from the
     /// environment instead of the file.
@@ -164,38 +148,17 @@ impl Config {
     pub fn parse(text: &str, env_secret: Option<String>) -> Result<Config, Error> {
         let mut config: Config =
             toml::from_str(text).map_err(|e| Error::Config(e.to_string().trim().to_owned()))?;
-        if let Some(secret) = env_secret.filter(|s| !s.is_empty()) {
-            config.component.secret = secret;
-        }
+        config.component = config.component.with_env_secret(env_secret);
         config.check()?;
         Ok(config)
     }
 
     fn check(&self) -> Result<(), Error> {
         let bad = |key: &str, why: &str| Err(Error::Config(format!("{key}: {why}")));
-        match self.component.jid.parse::<jid::BareJid>() {
-            Ok(j) if j.node().is_none() => {}
-            _ => {
-                return bad(
-                    "component.jid",
-                    "must be a domain, e.g. conference.example.org",
-                );
-            }
-        }
-        if !self.component.server.contains(':') {
-            return bad("component.server", "must be host:port");
-        }
-        if self.component.secret.is_empty() {
-            return bad(
-                "component.secret",
-                &format!("missing (set it in the file or in {SECRET_ENV})"),
-            );
-        }
+        self.component.check()?;
+        self.log.check()?;
         if self.storage.path.as_os_str().is_empty() {
             return bad("storage.path", "must not be empty");
-        }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
-            return bad("log.filter", "is not a valid tracing filter");
         }
         let l = &self.limits;
         if l.max_occupants == 0 || l.default_max_occupants == 0 {

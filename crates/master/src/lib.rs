@@ -24,7 +24,6 @@ pub mod store;
 
 use std::sync::Arc;
 
-use dmuc_component::LinkConfig;
 use dmuc_room::{ConfigBounds, RateLimit, RoomConfig, RoomSettings};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -81,23 +80,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         }),
     };
     let rooms = store.load_rooms(limits.max_history as usize).await?;
-    let domain: jid::BareJid = config
-        .component
-        .jid
-        .parse()
-        .map_err(|_| Error::Config("component.jid: invalid".into()))?;
+    let link_config = config.component.to_link_config()?;
+    let domain = link_config.jid.clone();
     info!(%domain, epoch, rooms = rooms.len(), "starting");
 
     let link_shutdown = CancellationToken::new();
-    let link = dmuc_component::spawn(
-        LinkConfig::new(
-            domain.clone(),
-            config.component.server.clone(),
-            config.component.secret.clone(),
-        ),
-        link_shutdown.clone(),
-    )?;
-    let multicast_from = match config.component.multicast {
+    let link = dmuc_component::spawn(link_config, link_shutdown.clone())?;
+    let multicast_from = match config.delivery.multicast {
         Multicast::Auto => parent_domain(&domain),
         Multicast::Off => None,
     };
