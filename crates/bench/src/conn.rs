@@ -185,8 +185,14 @@ impl Connection {
 
     /// Splits into the receive loop (run it as a task) and the write half
     /// (keep it: dropping it shuts the connection down).
-    pub fn into_receiver(self, recorder: std::sync::Arc<Recorder>) -> (Receiver, OwnedWriteHalf) {
+    /// `domain` indexes the occupant's domain in the per-domain figures.
+    pub fn into_receiver(
+        self,
+        recorder: std::sync::Arc<Recorder>,
+        domain: usize,
+    ) -> (Receiver, OwnedWriteHalf) {
         let receiver = Receiver {
+            domain,
             read: self.read,
             framer: self.framer,
             chunk: self.chunk,
@@ -258,6 +264,7 @@ impl Connection {
 /// benchmark bodies it sees.
 #[derive(Debug)]
 pub struct Receiver {
+    domain: usize,
     read: OwnedReadHalf,
     framer: Framer,
     chunk: Vec<u8>,
@@ -272,7 +279,7 @@ impl Receiver {
             let now = Instant::now();
             while let Some(frame) = self.framer.next_frame() {
                 match frame {
-                    Frame::Stanza(s) => self.recorder.stanza(s, now),
+                    Frame::Stanza(s) => self.recorder.stanza(self.domain, s, now),
                     Frame::StreamOpen => {}
                     Frame::StreamEnd => {
                         self.recorder.disconnected();

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::options::Options;
 use crate::procfs;
 use crate::record::{Counters, Recorder};
-use crate::report::{Measurement, Percentiles, Usage, ms};
+use crate::report::{DomainLatency, Measurement, Percentiles, Usage, ms};
 use crate::system::{DOMAINS, Deployment};
 
 /// The benchmark room's local part.
@@ -48,7 +48,7 @@ struct Occupants {
 impl Occupants {
     /// Starts the receive loop of occupant `i` and keeps its write half.
     fn admit(&mut self, i: usize, conn: Connection) {
-        let (receiver, writer) = conn.into_receiver(self.recorder.clone());
+        let (receiver, writer) = conn.into_receiver(self.recorder.clone(), i % DOMAINS.len());
         self.receivers.spawn(receiver.run());
         self.writers[i] = Some(writer);
     }
@@ -137,6 +137,26 @@ pub async fn measure(deployment: &Deployment, options: &Options) -> Result<Measu
         .filter(|f| u64::from(f.deliveries) >= n64)
         .map(|f| f.to_last)
         .collect();
+    if let Some(path) = std::env::var_os("DMUC_BENCH_TRACE") {
+        write_trace(
+            std::path::Path::new(&path),
+            options.first_measured(),
+            &fates,
+        )?;
+    }
+    let by_domain = DOMAINS
+        .iter()
+        .enumerate()
+        .map(|(d, name)| {
+            let (first, last): (Vec<_>, Vec<_>) =
+                fates.iter().filter_map(|f| f.by_domain[d]).unzip();
+            DomainLatency {
+                domain: (*name).to_owned(),
+                first: Percentiles::of(first),
+                last: Percentiles::of(last),
+            }
+        })
+        .collect();
     let after = recorder.counters();
     Ok(Measurement {
         system: deployment.system,
@@ -155,6 +175,7 @@ pub async fn measure(deployment: &Deployment, options: &Options) -> Result<Measu
         incomplete: fates.len() - complete.len(),
         duplicates,
         to_last: Percentiles::of(complete),
+        by_domain,
         servers,
         generator,
         others,
@@ -162,6 +183,30 @@ pub async fn measure(deployment: &Deployment, options: &Options) -> Result<Measu
         malformed: after.malformed,
         disconnects: after.disconnects,
     })
+}
+
+/// Writes one CSV line per measured message: its number, then per domain
+/// the ms to the first and to the last delivery (for `DMUC_BENCH_TRACE`).
+fn write_trace(path: &std::path::Path, first: usize, fates: &[crate::record::Fate]) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut csv = String::from("seq");
+    for d in DOMAINS {
+        let _ = write!(csv, ",{d} first ms,{d} last ms");
+    }
+    csv.push('\n');
+    for (i, fate) in fates.iter().enumerate() {
+        let _ = write!(csv, "{}", first + i);
+        for d in fate.by_domain {
+            match d {
+                Some((a, b)) => {
+                    let _ = write!(csv, ",{:.1},{:.1}", ms(a), ms(b));
+                }
+                None => csv.push_str(",,"),
+            }
+        }
+        csv.push('\n');
+    }
+    std::fs::write(path, csv).map_err(Error::io(format!("writing {}", path.display())))
 }
 
 /// Fills the room: occupant 0 creates it, the next N-2 join with

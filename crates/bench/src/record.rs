@@ -14,6 +14,9 @@ use tokio::time::Instant;
 
 use crate::frame;
 
+/// Recipient domains told apart (a.test, b.test).
+pub const DOMAINS: usize = 2;
+
 /// The marker that opens every benchmark body.
 const MARKER: &[u8] = b"BENCH|";
 
@@ -27,6 +30,10 @@ pub struct Recorder {
     sent: Box<[AtomicU64]>,
     /// Per message: latest delivery, µs since `epoch`.
     last: Box<[AtomicU64]>,
+    /// Per domain of the recipient, per message: first and latest
+    /// delivery, µs since `epoch` (first is `u64::MAX` until one arrives).
+    first_by_domain: [Box<[AtomicU64]>; DOMAINS],
+    last_by_domain: [Box<[AtomicU64]>; DOMAINS],
     deliveries: AtomicU64,
     delivered_bytes: AtomicU64,
     stanzas: AtomicU64,
@@ -56,6 +63,9 @@ pub struct Fate {
     pub deliveries: u32,
     /// From the send time in its body to the last delivery.
     pub to_last: Duration,
+    /// Per recipient domain: to its first and to its last delivery (`None`
+    /// if none arrived there).
+    pub by_domain: [Option<(Duration, Duration)>; DOMAINS],
 }
 
 impl Recorder {
@@ -67,6 +77,10 @@ impl Recorder {
             counts: (0..messages).map(|_| AtomicU32::new(0)).collect(),
             sent: (0..messages).map(zeros).collect(),
             last: (0..messages).map(zeros).collect(),
+            first_by_domain: std::array::from_fn(|_| {
+                (0..messages).map(|_| AtomicU64::new(u64::MAX)).collect()
+            }),
+            last_by_domain: std::array::from_fn(|_| (0..messages).map(zeros).collect()),
             deliveries: AtomicU64::new(0),
             delivered_bytes: AtomicU64::new(0),
             stanzas: AtomicU64::new(0),
@@ -80,8 +94,9 @@ impl Recorder {
         format!("BENCH|{seq}|{}|", self.micros(at))
     }
 
-    /// Records a stanza an occupant received at `at`.
-    pub fn stanza(&self, stanza: &[u8], at: Instant) {
+    /// Records a stanza an occupant of domain `domain` (an index below
+    /// [`DOMAINS`]) received at `at`.
+    pub fn stanza(&self, domain: usize, stanza: &[u8], at: Instant) {
         self.stanzas.fetch_add(1, Relaxed);
         if frame::name(stanza) != b"message" {
             return;
@@ -91,8 +106,11 @@ impl Recorder {
         };
         match parse_body(&stanza[i + MARKER.len()..]) {
             Some((seq, sent)) if seq < self.counts.len() => {
+                let at = self.micros(at);
                 self.sent[seq].store(sent, Relaxed);
-                self.last[seq].fetch_max(self.micros(at), Relaxed);
+                self.last[seq].fetch_max(at, Relaxed);
+                self.first_by_domain[domain][seq].fetch_min(at, Relaxed);
+                self.last_by_domain[domain][seq].fetch_max(at, Relaxed);
                 self.counts[seq].fetch_add(1, Relaxed);
                 self.deliveries.fetch_add(1, Relaxed);
                 self.delivered_bytes.fetch_add(stanza.len() as u64, Relaxed);
@@ -128,9 +146,19 @@ impl Recorder {
     pub fn fate(&self, seq: usize) -> Fate {
         let deliveries = self.counts[seq].load(Relaxed);
         let (sent, last) = (self.sent[seq].load(Relaxed), self.last[seq].load(Relaxed));
+        let since = |t: u64| Duration::from_micros(t.saturating_sub(sent));
         Fate {
             deliveries,
-            to_last: Duration::from_micros(last.saturating_sub(sent)),
+            to_last: since(last),
+            by_domain: std::array::from_fn(|d| {
+                let first = self.first_by_domain[d][seq].load(Relaxed);
+                (first != u64::MAX).then(|| {
+                    (
+                        since(first),
+                        since(self.last_by_domain[d][seq].load(Relaxed)),
+                    )
+                })
+            }),
         }
     }
 
@@ -161,13 +189,20 @@ mod tests {
         assert_eq!(body, "BENCH|1|5000|");
         let message =
             format!("<message type='groupchat' from='r@m/o1'><body>{body}</body></message>");
-        recorder.stanza(message.as_bytes(), sent + Duration::from_millis(2));
-        recorder.stanza(message.as_bytes(), sent + Duration::from_millis(7));
-        recorder.stanza(b"<presence from='r@m/o2'/>", sent);
-        recorder.stanza(b"<message><body>BENCH|9|1|</body></message>", sent);
+        recorder.stanza(0, message.as_bytes(), sent + Duration::from_millis(2));
+        recorder.stanza(0, message.as_bytes(), sent + Duration::from_millis(7));
+        recorder.stanza(1, b"<presence from='r@m/o2'/>", sent);
+        recorder.stanza(1, b"<message><body>BENCH|9|1|</body></message>", sent);
         let fate = recorder.fate(1);
         assert_eq!(fate.deliveries, 2);
         assert_eq!(fate.to_last, Duration::from_millis(7));
+        assert_eq!(
+            fate.by_domain,
+            [
+                Some((Duration::from_millis(2), Duration::from_millis(7))),
+                None
+            ]
+        );
         let c = recorder.counters();
         assert_eq!((c.deliveries, c.stanzas, c.malformed), (2, 4, 1));
     }

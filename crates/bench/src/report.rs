@@ -45,6 +45,17 @@ impl Percentiles {
     }
 }
 
+/// Time from send to the first and to the last recipient on one domain.
+#[derive(Debug, Clone)]
+pub struct DomainLatency {
+    /// The recipients' domain.
+    pub domain: String,
+    /// To its first recipient.
+    pub first: Option<Percentiles>,
+    /// To its last recipient.
+    pub last: Option<Percentiles>,
+}
+
 /// Everything measured for one system.
 #[derive(Debug, Clone)]
 pub struct Measurement {
@@ -80,6 +91,8 @@ pub struct Measurement {
     pub duplicates: u64,
     /// Time from send to the last recipient, of complete messages.
     pub to_last: Option<Percentiles>,
+    /// The same split by the recipients' domain, with the first arrival.
+    pub by_domain: Vec<DomainLatency>,
     /// The server processes (both Prosody, and the master for dmuc).
     pub servers: Vec<Usage>,
     /// The load generator itself.
@@ -159,6 +172,19 @@ impl fmt::Display for Measurement {
                 ms(p.max)
             )?,
             None => writeln!(f, "to last recipient: no message reached everyone")?,
+        }
+        for d in &self.by_domain {
+            let show = |p: Option<Percentiles>| match p {
+                Some(p) => format!("p50 {:.1} / p99 {:.1} ms", ms(p.p50), ms(p.p99)),
+                None => "none".to_owned(),
+            };
+            writeln!(
+                f,
+                "  on {}: to first {}, to last {}",
+                d.domain,
+                show(d.first),
+                show(d.last)
+            )?;
         }
         let cpus: Vec<String> = self
             .servers
