@@ -18,3 +18,6 @@ plugin_paths = { "/usr/share/dmuc/prosody" }
 VirtualHost "example.org"
     modules_enabled = { "dmuc_multicast" } -- in addition to your usual modules
     dmuc_multicast_senders = { "conference.example.org" }
+    -- Bytes Prosody reads from the master's connection per loop turn (its
+    -- default, 4 KiB, throttles a busy master); 0 leaves Prosody's default.
+    dmuc_multicast_read_size = 262144
