@@ -161,6 +161,57 @@ pub fn config_arg(
     }
 }
 
+/// The whole `main` of a dmuc binary: `NAME --config FILE`, the
+/// configuration loaded by `load` (any error: a message and [`EX_USAGE`]),
+/// tracing from its `[log]`, a runtime, and `run` until it returns; SIGINT
+/// or SIGTERM cancel the token `run` gets. `run`'s error is logged and
+/// exits with failure.
+pub fn main<C, E, Fut>(
+    name: &str,
+    load: impl FnOnce(&std::path::Path) -> Result<C, E>,
+    log: impl FnOnce(&C) -> &LogSection,
+    run: impl FnOnce(C, CancellationToken) -> Fut,
+) -> std::process::ExitCode
+where
+    E: std::fmt::Display,
+    Fut: Future<Output = Result<(), String>>,
+{
+    use std::process::ExitCode;
+    let path = match config_arg(name, std::env::args().skip(1)) {
+        Ok(path) => path,
+        Err(usage) => {
+            eprintln!("{usage}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let config = match load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: {}: {e}", path.display());
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    log(&config).init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        match run(config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "{name} failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
 /// Cancels `shutdown` on the first SIGINT or SIGTERM.
 pub async fn cancel_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};

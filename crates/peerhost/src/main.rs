@@ -3,53 +3,21 @@
 
 use std::process::ExitCode;
 
-use dmuc_component::settings::{EX_USAGE, cancel_on_signal, config_arg};
 use dmuc_peerhost::Config;
-use tokio_util::sync::CancellationToken;
-
-const NAME: &str = "dmuc-peerhost";
 
 fn main() -> ExitCode {
-    let path = match config_arg(NAME, std::env::args().skip(1)) {
-        Ok(path) => path,
-        Err(usage) => {
-            eprintln!("{usage}");
-            return ExitCode::from(EX_USAGE);
-        }
-    };
-    let config = match Config::load(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{NAME}: {}: {e}", path.display());
-            return ExitCode::from(EX_USAGE);
-        }
-    };
-    config.log.init_tracing();
-
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("{NAME}: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let listen = config.peering.listen;
-        let listener = match tokio::net::TcpListener::bind(listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, %listen, "peering.listen: cannot listen");
-                return ExitCode::FAILURE;
-            }
-        };
-        let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
-        match dmuc_peerhost::run(config, listener, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(error = %e, "{NAME} failed");
-                ExitCode::FAILURE
-            }
-        }
-    })
+    dmuc_component::settings::main(
+        "dmuc-peerhost",
+        Config::load,
+        |c| &c.log,
+        async |config, shutdown| {
+            let listen = config.peering.listen;
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("peering.listen {listen}: cannot listen: {e}"))?;
+            dmuc_peerhost::run(config, listener, shutdown)
+                .await
+                .map_err(|e| e.to_string())
+        },
+    )
 }
