@@ -8,6 +8,7 @@
 //!
 //! [peering]
 //! listen = "0.0.0.0:7443"        # gRPC (plain TCP in this version)
+//! endpoint = "http://peer.b.test:7443"   # advertised in disco#info (optional)
 //!
 //! [log]
 //! filter = "info"                # RUST_LOG overrides it
@@ -41,6 +42,10 @@ pub struct Config {
 pub struct PeeringSection {
     /// The gRPC listen address, `ip:port`.
     pub listen: SocketAddr,
+    /// The URL masters use to reach `listen` (e.g. `http://peer.b.test:7443`),
+    /// advertised in disco#info; without it masters need it in their own
+    /// configuration.
+    pub endpoint: Option<String>,
 }
 
 impl Config {
@@ -59,6 +64,15 @@ impl Config {
         config.component = config.component.with_env_secret(env_secret);
         config.domain()?;
         config.log.check()?;
+        if let Some(url) = &config.peering.endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(SettingsError::new(
+                "peering.endpoint",
+                "must be an http:// or https:// URL",
+            )
+            .into());
+        }
         Ok(config)
     }
 

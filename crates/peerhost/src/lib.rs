@@ -13,6 +13,8 @@
 //! - [`slave`]: one task per slave, owning the room's
 //!   `dmuc_room::replica::Replica` and delivering its stanzas through the
 //!   component link.
+//! - [`disco`]: what the peerhost answers at its own JID: disco#info with
+//!   the dmuc feature, its endpoint and served domain, and pings.
 //!
 //! ```text
 //!  master ══gRPC══▶ stream task ─RoomEvent─▶ slave task ─▶ Replica::apply
@@ -28,13 +30,12 @@
 //!   master that says `Hello` with a well-formed `master_jid` is served.
 //! - SQLite persistence of slaves (`[storage]`): slaves live as long as
 //!   their stream; a new stream starts from new `CreateSlave`s.
-//! - Answers to discovery: stanzas addressed to the peerhost's component
-//!   get `service-unavailable`.
 //! - Integration with dmuc-master, which does not open streams yet.
 //! - XEP-0033 multicast through the local server (the master has it).
 //! - Acks mean "handed to the component link", not "flushed to the server".
 
 pub mod config;
+pub mod disco;
 pub mod slave;
 pub mod stream;
 
@@ -43,14 +44,14 @@ use std::time::Duration;
 use dmuc_component::settings::SettingsError;
 use dmuc_component::{Inbound, LinkHandle};
 use dmuc_protocol::pb::peering_server::PeeringServer;
-use dmuc_room::Condition;
-use dmuc_stanza::outbound;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tracing::{debug, info, warn};
+
+use crate::disco::Advertised;
 
 pub use config::Config;
 pub use stream::PeeringService;
@@ -97,7 +98,15 @@ pub async fn run(
 
     let link_shutdown = CancellationToken::new();
     let link = dmuc_component::spawn(link_config, link_shutdown.clone())?;
-    let inbound = tokio::spawn(answer_inbound(link.inbound, link.handle.clone()));
+    let advertised = Advertised {
+        domain: domain.clone(),
+        endpoint: config.peering.endpoint.clone(),
+    };
+    let inbound = tokio::spawn(answer_inbound(
+        link.inbound,
+        link.handle.clone(),
+        advertised,
+    ));
 
     let service = PeeringService::new(peer_jid, domain, link.handle, shutdown.clone());
     let streams = service.streams();
@@ -133,9 +142,13 @@ pub async fn run(
     served.map_err(Error::from)
 }
 
-/// Stanzas addressed to the peerhost itself: nothing is served there yet,
-/// so requests get `service-unavailable` (errors are never answered).
-async fn answer_inbound(mut inbound: mpsc::Receiver<Inbound>, link: LinkHandle) {
+/// Stanzas addressed to the peerhost itself: service discovery and pings
+/// (see [`disco`]).
+async fn answer_inbound(
+    mut inbound: mpsc::Receiver<Inbound>,
+    link: LinkHandle,
+    advertised: Advertised,
+) {
     while let Some(event) = inbound.recv().await {
         match event {
             Inbound::Connected { stream_id, .. } => info!(%stream_id, "component connected"),
@@ -148,7 +161,7 @@ async fn answer_inbound(mut inbound: mpsc::Receiver<Inbound>, link: LinkHandle) 
                     from = el.attr("from"),
                     "stanza to the peerhost"
                 );
-                if let Some(reply) = outbound::error_reply(&el, Condition::ServiceUnavailable, None)
+                if let Some(reply) = disco::answer(&el, &advertised)
                     && link.send(reply).await.is_err()
                 {
                     break;

@@ -211,17 +211,17 @@ async fn start() -> Result<(
             ),
     )
     .await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
     let config = Config::parse(
         &format!(
             "[component]\njid = '{PEER}'\nserver = '{}'\nsecret = '{}'\n\
-             [peering]\nlisten = '127.0.0.1:0'\n",
+             [peering]\nlisten = '{addr}'\nendpoint = 'http://{addr}'\n",
             testbed.component_addr("b.test")?,
             testbed.component_secret(PEER)?,
         ),
         None,
     )?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let peerhost = tokio::spawn(dmuc_peerhost::run(config, listener, shutdown.clone()));
     Ok((testbed, addr, shutdown, peerhost))
@@ -351,5 +351,59 @@ async fn an_unsupported_version_is_refused() -> Result<()> {
 
     shutdown.cancel();
     tokio::time::timeout(WAIT, peerhost).await???;
+    Ok(())
+}
+
+/// How a master finds b.test's peerhost, over real s2s: b.test's server
+/// lists the component in its disco#items, and the peerhost's disco#info
+/// has the dmuc feature, the endpoint and the domain it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masters_find_the_peerhost_through_service_discovery() -> Result<()> {
+    let (testbed, addr, shutdown, peerhost) = start().await?;
+    let mut alice: Client = testbed.client("a.test", "alice").await?;
+    alice.wait_for_service(PEER, WAIT).await?;
+
+    let items = alice
+        .iq_ok(
+            "get",
+            "b.test",
+            "<query xmlns='http://jabber.org/protocol/disco#items'/>",
+        )
+        .await?;
+    let listed: Vec<String> = items
+        .children()
+        .flat_map(|q| q.children())
+        .filter_map(|i| i.attr("jid").map(str::to_owned))
+        .collect();
+    assert!(listed.iter().any(|j| j == PEER), "b.test lists {listed:?}");
+
+    let info = alice
+        .iq_ok(
+            "get",
+            PEER,
+            "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+        )
+        .await?;
+    assert!(
+        stanza::disco_features(&info)
+            .iter()
+            .any(|f| f == dmuc_protocol::disco::FEATURE)
+    );
+    let form = stanza::find_form(&info).context("an XEP-0128 form")?;
+    assert_eq!(
+        stanza::form_values(form, "FORM_TYPE"),
+        Some(vec![dmuc_protocol::disco::FORM_TYPE.to_owned()])
+    );
+    assert_eq!(
+        stanza::form_values(form, dmuc_protocol::disco::ENDPOINT),
+        Some(vec![format!("http://{addr}")])
+    );
+    assert_eq!(
+        stanza::form_values(form, dmuc_protocol::disco::DOMAIN),
+        Some(vec!["b.test".to_owned()])
+    );
+
+    shutdown.cancel();
+    peerhost.await??;
     Ok(())
 }

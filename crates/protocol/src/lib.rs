@@ -79,6 +79,21 @@ pub mod feature {
     pub const ALL: &[&str] = &[KEEPALIVE_ECHO, RESYNC];
 }
 
+/// How a domain's peerhost is found (XEP-0030, XEP-0128): the domain's
+/// server lists the peerhost component in its disco#items; the peerhost's
+/// disco#info has [`disco::FEATURE`] and a form of [`disco::FORM_TYPE`]
+/// with its gRPC endpoint and the domain it serves.
+pub mod disco {
+    /// The feature a peerhost advertises.
+    pub const FEATURE: &str = "urn:dmuc:peering:1";
+    /// The FORM_TYPE of its extended disco#info form.
+    pub const FORM_TYPE: &str = "urn:dmuc:peering:1#info";
+    /// Form field: where masters open `Replicate` streams (a URL).
+    pub const ENDPOINT: &str = "endpoint";
+    /// Form field: the domain whose users the peerhost serves.
+    pub const DOMAIN: &str = "domain";
+}
+
 /// The `Hello` this build sends: every supported version and feature.
 pub fn hello(master_jid: &str) -> pb::Hello {
     pb::Hello {
