@@ -68,12 +68,15 @@ impl LinkConfig {
         if let Some(to) = &self.keepalive.ping_to {
             return to.clone();
         }
-        self.jid
-            .domain()
-            .as_str()
-            .split_once('.')
-            .and_then(|(_, parent)| BareJid::new(parent).ok())
-            .unwrap_or_else(|| self.jid.clone())
+        self.parent_domain().unwrap_or_else(|| self.jid.clone())
+    }
+
+    /// The domain the component is a subdomain of (`a.test` for
+    /// `conference.a.test`): usually the server it is attached to, and the
+    /// domain whose users it serves.
+    pub fn parent_domain(&self) -> Option<BareJid> {
+        let (_, parent) = self.jid.domain().as_str().split_once('.')?;
+        BareJid::new(parent).ok()
     }
 
     pub(crate) fn validate(&self) -> Result<(), crate::Error> {

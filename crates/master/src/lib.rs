@@ -84,12 +84,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     let domain = link_config.jid.clone();
     info!(%domain, epoch, rooms = rooms.len(), "starting");
 
-    let link_shutdown = CancellationToken::new();
-    let link = dmuc_component::spawn(link_config, link_shutdown.clone())?;
     let multicast_from = match config.delivery.multicast {
-        Multicast::Auto => parent_domain(&domain),
+        Multicast::Auto => link_config.parent_domain(),
         Multicast::Off => None,
     };
+    let link_shutdown = CancellationToken::new();
+    let link = dmuc_component::spawn(link_config, link_shutdown.clone())?;
     let service = Service::new(
         ServiceConfig {
             domain,
@@ -109,10 +109,4 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     store.close().await;
     info!("stopped");
     Ok(())
-}
-
-/// `a.test` for `conference.a.test`: the server a component belongs to.
-fn parent_domain(domain: &jid::BareJid) -> Option<jid::BareJid> {
-    let (_, parent) = domain.domain().as_str().split_once('.')?;
-    parent.parse().ok()
 }

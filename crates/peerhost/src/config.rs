@@ -79,11 +79,9 @@ impl Config {
     /// The domain whose users this peerhost serves: the component's parent
     /// (`b.test` for `muc-peer.b.test`).
     pub fn domain(&self) -> Result<BareJid, SettingsError> {
-        let jid = self.component.check()?;
-        jid.domain()
-            .as_str()
-            .split_once('.')
-            .and_then(|(_, parent)| parent.parse::<BareJid>().ok())
+        self.component
+            .to_link_config()?
+            .parent_domain()
             .ok_or_else(|| {
                 SettingsError::new(
                     "component.jid",
