@@ -120,10 +120,22 @@ fn kill9_under_load_loses_no_reflected_message() {
             .await?;
         bob.join(&room, "bob").await?;
 
-        // Alice fires messages without waiting; bob watches them arrive.
-        for i in 0..400 {
-            alice.send_groupchat(&room, &format!("m{i}")).await?;
-        }
+        // Alice keeps firing messages without waiting for them, until told
+        // to stop; bob watches them arrive, and the master is killed while
+        // the stream is in full flow.
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let sender_room = room.clone();
+        let sender = tokio::spawn(async move {
+            let mut sent = 0usize;
+            while stopped.try_recv().is_err() && sent < 100_000 {
+                alice
+                    .send_groupchat(&sender_room, &format!("m{sent}"))
+                    .await?;
+                sent += 1;
+                tokio::task::yield_now().await;
+            }
+            Ok::<_, dmuc_testbed::Error>((alice, sent))
+        });
         let mut seen_by_bob = Vec::new();
         while seen_by_bob.len() < 50 {
             let el = bob
@@ -132,12 +144,15 @@ fn kill9_under_load_loses_no_reflected_message() {
             seen_by_bob.push(id_and_body(&el, &room));
         }
         bed.master.kill9();
+        let _ = stop.send(());
+        let (mut alice, sent) = sender.await.expect("sender task")?;
         let quiet = Duration::from_millis(1500);
         seen_by_bob.extend(drain_groupchat(&mut bob, &room, quiet).await);
         let seen_by_alice = drain_groupchat(&mut alice, &room, quiet).await;
         assert!(
-            seen_by_bob.len() < 400,
-            "the kill should interrupt the stream"
+            seen_by_bob.len() < sent,
+            "the kill interrupted the stream: {} of {sent} seen",
+            seen_by_bob.len()
         );
 
         bed.master.restart()?;
