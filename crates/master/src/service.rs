@@ -382,7 +382,10 @@ fn refusal(input: &Input, condition: Condition, text: &'static str) -> Option<(F
         Input::Presence { from, nick, .. } => {
             (from, StanzaKind::Presence, Some(nick.clone()), None)
         }
-        Input::Leave { .. } | Input::Bounced { .. } | Input::Shutdown => return None,
+        Input::Leave { .. }
+        | Input::Bounced { .. }
+        | Input::IqResponse { .. }
+        | Input::Shutdown => return None,
     };
     Some((
         from.clone(),

@@ -49,6 +49,15 @@ pub enum Input {
         id: String,
         request: IqRequest,
     },
+    /// The answer of an occupant's client to an IQ the room relayed to it
+    /// ([`IqRequest::Relay`]), addressed to the requester's occupant JID.
+    IqResponse {
+        from: FullJid,
+        to: Nick,
+        id: String,
+        error: bool,
+        payload: Payload,
+    },
     /// The service is shutting down (status 332).
     Shutdown,
 }
@@ -70,7 +79,7 @@ pub enum MessageKind {
 }
 
 /// An IQ request, by what the room does with it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum IqRequest {
     DiscoInfo,
     DiscoItems,
@@ -88,6 +97,12 @@ pub enum IqRequest {
     Destroy {
         reason: Option<String>,
         alternate: Option<BareJid>,
+    },
+    /// Any other request to an occupant JID (vCard, version, ...): relayed
+    /// to one of the occupant's sessions, its answer relayed back.
+    Relay {
+        set: bool,
+        payload: Payload,
     },
     /// Anything else: answered with an error.
     Unsupported,
@@ -164,6 +179,13 @@ pub enum Outgoing {
         id: String,
         body: IqResponse,
     },
+    /// An IQ relayed between occupants, from occupant `from`.
+    Iq {
+        from: Nick,
+        id: String,
+        kind: IqKind,
+        payload: Payload,
+    },
     Error {
         kind: StanzaKind,
         from: Option<Nick>,
@@ -173,6 +195,15 @@ pub enum Outgoing {
         error_type: ErrorType,
         text: Option<&'static str>,
     },
+}
+
+/// The type of a relayed IQ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IqKind {
+    Get,
+    Set,
+    Result,
+    Error,
 }
 
 /// The three stanza kinds, for errors.

@@ -5,16 +5,21 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use jid::{BareJid, FullJid};
+use minidom::Element;
+use sha2::{Digest, Sha256};
 
 use crate::config::{ConfigBounds, Whois};
 use crate::event::{
-    Action, AdminFilter, AdminItem, Destroyed, Input, IqRequest, IqResponse, JoinRequest, ListItem,
-    MessageKind, OccupantPresence, Outgoing, Persist, StanzaKind,
+    Action, AdminFilter, AdminItem, Destroyed, Input, IqKind, IqRequest, IqResponse, JoinRequest,
+    ListItem, MessageKind, OccupantPresence, Outgoing, Persist, StanzaKind,
 };
 use crate::history::{History, HistoryRequest, Payload, RoomMessage, Subject};
 use crate::{
     Affiliation, Condition, ErrorType, Nick, OccupantId, Role, RoomConfig, Seq, StanzaId, Timestamp,
 };
+
+/// XEP-0199.
+const NS_PING: &str = "urn:xmpp:ping";
 
 /// Service-wide settings every room of a master shares.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -338,6 +343,13 @@ impl Room {
                 id,
                 request,
             } => self.on_iq(&mut out, from, to, id, request),
+            Input::IqResponse {
+                from,
+                to,
+                id,
+                error,
+                payload,
+            } => self.on_iq_response(&mut out, &from, &to, &id, error, payload),
             Input::Shutdown => {
                 let nicks: Vec<Nick> = self.occupants.keys().cloned().collect();
                 for nick in nicks {
@@ -956,21 +968,30 @@ impl Room {
     ) {
         let sender = self.by_session.get(&from).cloned();
         let result = match (&to, request) {
-            (Some(target), IqRequest::Ping) => match &sender {
+            (Some(target), request) => match (&sender, request) {
+                (None, _) => Err((Condition::NotAcceptable, Some("You are not in this room"))),
                 // XEP-0410: the room answers a self-ping for its occupant.
-                Some(me) if me == target => Ok(IqResponse::Empty),
-                Some(_) if self.occupants.contains_key(target) => {
-                    Err((Condition::FeatureNotImplemented, None))
-                }
-                Some(_) => Err((Condition::ItemNotFound, None)),
-                None => Err((Condition::NotAcceptable, Some("You are not in this room"))),
-            },
-            (Some(target), _) => match &sender {
-                None => Err((Condition::NotAcceptable, Some("You are not in this room"))),
-                Some(_) if !self.occupants.contains_key(target) => {
+                (Some(me), IqRequest::Ping) if me == target => Ok(IqResponse::Empty),
+                (Some(_), _) if !self.occupants.contains_key(target) => {
                     Err((Condition::ItemNotFound, None))
                 }
-                Some(_) => Err((Condition::FeatureNotImplemented, None)),
+                (Some(me), IqRequest::Ping) => {
+                    let ping = Element::builder("ping", NS_PING).build();
+                    return self.relay(
+                        out,
+                        &from,
+                        me,
+                        target,
+                        id,
+                        IqKind::Get,
+                        Payload::new(vec![ping]),
+                    );
+                }
+                (Some(me), IqRequest::Relay { set, payload }) => {
+                    let kind = if set { IqKind::Set } else { IqKind::Get };
+                    return self.relay(out, &from, me, target, id, kind, payload);
+                }
+                (Some(_), _) => Err((Condition::BadRequest, None)),
             },
             (None, IqRequest::Ping) => Ok(IqResponse::Empty),
             (None, IqRequest::DiscoInfo) => Ok(self.disco_info()),
@@ -984,7 +1005,9 @@ impl Room {
             (None, IqRequest::Destroy { reason, alternate }) => {
                 self.destroy(out, &from, reason, alternate)
             }
-            (None, IqRequest::Unsupported) => Err((Condition::ServiceUnavailable, None)),
+            (None, IqRequest::Unsupported | IqRequest::Relay { .. }) => {
+                Err((Condition::ServiceUnavailable, None))
+            }
         };
         match result {
             Ok(body) => out.one(&from, Outgoing::IqResult { from: to, id, body }),
@@ -992,6 +1015,77 @@ impl Room {
                 out.error(&from, StanzaKind::Iq, to, Some(id), condition, text)
             }
         }
+    }
+
+    /// Relays an IQ request from occupant `sender` (session `from`) to one
+    /// session of `target`. The id it carries names the requesting session
+    /// by a keyed hash, so the answer finds its way back without the room
+    /// keeping state and without revealing the requester's real JID.
+    #[allow(clippy::too_many_arguments)]
+    fn relay(
+        &self,
+        out: &mut Out,
+        from: &FullJid,
+        sender: &Nick,
+        target: &Nick,
+        id: String,
+        kind: IqKind,
+        payload: Payload,
+    ) {
+        let Some(session) = self.occupants[target].sessions.first() else {
+            return;
+        };
+        out.one(
+            session,
+            Outgoing::Iq {
+                from: sender.clone(),
+                id: format!("{}.{id}", self.session_tag(from)),
+                kind,
+                payload,
+            },
+        );
+    }
+
+    /// Relays an occupant's answer back to the session that asked.
+    fn on_iq_response(
+        &self,
+        out: &mut Out,
+        from: &FullJid,
+        to: &Nick,
+        id: &str,
+        error: bool,
+        payload: Payload,
+    ) {
+        let Some(responder) = self.by_session.get(from) else {
+            return; // Answers from non-occupants are dropped, never bounced.
+        };
+        let Some((tag, original)) = id.split_once('.') else {
+            return;
+        };
+        let requester = self
+            .occupants
+            .get(to)
+            .and_then(|o| o.sessions.iter().find(|s| self.session_tag(s) == tag));
+        if let Some(requester) = requester {
+            out.one(
+                requester,
+                Outgoing::Iq {
+                    from: responder.clone(),
+                    id: original.to_owned(),
+                    kind: if error { IqKind::Error } else { IqKind::Result },
+                    payload,
+                },
+            );
+        }
+    }
+
+    /// A short keyed hash of a session's JID.
+    fn session_tag(&self, session: &FullJid) -> String {
+        let mut hash = Sha256::new();
+        hash.update(&self.settings.salt);
+        hash.update(b"\0relay\0");
+        hash.update(session.as_str().as_bytes());
+        hex::encode(&hash.finalize()[..6])
     }
 
     fn disco_info(&self) -> IqResponse {

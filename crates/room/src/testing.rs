@@ -210,6 +210,7 @@ fn iq_request() -> impl Strategy<Value = IqRequest> {
         1 => (reason(), option::of(Just(BareJid::new("elsewhere@conference.a.test").expect("valid JID"))))
             .prop_map(|(reason, alternate)| IqRequest::Destroy { reason, alternate }),
         1 => Just(IqRequest::Unsupported),
+        2 => (any::<bool>(), payload()).prop_map(|(set, payload)| IqRequest::Relay { set, payload }),
     ]
 }
 
@@ -257,6 +258,14 @@ pub fn input() -> impl Strategy<Value = Input> {
                 request,
             }
         }),
+        2 => (user(), nick(), any::<bool>(), payload(), option::of(Just("0123456789ab".to_owned())))
+            .prop_map(|(from, to, error, payload, tag)| Input::IqResponse {
+                from,
+                to,
+                id: tag.map_or("i".into(), |t| format!("{t}.i")),
+                error,
+                payload,
+            }),
         // Rare: it ends the room.
         1 => Just(Input::Shutdown),
     ]

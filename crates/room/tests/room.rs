@@ -798,3 +798,86 @@ fn flood_is_limited() {
         }
     ));
 }
+
+#[test]
+fn iqs_between_occupants_are_relayed_and_answered() {
+    use dmuc_room::event::IqKind;
+    let mut h = Harness::with_owner();
+    h.join("bob@b.test/x", "bob");
+    let vcard = Payload::new(vec!["<vCard xmlns='vcard-temp'/>".parse().unwrap()]);
+    let asked = h.handle(Input::Iq {
+        from: jid("bob@b.test/x"),
+        to: Some(nick("alice")),
+        id: "v1".into(),
+        request: IqRequest::Relay {
+            set: false,
+            payload: vcard.clone(),
+        },
+    });
+    let [
+        Outgoing::Iq {
+            from,
+            id,
+            kind: IqKind::Get,
+            payload,
+        },
+    ] = &sent_to(&asked, "alice@a.test/pc")[..]
+    else {
+        panic!("relayed to alice: {asked:?}");
+    };
+    assert_eq!(*from, nick("bob"));
+    assert_eq!(payload, &vcard);
+    assert!(
+        !id.contains("bob@b.test"),
+        "the relay id hides the requester's JID: {id}"
+    );
+    assert!(
+        sent_to(&asked, "bob@b.test/x").is_empty(),
+        "no answer from the room itself"
+    );
+
+    let answered = h.handle(Input::IqResponse {
+        from: jid("alice@a.test/pc"),
+        to: nick("bob"),
+        id: id.clone(),
+        error: false,
+        payload: Payload::default(),
+    });
+    assert!(matches!(
+        &sent_to(&answered, "bob@b.test/x")[..],
+        [Outgoing::Iq { from, id, kind: IqKind::Result, .. }] if *from == nick("alice") && id == "v1"
+    ));
+
+    // A forged answer (wrong tag) and answers from strangers go nowhere.
+    let forged = h.handle(Input::IqResponse {
+        from: jid("alice@a.test/pc"),
+        to: nick("bob"),
+        id: "000000000000.v1".into(),
+        error: false,
+        payload: Payload::default(),
+    });
+    assert!(forged.is_empty());
+    let stranger = h.handle(Input::IqResponse {
+        from: jid("eve@b.test/e"),
+        to: nick("bob"),
+        id: id.clone(),
+        error: false,
+        payload: Payload::default(),
+    });
+    assert!(stranger.is_empty());
+}
+
+#[test]
+fn pings_to_other_occupants_are_relayed() {
+    let mut h = Harness::with_owner();
+    h.join("bob@b.test/x", "bob");
+    let pinged = h.handle(Input::Iq {
+        from: jid("bob@b.test/x"),
+        to: Some(nick("alice")),
+        id: "p".into(),
+        request: IqRequest::Ping,
+    });
+    assert!(
+        matches!(&sent_to(&pinged, "alice@a.test/pc")[..], [Outgoing::Iq { payload, .. }] if payload.elements()[0].name() == "ping")
+    );
+}

@@ -67,7 +67,7 @@ pub fn route(el: Element, service: &BareJid, max_message_bytes: usize) -> Routed
         return reject(&el, Condition::ItemNotFound, None);
     }
     let stanza_type = el.attr("type").unwrap_or("");
-    if stanza_type == "error" && el.name() != "presence" && !is_gone(&el) {
+    if stanza_type == "error" && el.name() == "message" && !is_gone(&el) {
         return Routed::Drop("error stanza");
     }
     let Some(node) = to.node() else {
@@ -144,6 +144,39 @@ pub fn route(el: Element, service: &BareJid, max_message_bytes: usize) -> Routed
                     Some("invitations and voice requests are not supported yet"),
                 ),
             }
+        }
+        "iq" if nick.is_some() => {
+            let to = nick.expect("checked");
+            let Some(id) = el.attr("id").map(str::to_owned) else {
+                return Routed::Drop("iq without id");
+            };
+            let payload = Payload::new(el.children().cloned().collect());
+            let input = match stanza_type {
+                "get" if el.get_child("ping", ns::PING).is_some() => Input::Iq {
+                    from,
+                    to: Some(to),
+                    id,
+                    request: IqRequest::Ping,
+                },
+                "get" | "set" => Input::Iq {
+                    from,
+                    to: Some(to),
+                    id,
+                    request: IqRequest::Relay {
+                        set: stanza_type == "set",
+                        payload,
+                    },
+                },
+                "result" | "error" => Input::IqResponse {
+                    from,
+                    to,
+                    id,
+                    error: stanza_type == "error",
+                    payload,
+                },
+                _ => return reject(&el, Condition::BadRequest, Some("unknown iq type")),
+            };
+            routed(input)
         }
         "iq" => match iq_request(&el) {
             Ok(request) => {
@@ -473,6 +506,33 @@ mod tests {
                     request: IqRequest::Unsupported,
                     ..
                 },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn iqs_to_occupants_are_relayed_and_their_answers_routed_back() {
+        let request = route_xml(
+            "<iq xmlns='jabber:component:accept' type='get' id='1' from='u@b.test/r' to='r@conference.a.test/n'><vCard xmlns='vcard-temp'/></iq>",
+        );
+        assert!(matches!(
+            request,
+            Routed::Room {
+                input: Input::Iq {
+                    request: IqRequest::Relay { set: false, .. },
+                    ..
+                },
+                ..
+            }
+        ));
+        let error = route_xml(
+            "<iq xmlns='jabber:component:accept' type='error' id='t.1' from='u@b.test/r' to='r@conference.a.test/n'><error type='cancel'/></iq>",
+        );
+        assert!(matches!(
+            error,
+            Routed::Room {
+                input: Input::IqResponse { error: true, .. },
                 ..
             }
         ));

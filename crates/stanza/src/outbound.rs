@@ -2,7 +2,7 @@
 //! action and stamped with each recipient's JID.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use dmuc_room::event::{IqResponse, ListItem, MessageKind, OccupantPresence, StanzaKind};
+use dmuc_room::event::{IqKind, IqResponse, ListItem, MessageKind, OccupantPresence, StanzaKind};
 use dmuc_room::form::{FieldKind, Form};
 use dmuc_room::{Condition, ErrorType, Nick, Outgoing, RoomMessage, Timestamp};
 use jid::{BareJid, FullJid, Jid};
@@ -79,6 +79,25 @@ pub fn build(room: &BareJid, out: &Outgoing) -> Element {
             .append_all(payload.elements().iter().cloned())
             .append(Element::builder("x", ns::MUC_USER))
             .append(occupant_id_el(occupant_id.as_str()))
+            .build(),
+        Outgoing::Iq {
+            from,
+            id,
+            kind,
+            payload,
+        } => Element::builder("iq", NS)
+            .a(
+                "type",
+                match kind {
+                    IqKind::Get => "get",
+                    IqKind::Set => "set",
+                    IqKind::Result => "result",
+                    IqKind::Error => "error",
+                },
+            )
+            .a("from", from_attr(room, Some(from)))
+            .a("id", id.as_str())
+            .append_all(payload.elements().iter().cloned())
             .build(),
         Outgoing::IqResult { from, id, body } => Element::builder("iq", NS)
             .a("type", "result")

@@ -76,6 +76,19 @@ impl From<&Input> for pb::Input {
                 id: id.clone(),
                 request: Some(iq_request_to_pb(request)),
             }),
+            Input::IqResponse {
+                from,
+                to,
+                id,
+                error,
+                payload,
+            } => Kind::IqResponse(pb::IqResponse {
+                from: from.to_string(),
+                to: to.to_string(),
+                id: id.clone(),
+                error: *error,
+                payload_xml: payload.to_xml(),
+            }),
             Input::Shutdown => Kind::Shutdown(pb::Shutdown {}),
         };
         pb::Input { kind: Some(kind) }
@@ -138,6 +151,13 @@ fn input_from_pb(input: pb::Input) -> Result<Input, ProtocolError> {
             request: iq_request_from_pb(required(iq.request, "request").within("iq")?)
                 .within("request")
                 .within("iq")?,
+        },
+        Kind::IqResponse(r) => Input::IqResponse {
+            from: full_jid(&r.from, "from").within("iq_response")?,
+            to: nick(&r.to, "to").within("iq_response")?,
+            id: r.id,
+            error: r.error,
+            payload: payload(&r.payload_xml, "payload_xml").within("iq_response")?,
         },
         Kind::Shutdown(pb::Shutdown {}) => Input::Shutdown,
     })
@@ -213,6 +233,10 @@ fn iq_request_to_pb(request: &IqRequest) -> pb::IqRequest {
             alternate: alternate.as_ref().map(ToString::to_string),
         }),
         IqRequest::Unsupported => Iq::Unsupported(pb::Unsupported {}),
+        IqRequest::Relay { set, payload } => Iq::Relay(pb::Relay {
+            set: *set,
+            payload_xml: payload.to_xml(),
+        }),
     };
     pb::IqRequest { kind: Some(kind) }
 }
@@ -255,6 +279,10 @@ fn iq_request_from_pb(request: pb::IqRequest) -> Result<IqRequest, ProtocolError
                 .within("destroy")?,
         },
         Iq::Unsupported(pb::Unsupported {}) => IqRequest::Unsupported,
+        Iq::Relay(r) => IqRequest::Relay {
+            set: r.set,
+            payload: payload(&r.payload_xml, "payload_xml").within("relay")?,
+        },
     })
 }
 

@@ -409,6 +409,7 @@ macro_rules! __with_scenarios {
             groupchat_visitor_forbidden,
             groupchat_non_occupant_not_acceptable,
             private_message,
+            iq_between_occupants,
             nick_change,
             status_change_broadcast,
             leave_room,

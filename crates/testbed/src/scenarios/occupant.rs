@@ -125,6 +125,54 @@ pub async fn private_message(ctx: &Ctx) -> Result<()> {
     check_error(&error, "cancel", "item-not-found")
 }
 
+/// IQs to an occupant JID are relayed to the occupant, from the sender's
+/// occupant JID, and its answer comes back with the sender's own id (how
+/// vCards of occupants work).
+pub async fn iq_between_occupants(ctx: &Ctx) -> Result<()> {
+    let (room, mut alice, mut bob) = ctx.room_with_two("iq-relay", &[]).await?;
+    let id = bob.next_id();
+    bob.send_raw(&format!(
+        "<iq type='get' to='{}' id='{id}'><query xmlns='urn:example:relay'/></iq>",
+        escape(&occupant_jid(&room, "alice"))
+    ))
+    .await?;
+    let relayed = alice
+        .expect("relayed iq", |el| {
+            stanza::is_iq(el)
+                && stanza_type(el) == "get"
+                && stanza::from(el) == occupant_jid(&room, "bob")
+        })
+        .await?;
+    check(
+        relayed.get_child("query", "urn:example:relay").is_some(),
+        || format!("payload lost: {}", show(&relayed)),
+    )?;
+    alice
+        .send_raw(&format!(
+            "<iq type='result' to='{}' id='{}'><query xmlns='urn:example:relay'><answer/></query></iq>",
+            escape(stanza::from(&relayed)),
+            escape(stanza::attr(&relayed, "id"))
+        ))
+        .await?;
+    let answer = bob
+        .expect("relayed answer", |el| {
+            stanza::is_iq(el) && stanza::attr(el, "id") == id
+        })
+        .await?;
+    check_eq(stanza_type(&answer), "result", "answer type")?;
+    check_eq(
+        stanza::from(&answer),
+        occupant_jid(&room, "alice").as_str(),
+        "answer from",
+    )?;
+    check(
+        answer
+            .get_child("query", "urn:example:relay")
+            .is_some_and(|q| q.children().any(|c| c.name() == "answer")),
+        || format!("answer payload lost: {}", show(&answer)),
+    )
+}
+
 /// §7.6: a nick change is an unavailable presence with 303 and the new
 /// nick, then an available one from the new nick; a taken nick is a
 /// conflict and changes nothing.
