@@ -6,20 +6,21 @@
 //!                        └▶ Send..   ─▶ pending queue ──────────┴▶ link (once durable)
 //! ```
 //! A reflected message is therefore always durable: what any occupant saw
-//! survives a crash of the master.
+//! survives a crash of the master. A stanza for several recipients goes out
+//! once, through the server's XEP-0033 multicast, when the server offers it.
 
 use std::collections::VecDeque;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use dmuc_component::LinkHandle;
 use dmuc_room::{Action, Input, Persist, Room, Timestamp};
+use dmuc_stanza::outbound;
 use jid::BareJid;
 use minidom::Element;
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, error, info_span, warn};
 
 use crate::store::{Commit, Writer};
-use dmuc_stanza::outbound;
 
 /// How many inputs may wait for a busy room before senders wait.
 const INBOX: usize = 1024;
