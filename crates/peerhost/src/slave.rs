@@ -129,10 +129,9 @@ pub fn stanzas(room: &BareJid, actions: Vec<Action>) -> Vec<Element> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use dmuc_room::event::JoinRequest;
-    use dmuc_room::{ConfigBounds, Input, Nick, Payload, Room, RoomSettings, Timestamp};
+    use dmuc_room::{Input, Nick, Payload, Room, Timestamp};
 
     use super::*;
 
@@ -155,20 +154,7 @@ mod tests {
     #[test]
     fn a_slave_delivers_to_its_own_domain_only() {
         let room: BareJid = "r@conference.a.test".parse().unwrap();
-        let mut master = Room::new(
-            room.clone(),
-            RoomSettings {
-                epoch: 1,
-                salt: Arc::from(&b"s"[..]),
-                bounds: ConfigBounds {
-                    max_users: 10,
-                    max_history: 10,
-                },
-                lock_new_rooms: false,
-                default_config: Default::default(),
-                rate_limit: None,
-            },
-        );
+        let mut master = Room::new(room.clone(), dmuc_room::testing::relaxed_settings());
         master.handle(join("alice@a.test/1", "alice"), Timestamp(1));
         let mut slave = Replica::new(master.snapshot(), 1, 0, "b.test");
         let mut delivered = Vec::new();

@@ -121,25 +121,11 @@ pub fn master_share(actions: Vec<Action>, served_by_slave: impl Fn(&str) -> bool
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
     use crate::event::JoinRequest;
-    use crate::{ConfigBounds, Nick, Outgoing, Payload, RoomConfig, RoomSettings};
-
-    fn settings() -> RoomSettings {
-        RoomSettings {
-            epoch: 1,
-            salt: Arc::from(&b"s"[..]),
-            bounds: ConfigBounds {
-                max_users: 10,
-                max_history: 10,
-            },
-            lock_new_rooms: false,
-            default_config: RoomConfig::default(),
-            rate_limit: None,
-        }
-    }
+    use crate::testing::relaxed_settings;
+    use crate::{Nick, Outgoing, Payload};
 
     fn join(who: &str, nick: &str) -> Input {
         Input::Presence {
@@ -173,7 +159,7 @@ mod tests {
 
     /// A master room with alice (a.test) and a b.test slave made after her join.
     fn setup() -> (Room, Replica) {
-        let mut master = Room::new("r@muc.a.test".parse().unwrap(), settings());
+        let mut master = Room::new("r@muc.a.test".parse().unwrap(), relaxed_settings());
         master.handle(join("alice@a.test/1", "alice"), Timestamp(1));
         let replica = Replica::new(master.snapshot(), 1, 1, "b.test");
         (master, replica)

@@ -72,6 +72,22 @@ pub fn settings() -> RoomSettings {
     }
 }
 
+/// Settings that stay out of the way: unlocked rooms, room for everyone,
+/// no flood control; for tests about something else.
+pub fn relaxed_settings() -> RoomSettings {
+    RoomSettings {
+        epoch: 1,
+        salt: Arc::from(&b"s"[..]),
+        bounds: ConfigBounds {
+            max_users: 10,
+            max_history: 10,
+        },
+        lock_new_rooms: false,
+        default_config: RoomConfig::default(),
+        rate_limit: None,
+    }
+}
+
 /// A new room with [`settings`].
 pub fn room() -> Room {
     Room::new(room_jid(), settings())
