@@ -271,12 +271,19 @@ impl StreamState<'_> {
                 Ok(())
             }
             Some(master_frame::Frame::Destroy(destroy)) => {
-                let room = destroy_room(&destroy)?;
+                let room = frame_room(&destroy.room, "destroy.room")?;
                 self.resync_asked.remove(&room);
                 if let Some(slave) = self.slaves.remove(&room) {
                     slave.stop().await;
                     info!(room = %room, "slave destroyed");
                 }
+                Ok(())
+            }
+            Some(master_frame::Frame::Resume(resume)) => {
+                // This peerhost keeps no state it could resume from, so it
+                // never asks to; a master that resumes anyway gets a resync.
+                let room = frame_room(&resume.room, "resume.room")?;
+                self.up.resync(&room, 0).await;
                 Ok(())
             }
             Some(master_frame::Frame::Keepalive(keepalive)) => {
@@ -313,11 +320,12 @@ impl StreamState<'_> {
     }
 }
 
-fn destroy_room(destroy: &pb::DestroySlave) -> Result<BareJid, ProtocolError> {
-    match destroy.room.parse::<BareJid>() {
+/// The room a frame names, which must be a room's bare JID.
+fn frame_room(room: &str, field: &str) -> Result<BareJid, ProtocolError> {
+    match room.parse::<BareJid>() {
         Ok(room) if room.node().is_some() => Ok(room),
         _ => Err(ProtocolError::Jid {
-            field: "destroy.room".into(),
+            field: field.into(),
             reason: "must be a room's bare jid".into(),
         }),
     }
