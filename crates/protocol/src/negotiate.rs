@@ -21,6 +21,7 @@ impl Agreed {
             features: self.features.clone(),
             peer_jid: peer_jid.to_owned(),
             domain: domain.to_owned(),
+            resumable: Vec::new(),
         }
     }
 }
