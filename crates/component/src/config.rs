@@ -185,13 +185,13 @@ impl Default for BackoffConfig {
 
 /// Backoff state: which attempt we are at.
 #[derive(Debug)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     config: BackoffConfig,
     attempt: u32,
 }
 
 impl Backoff {
-    pub(crate) fn new(config: BackoffConfig) -> Self {
+    pub fn new(config: BackoffConfig) -> Self {
         Self { config, attempt: 0 }
     }
 
@@ -208,13 +208,13 @@ impl Backoff {
     }
 
     /// The delay before the next attempt, jittered with fresh randomness.
-    pub(crate) fn next_delay(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         self.next_with(random_unit())
     }
 
     /// A connection stayed up for `uptime`: start over if that was long
     /// enough to call the server healthy.
-    pub(crate) fn connected_for(&mut self, uptime: Duration) {
+    pub fn connected_for(&mut self, uptime: Duration) {
         if uptime >= self.config.max {
             self.attempt = 0;
         }

@@ -110,7 +110,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use crate::config::{BackoffConfig, KeepaliveConfig, LinkConfig};
+pub use crate::config::{Backoff, BackoffConfig, KeepaliveConfig, LinkConfig};
 pub use crate::error::Error;
 pub use crate::incoming::{InvalidStanza, MAX_STANZA_BYTES, MAX_STANZA_DEPTH};
 pub use minidom;

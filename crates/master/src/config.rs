@@ -29,6 +29,18 @@
 //!
 //! [delivery]
 //! multicast = "auto"             # XEP-0033 through the server if offered; "off"
+//!
+//! [peering]                      # every key optional
+//! discovery = true               # find other domains' peerhosts by disco over s2s
+//! found_ttl_secs = 3600          # how long a found peerhost is trusted before asking again
+//! missing_ttl_secs = 300         # how long "no peerhost" is believed
+//! discovery_timeout_ms = 5000    # a joiner waits at most this (twice) the first time
+//! slave_grace_secs = 30          # a slave outlives its domain's last occupant
+//!
+//! [[peering.peer]]               # static peerhosts: no discovery for their domain
+//! domain = "b.test"
+//! jid = "muc-peer.b.test"
+//! endpoint = "http://10.0.0.2:7443"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -37,7 +49,10 @@ use serde::Deserialize;
 
 use dmuc_component::settings::{ComponentSection, LogSection, SECRET_ENV, SettingsError};
 
+use jid::BareJid;
+
 use crate::Error;
+use crate::peering::PeerTarget;
 use crate::store::Durability;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -53,6 +68,73 @@ pub struct Config {
     pub rooms: RoomsSection,
     #[serde(default)]
     pub delivery: DeliverySection,
+    #[serde(default)]
+    pub peering: PeeringSection,
+}
+
+/// `[peering]`: the peerhosts of other domains.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeeringSection {
+    pub discovery: bool,
+    pub found_ttl_secs: u64,
+    pub missing_ttl_secs: u64,
+    pub discovery_timeout_ms: u64,
+    pub slave_grace_secs: u64,
+    pub peer: Vec<StaticPeer>,
+}
+
+impl Default for PeeringSection {
+    fn default() -> Self {
+        PeeringSection {
+            discovery: true,
+            found_ttl_secs: 3600,
+            missing_ttl_secs: 300,
+            discovery_timeout_ms: 5000,
+            slave_grace_secs: 30,
+            peer: Vec::new(),
+        }
+    }
+}
+
+/// `[[peering.peer]]`: a peerhost named by configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticPeer {
+    pub domain: String,
+    pub jid: String,
+    pub endpoint: String,
+}
+
+impl PeeringSection {
+    /// The static peerhosts, checked.
+    pub fn targets(&self) -> Result<Vec<PeerTarget>, Error> {
+        self.peer
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let jid = |value: &str, key: &str| {
+                    value
+                        .parse::<BareJid>()
+                        .ok()
+                        .filter(|j| j.node().is_none())
+                        .ok_or_else(|| {
+                            Error::Config(format!("peering.peer[{i}].{key}: must be a domain"))
+                        })
+                };
+                if !(p.endpoint.starts_with("http://") || p.endpoint.starts_with("https://")) {
+                    return Err(Error::Config(format!(
+                        "peering.peer[{i}].endpoint: must be an http:// or https:// URL"
+                    )));
+                }
+                Ok(PeerTarget {
+                    domain: jid(&p.domain, "domain")?,
+                    jid: jid(&p.jid, "jid")?,
+                    endpoint: p.endpoint.clone(),
+                })
+            })
+            .collect()
+    }
 }
 
 /// `[delivery]`: how stanzas reach occupants.
@@ -176,6 +258,10 @@ impl Config {
         if l.max_message_bytes < 512 {
             return bad("limits.max_message_bytes", "must be at least 512");
         }
+        if self.peering.discovery_timeout_ms == 0 {
+            return bad("peering.discovery_timeout_ms", "must be positive");
+        }
+        self.peering.targets()?;
         if l.rate_per_second > 0 && l.rate_burst == 0 {
             return bad(
                 "limits.rate_burst",
@@ -225,6 +311,18 @@ mod tests {
                 .contains("limits.default_history")
         );
         assert!(err(&format!("{MINIMAL}\n[bogus]\n")).contains("bogus"));
+        let peer = "[[peering.peer]]\ndomain = \"b.test\"\njid = \"muc-peer.b.test\"\n";
+        assert!(
+            err(&format!("{MINIMAL}\n{peer}endpoint = \"b.test:7000\"\n"))
+                .contains("peering.peer[0].endpoint")
+        );
+        let good = format!("{MINIMAL}\n{peer}endpoint = \"http://127.0.0.1:7000\"\n");
+        let targets = Config::parse(&good, None)
+            .unwrap()
+            .peering
+            .targets()
+            .unwrap();
+        assert_eq!(targets[0].jid.as_str(), "muc-peer.b.test");
     }
 
     #[test]

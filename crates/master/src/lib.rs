@@ -18,11 +18,14 @@
 //! ```
 
 pub mod config;
+pub mod fanout;
+pub mod peering;
 pub mod room_task;
 pub mod service;
 pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use dmuc_room::{ConfigBounds, RateLimit, RoomConfig, RoomSettings};
 use tokio_util::sync::CancellationToken;
@@ -30,7 +33,7 @@ use tracing::info;
 
 pub use config::Config;
 use config::Multicast;
-use service::{Service, ServiceConfig};
+use service::{PeeringOptions, Service, ServiceConfig};
 use store::{Store, StoreOptions};
 
 /// Errors of the master.
@@ -88,6 +91,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         Multicast::Auto => link_config.parent_domain(),
         Multicast::Off => None,
     };
+    let home = link_config.parent_domain();
     let link_shutdown = CancellationToken::new();
     let link = dmuc_component::spawn(link_config, link_shutdown.clone())?;
     let service = Service::new(
@@ -97,6 +101,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             max_message_bytes: limits.max_message_bytes,
             max_rooms_per_user: limits.max_rooms_per_user,
             multicast_from,
+            epoch,
+            peering: PeeringOptions {
+                home,
+                discovery: config.peering.discovery,
+                found_ttl: Duration::from_secs(config.peering.found_ttl_secs),
+                missing_ttl: Duration::from_secs(config.peering.missing_ttl_secs),
+                timeout: Duration::from_millis(config.peering.discovery_timeout_ms),
+                slave_grace: Duration::from_secs(config.peering.slave_grace_secs),
+                static_peers: config.peering.targets()?,
+            },
         },
         link.handle,
         store.writer(),

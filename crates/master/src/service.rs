@@ -1,7 +1,14 @@
 //! The MUC service: routes inbound stanzas to room tasks, creates rooms on
-//! their first join, answers for the service domain, and lists public rooms.
+//! their first join, answers for the service domain, lists public rooms,
+//! and finds the peerhosts of joiners' domains.
+//!
+//! The first join from a domain the service knows nothing about waits
+//! (at most twice the discovery timeout) while the service asks that
+//! domain for its peerhost and, if it has one, connects to it: so that the
+//! slave, not the master, serves that join and every later one.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use dmuc_component::{Inbound, InvalidStanza, LinkHandle};
 use dmuc_room::event::StanzaKind;
@@ -10,10 +17,13 @@ use jid::{BareJid, FullJid, Jid};
 use minidom::Element;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use xmpp_parsers::ns;
 
+use crate::peering::iq::Requests;
+use crate::peering::{Directory, PeerHandle, PeerTarget, conn, discovery};
 use crate::room_task::{self, Listing, RoomContext, RoomEvent, RoomHandle};
 use crate::store::Writer;
 use dmuc_stanza::inbound::{self, Routed, ServiceRequest};
@@ -40,6 +50,36 @@ pub struct ServiceConfig {
     pub max_rooms_per_user: usize,
     /// The server to ask for XEP-0033 multicast (our parent domain), if any.
     pub multicast_from: Option<BareJid>,
+    /// The epoch of this run (see `RoomContext::epoch`).
+    pub epoch: u64,
+    pub peering: PeeringOptions,
+}
+
+/// How the service finds and uses peerhosts.
+#[derive(Clone, Debug)]
+pub struct PeeringOptions {
+    /// The domain whose users the master serves itself, never asked for a
+    /// peerhost (our parent domain).
+    pub home: Option<BareJid>,
+    /// Whether to look for peerhosts by service discovery.
+    pub discovery: bool,
+    pub found_ttl: Duration,
+    pub missing_ttl: Duration,
+    pub timeout: Duration,
+    pub slave_grace: Duration,
+    /// Peerhosts named by configuration.
+    pub static_peers: Vec<PeerTarget>,
+}
+
+/// What discovery tasks report.
+enum Found {
+    /// Discovery of `domain` ended.
+    Target {
+        domain: BareJid,
+        target: Option<PeerTarget>,
+    },
+    /// The first connection attempt to `domain`'s peerhost ended.
+    Settled { domain: BareJid },
 }
 
 /// The id of the disco#info that asks our server whether it multicasts.
@@ -63,6 +103,17 @@ pub struct Service {
     events: mpsc::UnboundedReceiver<RoomEvent>,
     tasks: JoinSet<()>,
     next_generation: u64,
+    requests: Requests,
+    /// Domains whose peerhost (or its absence) is known, until when
+    /// (`None`: for good, from configuration). What was found is in the
+    /// rooms' `Directory`.
+    known: HashMap<BareJid, Option<Instant>>,
+    /// Joins waiting for their domain's discovery (or first connection).
+    parked: HashMap<BareJid, Vec<(BareJid, Input, bool)>>,
+    found_tx: mpsc::UnboundedSender<Found>,
+    found: mpsc::UnboundedReceiver<Found>,
+    /// Ends the peer tasks, once the rooms are done.
+    peers_shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for Service {
@@ -84,17 +135,38 @@ impl Service {
     ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (multicast, multicast_rx) = watch::channel(None);
+        let (found_tx, found) = mpsc::unbounded_channel();
+        let directory = Directory::default();
+        let peers_shutdown = CancellationToken::new();
+        let mut known = HashMap::new();
+        for target in &config.peering.static_peers {
+            directory.insert(conn::spawn(
+                target.clone(),
+                config.domain.clone(),
+                peers_shutdown.clone(),
+            ));
+            known.insert(target.domain.clone(), None);
+        }
         let mut service = Service {
-            config,
-            rooms: HashMap::new(),
-            listings: BTreeMap::new(),
-            created_by: HashMap::new(),
             ctx: RoomContext {
                 link,
                 writer,
                 events: events_tx,
                 multicast: multicast_rx,
+                directory,
+                epoch: config.epoch,
+                slave_grace: config.peering.slave_grace,
             },
+            config,
+            requests: Requests::default(),
+            known,
+            parked: HashMap::new(),
+            found_tx,
+            found,
+            peers_shutdown,
+            rooms: HashMap::new(),
+            listings: BTreeMap::new(),
+            created_by: HashMap::new(),
             multicast,
             events,
             tasks: JoinSet::new(),
@@ -139,6 +211,7 @@ impl Service {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(event) = self.events.recv() => self.on_room_event(event).await,
+                Some(found) = self.found.recv() => self.on_found(found).await,
                 item = inbound.recv() => match item {
                     Some(Inbound::Stanza(el)) => self.on_stanza(el).await,
                     Some(Inbound::Invalid(bad)) => self.on_invalid(bad).await,
@@ -161,6 +234,7 @@ impl Service {
         }
         // Room tasks end once their inboxes close and their commits are durable.
         while self.tasks.join_next().await.is_some() {}
+        self.peers_shutdown.cancel();
     }
 
     /// Asks the server whether it offers XEP-0033 multicast.
@@ -196,6 +270,9 @@ impl Service {
         if el.is("iq", ns::DEFAULT_NS) && el.attr("id") == Some(MULTICAST_PROBE) {
             return self.on_multicast_probe(&el);
         }
+        let Some(el) = self.requests.answer(el) else {
+            return;
+        };
         match inbound::route(el, &self.config.domain, self.config.max_message_bytes) {
             Routed::Room {
                 room,
@@ -235,6 +312,125 @@ impl Service {
     }
 
     async fn dispatch(&mut self, room: BareJid, input: Input, creates: bool) {
+        if let Some(domain) = self.joiner_domain(&input)
+            && let Some(parked) = self.must_wait(domain)
+        {
+            parked.push((room, input, creates));
+            return;
+        }
+        self.route_to_room(room, input, creates).await;
+    }
+
+    /// The domain of a joiner whose domain may have a peerhost.
+    fn joiner_domain(&self, input: &Input) -> Option<BareJid> {
+        let Input::Presence {
+            from,
+            join: Some(_),
+            ..
+        } = input
+        else {
+            return None;
+        };
+        let domain = BareJid::new(from.domain().as_str()).ok()?;
+        let peering = &self.config.peering;
+        (peering.home.as_ref() != Some(&domain) && domain != self.config.domain).then_some(domain)
+    }
+
+    /// Where a join from `domain` must wait, if it must: while the domain's
+    /// peerhost is looked for the first time. Starts looking if needed; an
+    /// expired answer is renewed in the background.
+    fn must_wait(&mut self, domain: BareJid) -> Option<&mut Vec<(BareJid, Input, bool)>> {
+        if self.parked.contains_key(&domain) {
+            return self.parked.get_mut(&domain);
+        }
+        let now = Instant::now();
+        match self.known.get(&domain) {
+            Some(until) if until.is_none_or(|until| until > now) => return None,
+            Some(_) => {
+                self.discover(domain);
+                return None;
+            }
+            None if !self.config.peering.discovery => return None,
+            None => {}
+        }
+        self.discover(domain.clone());
+        Some(self.parked.entry(domain).or_default())
+    }
+
+    /// Looks for `domain`'s peerhost in the background.
+    fn discover(&mut self, domain: BareJid) {
+        // Until the answer comes, do not ask again.
+        let missing_ttl = self.config.peering.missing_ttl;
+        self.known
+            .insert(domain.clone(), Some(Instant::now() + missing_ttl));
+        debug!(%domain, "looking for a peerhost");
+        let requests = self.requests.clone();
+        let link = self.ctx.link.clone();
+        let service = self.config.domain.clone();
+        let timeout = self.config.peering.timeout;
+        let found = self.found_tx.clone();
+        tokio::spawn(async move {
+            let target = discovery::discover(&requests, &link, &service, &domain, timeout).await;
+            let _ = found.send(Found::Target { domain, target });
+        });
+    }
+
+    async fn on_found(&mut self, found: Found) {
+        match found {
+            Found::Target { domain, target } => {
+                let peering = &self.config.peering;
+                let ttl = if target.is_some() {
+                    peering.found_ttl
+                } else {
+                    peering.missing_ttl
+                };
+                info!(%domain, peerhost = ?target.as_ref().map(|t| t.jid.to_string()), "discovery");
+                self.known
+                    .insert(domain.clone(), Some(Instant::now() + ttl));
+                let current = self.ctx.directory.get(&domain);
+                match target {
+                    Some(target)
+                        if current.as_ref().map(|p| p.target.as_ref()) != Some(&target) =>
+                    {
+                        let handle = conn::spawn(
+                            target,
+                            self.config.domain.clone(),
+                            self.peers_shutdown.clone(),
+                        );
+                        self.ctx.directory.insert(handle.clone());
+                        self.settle(domain, handle);
+                    }
+                    Some(_) => self.release_parked(&domain).await,
+                    None => {
+                        // No longer listed: new rooms serve the domain directly.
+                        self.ctx.directory.remove(&domain);
+                        self.release_parked(&domain).await;
+                    }
+                }
+            }
+            Found::Settled { domain } => self.release_parked(&domain).await,
+        }
+    }
+
+    /// Lets the joins from `domain` go once the first connection attempt
+    /// to its peerhost has ended (or the timeout passed).
+    fn settle(&self, domain: BareJid, mut handle: PeerHandle) {
+        let found = self.found_tx.clone();
+        let timeout = self.config.peering.timeout;
+        tokio::spawn(async move {
+            let state = tokio::time::timeout(timeout, handle.settled()).await;
+            debug!(%domain, ?state, "peerhost connection settled");
+            let _ = found.send(Found::Settled { domain });
+        });
+    }
+
+    async fn release_parked(&mut self, domain: &BareJid) {
+        for (room, input, creates) in self.parked.remove(domain).unwrap_or_default() {
+            self.route_to_room(room, input, creates).await;
+        }
+    }
+
+    async fn route_to_room(&mut self, room: BareJid, input: Input, creates: bool) {
         let input = match self.rooms.get(&room) {
             Some(running) => match running.handle.inbox.send(input).await {
                 Ok(()) => return,
@@ -308,7 +504,7 @@ impl Service {
                 }
                 for input in leftover {
                     let creates = matches!(&input, Input::Presence { join: Some(_), .. });
-                    Box::pin(self.dispatch(room.clone(), input, creates)).await;
+                    Box::pin(self.route_to_room(room.clone(), input, creates)).await;
                 }
             }
         }

@@ -294,6 +294,11 @@ impl Room {
         self.occupants.len()
     }
 
+    /// The occupants' sessions (full JIDs), in no particular order.
+    pub fn sessions(&self) -> impl Iterator<Item = &FullJid> {
+        self.by_session.keys()
+    }
+
     pub fn is_locked(&self) -> bool {
         self.locked
     }

@@ -1,0 +1,375 @@
+//! One task per peerhost: it keeps the `Replicate` stream to that peerhost
+//! open, multiplexes the frames of every room replicated there onto it, and
+//! routes what the peerhost answers back to the rooms.
+//!
+//! ```text
+//!  room tasks ─ToPeer─▶ conn task ─(batched) MasterFrame─▶ peerhost
+//!       ▲                   │      ◀─ PeerFrame (Welcome, Ack, Resync, Keepalive) ─┘
+//!       └──── PeerNews ─────┘  Up / Down / Ack / Resync, per registered room
+//! ```
+//!
+//! Each stream is a *session*, numbered from 1. A room's frames name the
+//! session they were meant for; frames for an earlier session are dropped,
+//! since the room has been told (`Down`) that its slave there is gone and
+//! will attach anew on the next `Up`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dmuc_component::{Backoff, BackoffConfig};
+use dmuc_protocol::pb::peering_client::PeeringClient;
+use dmuc_protocol::pb::{self, master_frame, peer_frame};
+use jid::BareJid;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::{News, PeerHandle, PeerNews, PeerTarget, ToPeer};
+
+/// Frames queued for the stream before rooms wait.
+const QUEUE: usize = 4096;
+/// Events per `EventBatch` at most.
+const MAX_BATCH: usize = 512;
+/// A stream idle this long gets a keepalive; one unanswered for as long
+/// again ends it.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest frame accepted from a peerhost (they are small: acks, resyncs).
+const MAX_INBOUND_FRAME: usize = 1024 * 1024;
+
+/// Starts the task that keeps the stream to `target` open.
+pub fn spawn(target: PeerTarget, master_jid: BareJid, shutdown: CancellationToken) -> PeerHandle {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let (state_tx, state) = watch::channel(LinkState::Connecting);
+    let span = info_span!("peer", domain = %target.domain, peer = %target.jid);
+    let handle = PeerHandle {
+        target: Arc::new(target.clone()),
+        tx,
+        state,
+    };
+    let conn = Conn {
+        target,
+        master_jid,
+        rooms: HashMap::new(),
+        state: state_tx,
+        session: 0,
+    };
+    tokio::spawn(conn.run(rx, shutdown).instrument(span));
+    handle
+}
+
+/// Whether the stream to a peerhost is up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    /// The first attempt has not finished yet.
+    Connecting,
+    /// Session `n` is open.
+    Up(u64),
+    /// Down; retrying with backoff.
+    Down,
+}
+
+struct Conn {
+    target: PeerTarget,
+    master_jid: BareJid,
+    /// The rooms with a slave (or wanting one) on this peerhost.
+    rooms: HashMap<BareJid, mpsc::UnboundedSender<News>>,
+    state: watch::Sender<LinkState>,
+    session: u64,
+}
+
+/// Why a stream ended.
+enum Ended {
+    Shutdown,
+    /// The rooms' side of the channel is gone: the master is stopping.
+    Orphaned,
+    Failed(String),
+}
+
+impl Conn {
+    async fn run(mut self, mut from_rooms: mpsc::Receiver<ToPeer>, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(BackoffConfig::default());
+        loop {
+            let started = Instant::now();
+            let ended = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => Ended::Shutdown,
+                ended = self.session(&mut from_rooms) => ended,
+            };
+            if self.state.borrow().ne(&LinkState::Down) {
+                self.state.send_replace(LinkState::Down);
+            }
+            self.tell_all(|session| PeerNews::Down { session });
+            let reason = match ended {
+                Ended::Shutdown | Ended::Orphaned => break,
+                Ended::Failed(reason) => reason,
+            };
+            backoff.connected_for(started.elapsed());
+            let delay = backoff.next_delay();
+            warn!(%reason, retry_in = ?delay, "peerhost stream down");
+            // Keep taking the rooms' frames while we wait: they are for a
+            // session that has ended, and registrations still count.
+            let wait = tokio::time::sleep(delay);
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return,
+                    () = &mut wait => break,
+                    msg = from_rooms.recv() => match msg {
+                        Some(msg) => self.offline(msg),
+                        None => return,
+                    },
+                }
+            }
+        }
+        debug!("peer task stopped");
+    }
+
+    /// Connects, says hello, and serves one session until it ends.
+    async fn session(&mut self, from_rooms: &mut mpsc::Receiver<ToPeer>) -> Ended {
+        let (frames, rx) = mpsc::channel::<pb::MasterFrame>(QUEUE);
+        let hello = master_frame::Frame::Hello(dmuc_protocol::hello(self.master_jid.as_str()));
+        let _ = frames.try_send(pb::MasterFrame { frame: Some(hello) });
+        let mut inbound = match self.open(rx).await {
+            Ok(inbound) => inbound,
+            Err(reason) => return Ended::Failed(reason),
+        };
+        let welcome = match tokio::time::timeout(CONNECT_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(pb::PeerFrame {
+                frame: Some(peer_frame::Frame::Welcome(w)),
+            }))) => w,
+            Ok(Ok(Some(pb::PeerFrame {
+                frame: Some(peer_frame::Frame::Refused(r)),
+            }))) => return Ended::Failed(format!("refused: {}", r.reason)),
+            Ok(Ok(_)) => return Ended::Failed("no welcome".into()),
+            Ok(Err(status)) => return Ended::Failed(status.to_string()),
+            Err(_) => return Ended::Failed("no welcome in time".into()),
+        };
+        if welcome.domain != self.target.domain.as_str() {
+            return Ended::Failed(format!(
+                "peerhost serves {:?}, not {}",
+                welcome.domain, self.target.domain
+            ));
+        }
+        self.session += 1;
+        let session = self.session;
+        let mut resumable: HashMap<BareJid, u64> = welcome
+            .resumable
+            .iter()
+            .filter_map(|r| Some((r.room.parse().ok()?, r.seq)))
+            .collect();
+        info!(
+            session,
+            version = welcome.version,
+            resumable = resumable.len(),
+            "peerhost stream up"
+        );
+        self.state.send_replace(LinkState::Up(session));
+        for (room, news) in &self.rooms {
+            let resume_from = resumable.remove(room);
+            let _ = news.send(self.news(PeerNews::Up {
+                session,
+                resume_from,
+            }));
+        }
+        // Slaves kept for rooms that no longer want one here.
+        for room in resumable.into_keys() {
+            debug!(%room, "forgetting a kept slave");
+            let destroy = master_frame::Frame::Destroy(pb::DestroySlave {
+                room: room.to_string(),
+            });
+            let _ = frames
+                .send(pb::MasterFrame {
+                    frame: Some(destroy),
+                })
+                .await;
+        }
+
+        let mut keepalive = tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
+        let mut outstanding: Option<u64> = None;
+        let mut batch: Vec<pb::Event> = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                frame = inbound.message() => match frame {
+                    Ok(Some(frame)) => {
+                        if let Some(peer_frame::Frame::Keepalive(k)) = &frame.frame
+                            && outstanding == Some(k.nonce)
+                        {
+                            outstanding = None;
+                        }
+                        self.on_peer_frame(session, frame);
+                    }
+                    Ok(None) => return Ended::Failed("peerhost closed the stream".into()),
+                    Err(status) => return Ended::Failed(status.to_string()),
+                },
+                msg = from_rooms.recv() => {
+                    let Some(msg) = msg else { return Ended::Orphaned };
+                    let mut next = Some(msg);
+                    while let Some(msg) = next.take() {
+                        if let Some(frame) = self.on_room_msg(session, msg, &mut batch) {
+                            flush(&frames, &mut batch).await;
+                            if frames.send(frame).await.is_err() {
+                                return Ended::Failed("stream closed".into());
+                            }
+                        }
+                        if batch.len() < MAX_BATCH {
+                            next = from_rooms.try_recv().ok();
+                        }
+                    }
+                    if !flush(&frames, &mut batch).await {
+                        return Ended::Failed("stream closed".into());
+                    }
+                }
+                _ = keepalive.tick() => {
+                    if outstanding.is_some() {
+                        return Ended::Failed("keepalive unanswered".into());
+                    }
+                    let nonce = rand::random();
+                    outstanding = Some(nonce);
+                    let ping = master_frame::Frame::Keepalive(pb::Keepalive { nonce });
+                    if frames.send(pb::MasterFrame { frame: Some(ping) }).await.is_err() {
+                        return Ended::Failed("stream closed".into());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn open(
+        &self,
+        outbound: mpsc::Receiver<pb::MasterFrame>,
+    ) -> Result<Streaming<pb::PeerFrame>, String> {
+        let endpoint = Endpoint::from_shared(self.target.endpoint.clone())
+            .map_err(|e| format!("endpoint {:?}: {e}", self.target.endpoint))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE);
+        let channel: Channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        let mut client = PeeringClient::new(channel).max_decoding_message_size(MAX_INBOUND_FRAME);
+        client
+            .replicate(ReceiverStream::new(outbound))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| s.to_string())
+    }
+
+    /// A frame from the peerhost, for the room it names.
+    fn on_peer_frame(&mut self, session: u64, frame: pb::PeerFrame) {
+        let (room, news) = match frame.frame {
+            Some(peer_frame::Frame::Ack(a)) => (
+                a.room,
+                PeerNews::Ack {
+                    session,
+                    seq: a.seq,
+                },
+            ),
+            Some(peer_frame::Frame::Resync(r)) => (
+                r.room,
+                PeerNews::Resync {
+                    session,
+                    have: r.have_seq,
+                },
+            ),
+            Some(peer_frame::Frame::Keepalive(_)) => return,
+            other => {
+                warn!(frame = ?other, "unexpected frame from peerhost");
+                return;
+            }
+        };
+        let Ok(room) = room.parse::<BareJid>() else {
+            warn!(%room, "frame for a malformed room jid");
+            return;
+        };
+        match self.rooms.get(&room) {
+            Some(tx) => {
+                let _ = tx.send(self.news(news));
+            }
+            None => debug!(%room, "frame for a room without a slave here"),
+        }
+    }
+
+    /// A message from a room while a session is up: the frame to send, if
+    /// it is one and not an event (events join `batch`).
+    fn on_room_msg(
+        &mut self,
+        session: u64,
+        msg: ToPeer,
+        batch: &mut Vec<pb::Event>,
+    ) -> Option<pb::MasterFrame> {
+        match msg {
+            ToPeer::Event { session: s, event } => {
+                if s == session {
+                    batch.push(Arc::unwrap_or_clone(event));
+                }
+                None
+            }
+            ToPeer::Frame { session: s, frame } => (s == session).then_some(pb::MasterFrame {
+                frame: Some(*frame),
+            }),
+            msg => {
+                self.register(msg, LinkState::Up(session));
+                None
+            }
+        }
+    }
+
+    /// A message from a room while no session is up.
+    fn offline(&mut self, msg: ToPeer) {
+        let state = *self.state.borrow();
+        self.register(msg, state);
+    }
+
+    fn register(&mut self, msg: ToPeer, state: LinkState) {
+        match msg {
+            ToPeer::Register { room, news } => {
+                let first = match state {
+                    LinkState::Up(session) => PeerNews::Up {
+                        session,
+                        resume_from: None,
+                    },
+                    _ => PeerNews::Down { session: 0 },
+                };
+                let _ = news.send(self.news(first));
+                self.rooms.insert(room, news);
+            }
+            ToPeer::Deregister { room } => {
+                self.rooms.remove(&room);
+            }
+            ToPeer::Event { .. } | ToPeer::Frame { .. } => {}
+        }
+    }
+
+    fn tell_all(&self, news: impl Fn(u64) -> PeerNews) {
+        for tx in self.rooms.values() {
+            let _ = tx.send(self.news(news(self.session)));
+        }
+    }
+
+    fn news(&self, news: PeerNews) -> News {
+        News {
+            domain: self.target.domain.clone(),
+            news,
+        }
+    }
+}
+
+/// Sends the pending events as one batch; `false` once the stream is gone.
+async fn flush(frames: &mpsc::Sender<pb::MasterFrame>, batch: &mut Vec<pb::Event>) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    let events = std::mem::take(batch);
+    let frame = master_frame::Frame::Events(pb::EventBatch { events });
+    frames
+        .send(pb::MasterFrame { frame: Some(frame) })
+        .await
+        .is_ok()
+}

@@ -1,0 +1,143 @@
+//! The master's side of peering: finding the peerhost of a domain, keeping
+//! a stream open to each, and the messages between those streams and the
+//! rooms that replicate over them.
+//!
+//! ```text
+//!  join from bob@b.test ─▶ Service: b.test known? ──no──▶ discovery::discover (disco over s2s)
+//!                              │ yes                           │ found: conn::spawn, wait for Up
+//!                              ▼                               ▼
+//!                          room task ── Register ──▶ conn task (one per peerhost) ══gRPC══▶ peerhost
+//!                              ▲ ◀── Up / Down / Ack / Resync ──┘
+//! ```
+//!
+//! - [`discovery`]: disco#items of the domain, then disco#info of each item,
+//!   looking for the dmuc feature and the endpoint in its form; and the
+//!   cache of what was found.
+//! - [`iq`]: IQ requests the service sends and the answers it awaits.
+//! - [`conn`]: the task per peerhost.
+//!
+//! Rooms decide which of their domains a slave serves (`crate::fanout`).
+
+pub mod conn;
+pub mod discovery;
+pub mod iq;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use dmuc_protocol::pb;
+use jid::BareJid;
+use tokio::sync::{mpsc, watch};
+
+pub use conn::LinkState;
+
+/// Where a domain's peerhost is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerTarget {
+    /// The domain whose users it serves, e.g. `b.test`.
+    pub domain: BareJid,
+    /// Its JID (its component), e.g. `muc-peer.b.test`.
+    pub jid: BareJid,
+    /// Its gRPC endpoint, e.g. `http://peer.b.test:7443`.
+    pub endpoint: String,
+}
+
+/// A room's way to its domain's peerhost.
+#[derive(Clone, Debug)]
+pub struct PeerHandle {
+    pub target: Arc<PeerTarget>,
+    tx: mpsc::Sender<ToPeer>,
+    state: watch::Receiver<LinkState>,
+}
+
+impl PeerHandle {
+    pub fn state(&self) -> LinkState {
+        *self.state.borrow()
+    }
+
+    /// Waits until the first connection attempt has finished.
+    pub async fn settled(&mut self) -> LinkState {
+        let state = self
+            .state
+            .wait_for(|s| *s != LinkState::Connecting)
+            .await
+            .map(|s| *s);
+        state.unwrap_or(LinkState::Down)
+    }
+
+    /// Hands a message to the peer's task; `false` if it has stopped.
+    pub async fn send(&self, msg: ToPeer) -> bool {
+        self.tx.send(msg).await.is_ok()
+    }
+}
+
+/// What a room tells a peer's task.
+#[derive(Debug)]
+pub enum ToPeer {
+    /// The room wants a slave there: send it news (at once, the current
+    /// state: `Up` or `Down`).
+    Register {
+        room: BareJid,
+        news: mpsc::UnboundedSender<News>,
+    },
+    Deregister {
+        room: BareJid,
+    },
+    /// A frame for the stream of `session` (dropped if that has ended).
+    Frame {
+        session: u64,
+        frame: Box<pb::master_frame::Frame>,
+    },
+    /// An event, batched with others for the stream of `session`.
+    Event {
+        session: u64,
+        event: Arc<pb::Event>,
+    },
+}
+
+/// News from the peerhost of `domain`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct News {
+    pub domain: BareJid,
+    pub news: PeerNews,
+}
+
+/// What a peer's task tells a room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerNews {
+    /// Session `session` is open; the peerhost kept a slave of the room at
+    /// `resume_from`, if any.
+    Up {
+        session: u64,
+        resume_from: Option<u64>,
+    },
+    /// The stream broke (or was never up): the room delivers itself.
+    Down { session: u64 },
+    /// The slave applied the room's events up to `seq`.
+    Ack { session: u64, seq: u64 },
+    /// The slave is stuck at `have` and needs the rest or a snapshot.
+    Resync { session: u64, have: u64 },
+}
+
+/// The peerhosts known to serve domains, shared by the service (which
+/// fills it) and the rooms (which look up a joiner's domain).
+#[derive(Clone, Debug, Default)]
+pub struct Directory(Arc<RwLock<HashMap<BareJid, PeerHandle>>>);
+
+impl Directory {
+    pub fn get(&self, domain: &BareJid) -> Option<PeerHandle> {
+        self.0.read().expect("directory lock").get(domain).cloned()
+    }
+
+    pub fn remove(&self, domain: &BareJid) {
+        self.0.write().expect("directory lock").remove(domain);
+    }
+
+    pub fn insert(&self, handle: PeerHandle) {
+        let domain = handle.target.domain.clone();
+        self.0
+            .write()
+            .expect("directory lock")
+            .insert(domain, handle);
+    }
+}
