@@ -63,6 +63,7 @@
 
 mod client;
 pub mod demo;
+pub mod distributed;
 mod error;
 mod muc;
 mod process;

@@ -116,6 +116,15 @@ pub(crate) fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+/// The tracing filter of processes under test: everything of ours at
+/// debug, the HTTP/2 machinery only at info.
+pub const TEST_LOG_FILTER: &str = "debug,h2=info,hyper=info,tower=info,tonic=info";
+
+/// [`TEST_LOG_FILTER`], unless the environment variable `var` sets one.
+pub fn test_log_filter(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| TEST_LOG_FILTER.into())
+}
+
 /// Configuration of a `dmuc-master` process, written as its TOML file.
 #[derive(Debug, Clone)]
 pub struct MasterConfig {

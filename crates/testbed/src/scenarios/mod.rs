@@ -46,7 +46,7 @@ use minidom::Element;
 use crate::client::{Client, random_u64};
 use crate::error::{Error, Result};
 use crate::process::{MasterConfig, MasterProcess};
-use crate::prosody::{ExternalComponent, Testbed, TestbedOptions};
+use crate::prosody::{DomainOptions, ExternalComponent, Testbed, TestbedOptions};
 use crate::stanza::{self, error_condition, show};
 
 /// The JID `dmuc-master` serves in [`Ctx::start_dmuc_master`].
@@ -152,12 +152,44 @@ impl Ctx {
     /// answers disco#info. The process lives as long as the context.
     pub async fn start_dmuc_master(binary: impl Into<PathBuf>) -> Result<Self> {
         let setup = MasterSetup {
-            log_filter: std::env::var("DMUC_TESTBED_MASTER_LOG").unwrap_or_else(|_| "debug".into()),
+            log_filter: crate::process::test_log_filter("DMUC_TESTBED_MASTER_LOG"),
             ..MasterSetup::default()
         };
         let (testbed, master) =
             start_dmuc_testbed(binary, TestbedOptions::default(), &setup).await?;
         Ok(Self::new(testbed, DMUC_SERVICE, Expect::dmuc()).keep_alive(master))
+    }
+
+    /// Starts the whole system (see [`crate::distributed`]): `a.test` with
+    /// the master, `b.test` and `c.test` each with a peerhost; remote users
+    /// in the scenarios are on `b.test`, served by its slaves.
+    pub async fn start_distributed(
+        master_binary: impl Into<PathBuf>,
+        peerhost_binary: impl AsRef<std::path::Path>,
+    ) -> Result<Self> {
+        let options = TestbedOptions::new()
+            .with_domain(DomainOptions::new("a.test"))
+            .with_domain(DomainOptions::new("b.test"))
+            .with_domain(DomainOptions::new("c.test"));
+        let setup = MasterSetup {
+            log_filter: crate::process::test_log_filter("DMUC_TESTBED_MASTER_LOG"),
+            ..MasterSetup::default()
+        };
+        let system = crate::distributed::start_distributed(
+            master_binary,
+            peerhost_binary,
+            options,
+            &setup,
+            &["b.test", "c.test"],
+            &crate::distributed::PeerhostSetup::default(),
+        )
+        .await?;
+        let crate::distributed::Distributed {
+            peerhosts,
+            master,
+            testbed,
+        } = system;
+        Ok(Self::new(testbed, DMUC_SERVICE, Expect::dmuc()).keep_alive((master, peerhosts)))
     }
 
     /// Keeps `thing` (e.g. a [`crate::MasterProcess`]) alive until the
@@ -228,7 +260,7 @@ pub struct MasterSetup {
 impl Default for MasterSetup {
     fn default() -> Self {
         Self {
-            log_filter: "debug".into(),
+            log_filter: crate::process::TEST_LOG_FILTER.into(),
             extra_toml: String::new(),
             multicast: true,
         }

@@ -1,0 +1,160 @@
+//! The whole system on loopback: `a.test` with `dmuc-master` as
+//! `conference.a.test`, and other domains each with a `dmuc-peerhost` as
+//! `muc-peer.<domain>`, found by the master through service discovery over
+//! real s2s and reached over real gRPC.
+//!
+//! ```text
+//!  a.test ── conference.a.test (dmuc-master) ══gRPC══▶ muc-peer.b.test (dmuc-peerhost) ── b.test
+//!     ╲                                        ══gRPC══▶ muc-peer.c.test (dmuc-peerhost) ── c.test
+//!      ╲──────────────── s2s (joins, messages from remote users, disco) ──────────────────╱
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::process::{MasterConfig, MasterProcess};
+use crate::prosody::{ExternalComponent, Testbed, TestbedOptions};
+use crate::scenarios::{MasterSetup, start_dmuc_testbed};
+
+/// The component secret of every peerhost.
+pub const PEERHOST_SECRET: &str = "dmuc-peerhost-secret";
+/// The gRPC port of each peerhost, on its domain's loopback address.
+pub const PEERING_PORT: u16 = 7400;
+/// How long a peerhost may take to connect its component.
+const PEERHOST_START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The `dmuc-peerhost` binary built next to `master_binary` (the tests of
+/// one package only know their own package's binaries; `cargo test
+/// --workspace` builds every binary before it runs any test).
+pub fn peerhost_binary(master_binary: &str) -> Result<PathBuf> {
+    let path = Path::new(master_binary).with_file_name("dmuc-peerhost");
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(Error::Check(format!(
+            "{} is not built: run `cargo build -p dmuc-peerhost` first \
+             (`cargo test --workspace` does)",
+            path.display()
+        )))
+    }
+}
+
+/// The peerhost JID of `domain`.
+pub fn peerhost_jid(domain: &str) -> String {
+    format!("muc-peer.{domain}")
+}
+
+/// How the peerhosts run.
+#[derive(Debug, Clone)]
+pub struct PeerhostSetup {
+    /// Their tracing filter.
+    pub log_filter: String,
+    /// Raw TOML appended to each configuration.
+    pub extra_toml: String,
+}
+
+impl Default for PeerhostSetup {
+    fn default() -> Self {
+        Self {
+            log_filter: crate::process::test_log_filter("DMUC_TESTBED_PEERHOST_LOG"),
+            extra_toml: String::new(),
+        }
+    }
+}
+
+/// A running system: the servers, the master, and one peerhost per peer
+/// domain (in the order given). Processes stop before the servers.
+#[derive(Debug)]
+pub struct Distributed {
+    pub peerhosts: Vec<Peerhost>,
+    pub master: MasterProcess,
+    pub testbed: Testbed,
+}
+
+/// One domain's peerhost process.
+#[derive(Debug)]
+pub struct Peerhost {
+    pub domain: String,
+    pub process: MasterProcess,
+}
+
+impl Distributed {
+    /// The peerhost of `domain`.
+    pub fn peerhost(&mut self, domain: &str) -> Result<&mut MasterProcess> {
+        self.peerhosts
+            .iter_mut()
+            .find(|p| p.domain == domain)
+            .map(|p| &mut p.process)
+            .ok_or_else(|| Error::UnknownDomain(domain.into()))
+    }
+
+    /// Waits until `domain`'s peerhost answers disco#info (after a start or
+    /// a restart).
+    pub async fn wait_for_peerhost(&self, domain: &str) -> Result<()> {
+        wait_for_peerhost(&self.testbed, domain).await
+    }
+}
+
+/// Starts the servers of `options` (which must include `a.test` and every
+/// domain of `peer_domains`), the master on `a.test` as `master` says, and
+/// a peerhost for each of `peer_domains`; returns once every peerhost
+/// answers on its domain.
+pub async fn start_distributed(
+    master_binary: impl Into<PathBuf>,
+    peerhost_binary: impl AsRef<Path>,
+    mut options: TestbedOptions,
+    master: &MasterSetup,
+    peer_domains: &[&str],
+    peers: &PeerhostSetup,
+) -> Result<Distributed> {
+    for domain in peer_domains {
+        let d = options
+            .domain_mut(domain)
+            .ok_or_else(|| Error::UnknownDomain((*domain).into()))?;
+        d.components.push(ExternalComponent {
+            jid: peerhost_jid(domain),
+            secret: PEERHOST_SECRET.into(),
+            validate_from_addresses: false,
+        });
+    }
+    let (testbed, master) = start_dmuc_testbed(master_binary, options, master).await?;
+    let mut peerhosts = Vec::new();
+    for domain in peer_domains {
+        let ip = testbed.ip(domain)?;
+        let listen = format!("{ip}:{PEERING_PORT}");
+        let config = MasterConfig {
+            component_jid: peerhost_jid(domain),
+            server: testbed.component_addr(domain)?,
+            secret: PEERHOST_SECRET.into(),
+            storage_path: testbed
+                .dir()
+                .join(format!("{}.sqlite", peerhost_jid(domain))),
+            log_filter: peers.log_filter.clone(),
+            extra_toml: format!(
+                "[peering]\nlisten = \"{listen}\"\nendpoint = \"http://{listen}\"\n\n{}",
+                peers.extra_toml
+            ),
+        };
+        let process = MasterProcess::spawn(peerhost_binary.as_ref(), &config, testbed.dir())?;
+        peerhosts.push(Peerhost {
+            domain: (*domain).into(),
+            process,
+        });
+    }
+    for domain in peer_domains {
+        wait_for_peerhost(&testbed, domain).await?;
+    }
+    Ok(Distributed {
+        peerhosts,
+        master,
+        testbed,
+    })
+}
+
+async fn wait_for_peerhost(testbed: &Testbed, domain: &str) -> Result<()> {
+    let mut probe = testbed.client(domain, "probe").await?;
+    probe
+        .wait_for_service(&peerhost_jid(domain), PEERHOST_START_TIMEOUT)
+        .await
+}
