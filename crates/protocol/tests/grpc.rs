@@ -137,6 +137,7 @@ async fn hello_and_a_batch_are_welcomed_and_acknowledged() {
         features: feature::ALL.iter().map(|f| (*f).to_owned()).collect(),
         peer_jid: "peer.b.test".into(),
         domain: "b.test".into(),
+        resumable: Vec::new(),
     };
     let ack = |seq| {
         peer_frame::Frame::Ack(pb::Ack {
