@@ -9,12 +9,14 @@
 //!      ╲──────────────── s2s (joins, messages from remote users, disco) ──────────────────╱
 //! ```
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::process::{MasterConfig, MasterProcess};
 use crate::prosody::{ExternalComponent, Testbed, TestbedOptions};
+use crate::relay::{Relay, Traffic};
 use crate::scenarios::{MasterSetup, start_dmuc_testbed};
 
 /// The component secret of every peerhost.
@@ -77,6 +79,28 @@ pub struct Distributed {
 pub struct Peerhost {
     pub domain: String,
     pub process: MasterProcess,
+    /// The counting relay in front of its gRPC port, if the testbed counts.
+    pub relay: Option<Relay>,
+}
+
+/// What crossed between domains, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Crossing {
+    pub s2s: Traffic,
+    pub grpc: Traffic,
+}
+
+impl Crossing {
+    pub fn since(&self, earlier: &Crossing) -> Crossing {
+        Crossing {
+            s2s: self.s2s.since(&earlier.s2s),
+            grpc: self.grpc.since(&earlier.grpc),
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.s2s.bytes() + self.grpc.bytes()
+    }
 }
 
 impl Distributed {
@@ -87,6 +111,23 @@ impl Distributed {
             .find(|p| p.domain == domain)
             .map(|p| &mut p.process)
             .ok_or_else(|| Error::UnknownDomain(domain.into()))
+    }
+
+    /// Everything that crossed between domains so far: s2s into every
+    /// server, gRPC into every peerhost (the testbed must count).
+    pub fn crossing(&self) -> Result<Crossing> {
+        let mut total = Crossing::default();
+        for domain in self.testbed.domains() {
+            total.s2s = total.s2s + self.testbed.s2s_traffic(domain)?;
+        }
+        for peerhost in &self.peerhosts {
+            let relay = peerhost
+                .relay
+                .as_ref()
+                .ok_or_else(|| Error::Check("gRPC is not counted".into()))?;
+            total.grpc = total.grpc + relay.traffic();
+        }
+        Ok(total)
     }
 
     /// Waits until `domain`'s peerhost answers disco#info (after a start or
@@ -118,11 +159,19 @@ pub async fn start_distributed(
             validate_from_addresses: false,
         });
     }
+    let counted = options.counted;
     let (testbed, master) = start_dmuc_testbed(master_binary, options, master).await?;
     let mut peerhosts = Vec::new();
     for domain in peer_domains {
         let ip = testbed.ip(domain)?;
-        let listen = format!("{ip}:{PEERING_PORT}");
+        let listen = SocketAddr::new(ip.into(), PEERING_PORT);
+        // Masters reach it through the relay when the testbed counts.
+        let (endpoint, relay) = if counted {
+            let front = SocketAddr::new(testbed.relay_ip(domain)?.into(), PEERING_PORT);
+            (front, Some(Relay::start(front, listen).await?))
+        } else {
+            (listen, None)
+        };
         let config = MasterConfig {
             component_jid: peerhost_jid(domain),
             server: testbed.component_addr(domain)?,
@@ -132,7 +181,7 @@ pub async fn start_distributed(
                 .join(format!("{}.sqlite", peerhost_jid(domain))),
             log_filter: peers.log_filter.clone(),
             extra_toml: format!(
-                "[peering]\nlisten = \"{listen}\"\nendpoint = \"http://{listen}\"\n\n{}",
+                "[peering]\nlisten = \"{listen}\"\nendpoint = \"http://{endpoint}\"\n\n{}",
                 peers.extra_toml
             ),
         };
@@ -140,6 +189,7 @@ pub async fn start_distributed(
         peerhosts.push(Peerhost {
             domain: (*domain).into(),
             process,
+            relay,
         });
     }
     for domain in peer_domains {

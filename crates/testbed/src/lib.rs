@@ -68,6 +68,7 @@ mod error;
 mod muc;
 mod process;
 mod prosody;
+pub mod relay;
 pub mod scenarios;
 pub mod stanza;
 mod stream;

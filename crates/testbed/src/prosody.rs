@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::client::{Client, ClientOptions};
 use crate::error::{Error, Result};
 use crate::process::{ManagedProcess, read_log, spawn_process, tail};
+use crate::relay::{Relay, Traffic};
 
 /// Client-to-server port on every domain's address.
 pub const C2S_PORT: u16 = 5222;
@@ -125,6 +126,9 @@ pub struct TestbedOptions {
     /// Prosody's log level (`debug` unless `DMUC_TESTBED_PROSODY_LOG` says
     /// otherwise).
     pub log_level: String,
+    /// Routes s2s through a counting relay in front of each server (see
+    /// [`crate::relay`]): every domain name resolves to the relay.
+    pub counted: bool,
 }
 
 impl Default for TestbedOptions {
@@ -142,12 +146,19 @@ impl TestbedOptions {
         Self {
             domains: Vec::new(),
             log_level: std::env::var("DMUC_TESTBED_PROSODY_LOG").unwrap_or_else(|_| "debug".into()),
+            counted: false,
         }
     }
 
     /// Adds a domain.
     pub fn with_domain(mut self, domain: DomainOptions) -> Self {
         self.domains.push(domain);
+        self
+    }
+
+    /// With s2s counted (see [`Self::counted`]).
+    pub fn counted(mut self) -> Self {
+        self.counted = true;
         self
     }
 
@@ -162,6 +173,8 @@ impl TestbedOptions {
 struct Domain {
     options: DomainOptions,
     ip: Ipv4Addr,
+    /// The counting relay in front of its s2s port, if the testbed counts.
+    relay: Option<Relay>,
     config_path: PathBuf,
     log_path: PathBuf,
     process: Option<ManagedProcess>,
@@ -194,14 +207,28 @@ impl Testbed {
         let ips = allocate_block(options.domains.len())?;
         let hosts_path = dir.path().join("hosts");
         let mut hosts = String::new();
+        let mut relays = Vec::new();
         for (domain, ip) in options.domains.iter().zip(&ips) {
             let names: Vec<&str> = domain.served_names().collect();
-            let _ = writeln!(hosts, "{ip} {}", names.join(" "));
+            let listed = if options.counted {
+                let relay_ip = relay_ip(*ip);
+                let relay = Relay::start(
+                    SocketAddr::new(relay_ip.into(), S2S_PORT),
+                    SocketAddr::new((*ip).into(), S2S_PORT),
+                )
+                .await?;
+                relays.push(Some(relay));
+                relay_ip
+            } else {
+                relays.push(None);
+                *ip
+            };
+            let _ = writeln!(hosts, "{listed} {}", names.join(" "));
         }
         std::fs::write(&hosts_path, hosts).map_err(Error::io("writing the hosts file"))?;
 
         let mut domains = Vec::with_capacity(ips.len());
-        for (options_d, ip) in options.domains.iter().cloned().zip(ips) {
+        for ((options_d, ip), relay) in options.domains.iter().cloned().zip(ips).zip(relays) {
             let root = dir.path().join(&options_d.name);
             let data = root.join("data");
             std::fs::create_dir_all(&data).map_err(Error::io("creating a data directory"))?;
@@ -213,6 +240,7 @@ impl Testbed {
             domains.push(Domain {
                 options: options_d,
                 ip,
+                relay,
                 config_path,
                 log_path,
                 process: None,
@@ -250,6 +278,22 @@ impl Testbed {
     /// it hosts).
     pub fn ip(&self, domain: &str) -> Result<Ipv4Addr> {
         Ok(self.domain(domain)?.ip)
+    }
+
+    /// What crossed into and out of `domain`'s s2s port, if the testbed
+    /// counts (see [`TestbedOptions::counted`]).
+    pub fn s2s_traffic(&self, domain: &str) -> Result<Traffic> {
+        self.domain(domain)?
+            .relay
+            .as_ref()
+            .map(Relay::traffic)
+            .ok_or_else(|| Error::Check(format!("s2s of {domain} is not counted")))
+    }
+
+    /// The address in front of `domain` where relays listen, if the
+    /// testbed counts: same block, last octet + 100.
+    pub fn relay_ip(&self, domain: &str) -> Result<Ipv4Addr> {
+        Ok(relay_ip(self.ip(domain)?))
     }
 
     /// Client-to-server address of `domain`.
@@ -410,6 +454,12 @@ impl Domain {
 
 /// Picks a random `127.X.Y.0/24` block (X ≥ 1) whose first `n` addresses
 /// have all three ports free, checked by binding them.
+/// Where the relay in front of the server at `ip` listens.
+fn relay_ip(ip: Ipv4Addr) -> Ipv4Addr {
+    let [a, b, c, d] = ip.octets();
+    Ipv4Addr::new(a, b, c, d + 100)
+}
+
 fn allocate_block(n: usize) -> Result<Vec<Ipv4Addr>> {
     let random = RandomState::new();
     for attempt in 0..BLOCK_ATTEMPTS {
