@@ -10,6 +10,9 @@
 //! listen = "0.0.0.0:7443"        # gRPC (plain TCP in this version)
 //! endpoint = "http://peer.b.test:7443"   # advertised in disco#info (optional)
 //!
+//! [storage]
+//! path = "/var/lib/dmuc-peerhost/peerhost.sqlite"   # the slaves' state (SQLite)
+//!
 //! [log]
 //! filter = "info"                # RUST_LOG overrides it
 //! ```
@@ -19,7 +22,7 @@
 //! (ejabberd): the peerhost speaks as the remote rooms to local users.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use dmuc_component::settings::{ComponentSection, LogSection, SECRET_ENV, SettingsError};
 use jid::BareJid;
@@ -32,6 +35,7 @@ use crate::Error;
 pub struct Config {
     pub component: ComponentSection,
     pub peering: PeeringSection,
+    pub storage: StorageSection,
     #[serde(default)]
     pub log: LogSection,
 }
@@ -46,6 +50,15 @@ pub struct PeeringSection {
     /// advertised in disco#info; without it masters need it in their own
     /// configuration.
     pub endpoint: Option<String>,
+}
+
+/// `[storage]`: where the slaves' state is kept, so that they resume after
+/// a restart (see [`crate::store`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// The SQLite database file, created if missing (its directory must exist).
+    pub path: PathBuf,
 }
 
 impl Config {
@@ -72,6 +85,9 @@ impl Config {
                 "must be an http:// or https:// URL",
             )
             .into());
+        }
+        if config.storage.path.as_os_str().is_empty() {
+            return Err(SettingsError::new("storage.path", "must not be empty").into());
         }
         Ok(config)
     }
@@ -102,6 +118,8 @@ mod tests {
         secret = "s"
         [peering]
         listen = "127.0.0.1:7443"
+        [storage]
+        path = "/tmp/peerhost.sqlite"
     "#;
 
     #[test]
@@ -110,6 +128,7 @@ mod tests {
         assert_eq!(c.log.filter, "info");
         assert_eq!(c.domain().unwrap().to_string(), "b.test");
         assert_eq!(c.peering.listen.port(), 7443);
+        assert_eq!(c.storage.path, Path::new("/tmp/peerhost.sqlite"));
     }
 
     #[test]
@@ -119,7 +138,11 @@ mod tests {
         assert!(err(&MINIMAL.replace("secret = \"s\"", "")).contains("component.secret"));
         assert!(err(&MINIMAL.replace("127.0.0.1:7443", "nowhere")).contains("listen"));
         assert!(err(&MINIMAL.replace("[peering]\n", "")).contains("listen"));
-        assert!(err(&format!("{MINIMAL}\n[storage]\npath = \"x\"\n")).contains("storage"));
+        let storage = "[storage]\n        path = \"/tmp/peerhost.sqlite\"\n";
+        assert!(err(&MINIMAL.replace(storage, "")).contains("storage"));
+        assert!(err(&MINIMAL.replace("path = \"/tmp/peerhost.sqlite\"", "")).contains("path"));
+        assert!(err(&MINIMAL.replace("/tmp/peerhost.sqlite", "")).contains("storage.path"));
+        assert!(err(&MINIMAL.replace("[storage]", "[storage]\nsize = 1")).contains("size"));
         assert!(err(&format!("{MINIMAL}\n[log]\nfilter = \"info,[\"\n")).contains("log.filter"));
     }
 

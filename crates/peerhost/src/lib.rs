@@ -9,36 +9,49 @@
 //!   `[component]` and `[log]` are shared with the master
 //!   (`dmuc_component::settings`).
 //! - [`stream`]: the `dmuc.peering.v1.Peering` gRPC service; one task per
-//!   `Replicate` stream: handshake, then frames routed to slaves.
+//!   `Replicate` stream: handshake, resume of the master's stored slaves,
+//!   then frames routed to slaves.
 //! - [`slave`]: one task per slave, owning the room's
-//!   `dmuc_room::replica::Replica` and delivering its stanzas through the
-//!   component link.
+//!   `dmuc_room::replica::Replica`, delivering its stanzas through the
+//!   component link and keeping its state in the store.
+//! - [`store`]: SQLite (`[storage] path`): each slave's last snapshot and
+//!   the events applied since, written by one group-commit task; schema in
+//!   `crates/peerhost/migrations/`.
 //! - [`disco`]: what the peerhost answers at its own JID: disco#info with
 //!   the dmuc feature, its endpoint and served domain, and pings.
 //!
 //! ```text
 //!  master ══gRPC══▶ stream task ─RoomEvent─▶ slave task ─▶ Replica::apply
-//!         ◀═══════  Ack / Resync ◀────────────┘   │ stanzas for b.test users only
-//!                                                 ▼
-//!                        component link (muc-peer.b.test) ─▶ b.test's server ─▶ bob, carol…
+//!         ◀═══════  Ack / Resync ◀────────────┘   │   │ stanzas for b.test users only
+//!                     ▲ stored slaves, loaded     │   ▼
+//!                     │ at the master's Hello     │  component link (muc-peer.b.test) ─▶ b.test's server ─▶ bob, carol…
+//!                     │                           │ snapshots, event log
+//!                  store (SQLite) ◀─ writer task ◀┘
 //! ```
+//!
+//! A slave's state outlives its stream: when the master's next stream
+//! starts (after a reconnect, or a restart of the peerhost), the peerhost
+//! sends `Resync { room, have_seq }` for each stored room of that master,
+//! and the master answers with `Resume` and the missing events, or a new
+//! `CreateSlave`, or `DestroySlave`.
 //!
 //! # Not there yet
 //! This is the first increment. Still to come:
 //! - TLS with mutual authentication on the gRPC listener (plain TCP now, so
 //!   keep it on a trusted network), and a list of accepted masters: any
 //!   master that says `Hello` with a well-formed `master_jid` is served.
-//! - SQLite persistence of slaves (`[storage]`): slaves live as long as
-//!   their stream; a new stream starts from new `CreateSlave`s.
 //! - Integration with dmuc-master, which does not open streams yet.
 //! - XEP-0033 multicast through the local server (the master has it).
-//! - Acks mean "handed to the component link", not "flushed to the server".
+//! - Acks mean "handed to the component link", not "flushed to the server"
+//!   (nor stored: the store may lag a little behind them).
 
 pub mod config;
 pub mod disco;
 pub mod slave;
+pub mod store;
 pub mod stream;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use dmuc_component::settings::SettingsError;
@@ -52,6 +65,7 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{debug, info, warn};
 
 use crate::disco::Advertised;
+use crate::store::Store;
 
 pub use config::Config;
 pub use stream::PeeringService;
@@ -73,6 +87,36 @@ pub enum Error {
     Link(#[from] dmuc_component::Error),
     #[error("peering server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The database cannot be opened (no such directory, permissions, ...).
+    #[error("storage.path {}: cannot open: {source}", path.display())]
+    StorageOpen {
+        path: std::path::PathBuf,
+        source: Arc<sqlx::Error>,
+    },
+    /// SQLite or the driver failed (I/O, disk full, ...).
+    #[error("storage: {0}")]
+    Storage(#[source] Arc<sqlx::Error>),
+    /// The schema could not be brought up to date.
+    #[error("storage schema migration: {0}")]
+    Migrate(#[source] Arc<sqlx::migrate::MigrateError>),
+    /// A stored value cannot be read back (or a value cannot be stored).
+    #[error("invalid stored data: {0}")]
+    StoredData(String),
+    /// The store has shut down; nothing more is written.
+    #[error("storage is shut down")]
+    StorageClosed,
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Storage(Arc::new(e))
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for Error {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Error::Migrate(Arc::new(e))
+    }
 }
 
 impl From<SettingsError> for Error {
@@ -81,10 +125,11 @@ impl From<SettingsError> for Error {
     }
 }
 
-/// Runs the peerhost until `shutdown` is cancelled: connects to the server
-/// as a component and serves masters on `listener`. On shutdown, streams
-/// end (their slaves deliver what they were given, within a grace period),
-/// then the component link flushes and closes.
+/// Runs the peerhost until `shutdown` is cancelled: opens the store,
+/// connects to the server as a component and serves masters on `listener`.
+/// On shutdown, streams end (their slaves deliver what they were given and
+/// save their state, within a grace period), the store writes what is
+/// queued and closes, then the component link flushes and closes.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -94,7 +139,16 @@ pub async fn run(
     let link_config = config.component.to_link_config()?;
     let peer_jid = link_config.jid.clone();
     let listen = listener.local_addr().ok();
-    info!(%peer_jid, %domain, ?listen, "starting");
+    info!(%peer_jid, %domain, ?listen, storage = %config.storage.path.display(), "starting");
+
+    let store = Store::open(&config.storage.path).await?;
+    let stored = store.rooms().await?;
+    let masters: std::collections::BTreeSet<_> = stored.iter().map(|r| &r.master).collect();
+    info!(
+        rooms = stored.len(),
+        masters = masters.len(),
+        "stored slaves, resumed when their masters connect"
+    );
 
     let link_shutdown = CancellationToken::new();
     let link = dmuc_component::spawn(link_config, link_shutdown.clone())?;
@@ -108,7 +162,13 @@ pub async fn run(
         advertised,
     ));
 
-    let service = PeeringService::new(peer_jid, domain, link.handle, shutdown.clone());
+    let service = PeeringService::new(
+        peer_jid,
+        domain,
+        link.handle,
+        store.clone(),
+        shutdown.clone(),
+    );
     let streams = service.streams();
     let server = Server::builder()
         .add_service(PeeringServer::new(service).max_decoding_message_size(MAX_FRAME_BYTES))
@@ -134,6 +194,8 @@ pub async fn run(
     {
         warn!("slaves still busy after the grace period");
     }
+    // What the slaves saved is queued: write it before going.
+    store.close().await;
     // Every slave has handed over its stanzas; now the link may flush.
     link_shutdown.cancel();
     let _ = link.task.await;

@@ -1,12 +1,22 @@
 //! One task per slave: it owns the room's [`Replica`], applies the master's
-//! events in order and hands the stanzas for this domain's users to the
-//! component link, then acknowledges.
+//! events in order, hands the stanzas for this domain's users to the
+//! component link, then acknowledges; and it keeps the replica's state in
+//! the [`store`](crate::store).
 //!
 //! ```text
-//!  stream ──RoomEvent──▶ inbox ─▶ Replica::apply ─▶ Deliver ─▶ stanzas() ─▶ link
-//!                                     │ Gap                       then Ack{room, seq} ─▶ stream
-//!                                     └──────────▶ Resync{room, have_seq} ─▶ stream
+//!  stream ──Event──▶ inbox ─▶ Replica::apply ─▶ Deliver ─▶ log the event ─▶ stanzas() ─▶ link
+//!         ──Resume─▶   │            │ Gap                                then Ack{room, seq} ─▶ stream
+//!                      │            └──▶ Resync{room, have_seq} ─▶ stream; stalled until Resume
+//!                      └─ every SNAPSHOT_EVERY events, when idle, at the end: snapshot ─▶ store
 //! ```
+//!
+//! A slave starts from a `CreateSlave` ([`Slave::create`], whose snapshot it
+//! stores first) or from its stored state ([`Dormant`], rebuilt when its
+//! master's stream starts, then [`Slave::resume`] once the master answers
+//! with `Resume`). When its stream ends it saves a snapshot and stops; its
+//! state stays stored for the next stream of the master.
+
+use std::time::Duration;
 
 use dmuc_component::LinkHandle;
 use dmuc_protocol::pb::{self, peer_frame};
@@ -18,8 +28,9 @@ use jid::BareJid;
 use minidom::Element;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::store::{StoredSlave, Writer};
 use crate::stream::Upstream;
 
 /// How many events may wait for a busy slave before the stream waits (and,
@@ -30,87 +41,311 @@ const INBOX: usize = 1024;
 /// more are waiting.
 const ACK_EVERY: u64 = 64;
 
+/// A slave stores a new snapshot (and so empties its log) after this many
+/// logged events: a snapshot carries the whole history with payloads, too
+/// much to write per event, while a long log makes loading slow.
+pub const SNAPSHOT_EVERY: usize = 256;
+
+/// A slave that has logged events and then receives nothing for this long
+/// stores a snapshot, so a quiet room loads without replaying.
+pub const SNAPSHOT_WHEN_IDLE: Duration = Duration::from_secs(10);
+
+/// What a slave task needs besides its replica: where its stanzas, frames
+/// and stored state go.
+#[derive(Clone, Debug)]
+pub struct Outlets {
+    pub link: LinkHandle,
+    pub up: Upstream,
+    pub store: Writer,
+}
+
+/// What the stream tells a running slave, in order with its events.
+// Events are nearly all the traffic, and were this size before: boxing them
+// would only add an allocation each.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Command {
+    /// An event to apply, with its `pb::Event` encoding for the log.
+    Event(RoomEvent, Vec<u8>),
+    /// The master's answer to a `Resync`: the slave's state is still good
+    /// and the missing events follow; events up to `deliver_after` were
+    /// delivered by the master.
+    Resume { deliver_after: u64 },
+    /// Stop without saving: the slave is replaced or destroyed.
+    Discard,
+}
+
 /// What the stream keeps of a running slave.
 #[derive(Debug)]
 pub struct Slave {
-    inbox: mpsc::Sender<RoomEvent>,
+    inbox: mpsc::Sender<Command>,
     task: JoinHandle<()>,
 }
 
+/// A slave's state loaded from storage, waiting for its master to answer
+/// the `Resync` the stream sent for it.
+#[derive(Debug)]
+pub struct Dormant {
+    replica: Replica,
+    deliver_after: u64,
+    /// Events in the stored log after the stored snapshot.
+    logged: usize,
+}
+
+impl Dormant {
+    /// Rebuilds a stored slave serving `domain`: its snapshot, then its log
+    /// applied silently (nothing is delivered at load). Replay stops at an
+    /// event that does not follow (never expected: the store keeps logs
+    /// contiguous); the replica is then at the one before.
+    pub fn load(stored: StoredSlave, domain: &str) -> Dormant {
+        let mut replica = Replica::new(stored.snapshot, stored.seq, stored.deliver_after, domain);
+        let mut logged = 0;
+        for event in stored.log {
+            match replica.apply(event.seq, event.now, event.input) {
+                Applied::Deliver(_) => logged += 1,
+                Applied::Duplicate | Applied::Gap { .. } => {
+                    warn!(room = %event.room, seq = event.seq, have = replica.seq(),
+                        "stored log does not follow: replay stops there");
+                    break;
+                }
+            }
+        }
+        Dormant {
+            replica,
+            deliver_after: stored.deliver_after,
+            logged,
+        }
+    }
+
+    pub fn room(&self) -> &BareJid {
+        self.replica.room().jid()
+    }
+
+    /// The last event applied: the `have_seq` of its `Resync`.
+    pub fn seq(&self) -> u64 {
+        self.replica.seq()
+    }
+
+    /// The rebuilt replica.
+    pub fn replica(&self) -> &Replica {
+        &self.replica
+    }
+}
+
 impl Slave {
-    /// Starts the task owning a replica made from `start`, serving `domain`.
-    pub fn spawn(start: SlaveStart, domain: &BareJid, link: LinkHandle, up: Upstream) -> Slave {
-        let room = start.snapshot.jid.clone();
+    /// Starts the task owning a replica made from `start`, serving `domain`;
+    /// its first act is to store `start` (replacing any stored state).
+    pub fn create(start: SlaveStart, domain: &BareJid, outlets: Outlets) -> Slave {
         let replica = Replica::new(
             start.snapshot,
             start.seq,
             start.deliver_after,
             domain.as_str(),
         );
+        let dormant = Dormant {
+            replica,
+            deliver_after: start.deliver_after,
+            logged: 0,
+        };
+        Slave::spawn(dormant, outlets, Start::Created)
+    }
+
+    /// Starts the task owning a stored replica, which the master resumes:
+    /// events up to `deliver_after` were delivered by the master.
+    pub fn resume(dormant: Dormant, deliver_after: u64, outlets: Outlets) -> Slave {
+        Slave::spawn(dormant, outlets, Start::Resumed { deliver_after })
+    }
+
+    fn spawn(dormant: Dormant, outlets: Outlets, start: Start) -> Slave {
+        let room = dormant.room().clone();
         let (inbox, rx) = mpsc::channel(INBOX);
         let span = info_span!("slave", room = %room);
-        let task = tokio::spawn(run(room, replica, rx, link, up).instrument(span));
+        let task = SlaveTask {
+            room,
+            replica: dormant.replica,
+            deliver_after: dormant.deliver_after,
+            logged: dormant.logged,
+            stalled: false,
+            outlets,
+        };
+        let task = tokio::spawn(task.run(rx, start).instrument(span));
         Slave { inbox, task }
     }
 
-    /// Queues an event; `false` if the slave has stopped (its link closed).
-    pub async fn send(&self, event: RoomEvent) -> bool {
-        self.inbox.send(event).await.is_ok()
+    /// Queues an event and its `pb::Event` encoding; `false` if the slave
+    /// has stopped (its link closed).
+    pub async fn send(&self, event: RoomEvent, encoded: Vec<u8>) -> bool {
+        self.inbox
+            .send(Command::Event(event, encoded))
+            .await
+            .is_ok()
     }
 
-    /// Lets the slave finish the events already queued, then waits for it.
+    /// Queues the master's `Resume`: a stalled slave goes on from its state.
+    pub async fn resume_here(&self, deliver_after: u64) -> bool {
+        self.inbox
+            .send(Command::Resume { deliver_after })
+            .await
+            .is_ok()
+    }
+
+    /// Lets the slave finish the events already queued and save its state,
+    /// then waits for it.
     pub async fn stop(self) {
+        drop(self.inbox);
+        let _ = self.task.await;
+    }
+
+    /// Lets the slave finish the events already queued, then stops it
+    /// without saving (it is replaced, or destroyed); waits for it.
+    pub async fn discard(self) {
+        let _ = self.inbox.send(Command::Discard).await;
         drop(self.inbox);
         let _ = self.task.await;
     }
 }
 
-async fn run(
+/// How a slave task begins.
+#[derive(Debug)]
+enum Start {
+    /// From a `CreateSlave`: store it first.
+    Created,
+    /// From stored state, on the master's `Resume`.
+    Resumed { deliver_after: u64 },
+}
+
+struct SlaveTask {
     room: BareJid,
-    mut replica: Replica,
-    mut inbox: mpsc::Receiver<RoomEvent>,
-    link: LinkHandle,
-    up: Upstream,
-) {
-    debug!(seq = replica.seq(), "slave started");
-    let mut acked = replica.seq();
-    // After a gap the slave applies nothing until the master replaces it.
-    let mut stalled = false;
-    while let Some(event) = inbox.recv().await {
-        if stalled {
-            continue;
+    replica: Replica,
+    /// As in the replica (which does not show it): stored with snapshots.
+    deliver_after: u64,
+    /// Events logged since the last stored snapshot.
+    logged: usize,
+    /// After a gap the slave applies nothing until the master resumes or
+    /// replaces it.
+    stalled: bool,
+    outlets: Outlets,
+}
+
+impl SlaveTask {
+    async fn run(mut self, mut inbox: mpsc::Receiver<Command>, start: Start) {
+        debug!(
+            seq = self.replica.seq(),
+            logged = self.logged,
+            ?start,
+            "slave started"
+        );
+        match start {
+            Start::Created => self.save().await,
+            Start::Resumed { deliver_after } => self.resumed(deliver_after).await,
         }
-        let seq = event.seq;
-        match replica.apply(seq, event.now, event.input) {
-            Applied::Deliver(actions) => {
-                for stanza in stanzas(&room, actions) {
-                    if link.send(stanza).await.is_err() {
-                        warn!("component link closed: slave stops");
+        let mut acked = self.replica.seq();
+        loop {
+            let command = if self.logged > 0 {
+                match tokio::time::timeout(SNAPSHOT_WHEN_IDLE, inbox.recv()).await {
+                    Ok(command) => command,
+                    Err(_idle) => {
+                        self.save().await;
+                        continue;
+                    }
+                }
+            } else {
+                inbox.recv().await
+            };
+            match command {
+                Some(Command::Event(event, encoded)) => {
+                    if !self.apply(event, encoded).await {
                         return;
                     }
+                }
+                Some(Command::Resume { deliver_after }) => self.resumed(deliver_after).await,
+                Some(Command::Discard) => {
+                    debug!(seq = self.replica.seq(), "slave discarded");
+                    return;
+                }
+                None => break,
+            }
+            let seq = self.replica.seq();
+            if seq > acked && (inbox.is_empty() || seq - acked >= ACK_EVERY) {
+                let ack = peer_frame::Frame::Ack(pb::Ack {
+                    room: self.room.to_string(),
+                    seq,
+                });
+                if !self.outlets.up.send(ack).await {
+                    break;
+                }
+                acked = seq;
+            }
+        }
+        if self.logged > 0 {
+            self.save().await;
+        }
+        debug!(seq = self.replica.seq(), "slave stopped");
+    }
+
+    /// Applies one event, logs it and delivers its stanzas; `false` once the
+    /// component link has closed.
+    async fn apply(&mut self, event: RoomEvent, encoded: Vec<u8>) -> bool {
+        if self.stalled {
+            return true;
+        }
+        let seq = event.seq;
+        match self.replica.apply(seq, event.now, event.input) {
+            Applied::Deliver(actions) => {
+                self.outlets.store.event(&self.room, seq, encoded).await;
+                self.logged += 1;
+                for stanza in stanzas(&self.room, actions) {
+                    if self.outlets.link.send(stanza).await.is_err() {
+                        warn!("component link closed: slave stops");
+                        return false;
+                    }
+                }
+                if self.logged >= SNAPSHOT_EVERY {
+                    self.save().await;
                 }
             }
             Applied::Duplicate => debug!(seq, "duplicate event ignored"),
             Applied::Gap { have } => {
                 warn!(seq, have, "gap in room events: asking for a resync");
-                stalled = true;
-                up.resync(&room, have).await;
-                continue;
+                self.stalled = true;
+                self.outlets.up.resync(&self.room, have).await;
             }
         }
-        let seq = replica.seq();
-        if seq > acked && (inbox.is_empty() || seq - acked >= ACK_EVERY) {
-            let ack = peer_frame::Frame::Ack(pb::Ack {
-                room: room.to_string(),
-                seq,
-            });
-            if !up.send(ack).await {
-                return;
-            }
-            acked = seq;
+        true
+    }
+
+    /// The master resumes this slave from its state.
+    async fn resumed(&mut self, deliver_after: u64) {
+        if std::mem::take(&mut self.stalled) {
+            info!(seq = self.replica.seq(), deliver_after, "resumed");
+        }
+        self.replica.delivered_by_master_until(deliver_after);
+        if deliver_after > self.deliver_after {
+            self.deliver_after = deliver_after;
+            self.outlets
+                .store
+                .deliver_after(&self.room, deliver_after)
+                .await;
         }
     }
-    debug!(seq = replica.seq(), "slave stopped");
+
+    /// Stores the replica's whole state, which empties its log.
+    async fn save(&mut self) {
+        debug!(
+            seq = self.replica.seq(),
+            logged = self.logged,
+            "saving a snapshot"
+        );
+        self.outlets
+            .store
+            .snapshot(
+                self.replica.snapshot(),
+                self.replica.seq(),
+                self.deliver_after,
+            )
+            .await;
+        self.logged = 0;
+    }
 }
 
 /// The stanzas a replica's actions stand for, one per recipient. The
@@ -181,5 +416,47 @@ mod tests {
                 .iter()
                 .all(|s| s.attr("from").unwrap().starts_with("r@conference.a.test"))
         );
+    }
+
+    fn event(room: &Room, seq: u64, input: Input) -> RoomEvent {
+        RoomEvent {
+            room: room.jid().clone(),
+            seq,
+            now: Timestamp(seq as i64),
+            input,
+        }
+    }
+
+    #[test]
+    fn a_stored_slave_loads_at_its_last_logged_event() {
+        let mut master = Room::new(
+            "r@conference.a.test".parse().unwrap(),
+            dmuc_room::testing::relaxed_settings(),
+        );
+        master.handle(join("alice@a.test/1", "alice"), Timestamp(1));
+        let snapshot = master.snapshot();
+        let log: Vec<RoomEvent> = [join("bob@b.test/1", "bob"), join("carol@c.test/1", "carol")]
+            .into_iter()
+            .zip(2..)
+            .map(|(input, seq)| {
+                master.handle(input.clone(), Timestamp(seq as i64));
+                event(&master, seq, input)
+            })
+            .collect();
+        let stored = |log: Vec<RoomEvent>| StoredSlave {
+            seq: 1,
+            deliver_after: 0,
+            snapshot: snapshot.clone(),
+            log,
+        };
+
+        let dormant = Dormant::load(stored(log.clone()), "b.test");
+        assert_eq!((dormant.seq(), dormant.logged), (3, 2));
+        assert_eq!(dormant.replica().snapshot(), master.snapshot());
+
+        // A log with a hole is replayed up to it.
+        let holed = vec![log[1].clone()];
+        let dormant = Dormant::load(stored(holed), "b.test");
+        assert_eq!((dormant.seq(), dormant.logged), (1, 0));
     }
 }

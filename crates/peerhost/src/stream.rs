@@ -2,35 +2,48 @@
 //! task per `Replicate` stream, holding that stream's slaves.
 //!
 //! ```text
-//!  master ══ MasterFrame ══▶ stream task ── Hello ─▶ negotiate ─▶ Welcome | Refused + end
-//!                               │ CreateSlave ─▶ Slave::spawn (replaces the room's slave)
+//!  master ══ MasterFrame ══▶ stream task ── Hello ─▶ negotiate ─▶ Refused + end
+//!                               │   └─▶ supersede the master's older stream, load its stored
+//!                               │       slaves (Dormant) ─▶ Welcome, then Resync{room, have_seq} each
+//!                               │ CreateSlave ─▶ Slave::create (replaces the room's slave or dormant state)
+//!                               │ Resume      ─▶ Slave::resume (dormant) | resume_here (stalled) | Resync{0}
 //!                               │ EventBatch  ─▶ each event to its room's slave, in order
-//!                               │ DestroySlave ─▶ Slave::stop
+//!                               │ DestroySlave ─▶ Slave::discard, and the stored state deleted
 //!                               │ Keepalive   ─▶ echoed (if agreed)
 //!  master ◀═ PeerFrame ═══ frames ◀── Ack / Resync from the slaves
 //! ```
 //!
 //! A malformed frame ends the stream with the [`ProtocolError`]'s status.
 //! When the stream ends (the master closed it, the connection broke, or the
-//! peerhost shuts down) its slaves finish what they were given and stop.
+//! peerhost shuts down) its slaves finish what they were given, save their
+//! state and stop: the master's next stream resumes them.
+//!
+//! One stream per master: the rooms of a master are stored under its
+//! domain, and a new stream of the same master (say after a connection
+//! broke without the peerhost noticing) first ends the older one and waits
+//! for its slaves to save, so that two slaves never write the same room.
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use dmuc_component::LinkHandle;
 use dmuc_protocol::pb::peering_server::Peering;
 use dmuc_protocol::pb::{self, master_frame, peer_frame};
 use dmuc_protocol::{ProtocolError, RoomEvent, SUPPORTED_VERSIONS, SlaveStart, feature, negotiate};
 use jid::BareJid;
+use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::slave::Slave;
+use crate::slave::{Dormant, Outlets, Slave};
+use crate::store::Store;
 
 /// Frames waiting for the master to read them.
 const OUTBOUND: usize = 256;
@@ -45,8 +58,10 @@ pub struct PeeringService {
     /// The domain whose users the slaves serve.
     domain: BareJid,
     link: LinkHandle,
+    store: Store,
     shutdown: CancellationToken,
     streams: TaskTracker,
+    masters: Masters,
 }
 
 impl PeeringService {
@@ -54,14 +69,17 @@ impl PeeringService {
         peer_jid: BareJid,
         domain: BareJid,
         link: LinkHandle,
+        store: Store,
         shutdown: CancellationToken,
     ) -> Self {
         PeeringService {
             peer_jid,
             domain,
             link,
+            store,
             shutdown,
             streams: TaskTracker::new(),
+            masters: Masters::default(),
         }
     }
 
@@ -96,21 +114,26 @@ pub struct Upstream {
     resync: bool,
     /// Whether the "keepalive-echo" feature was agreed.
     keepalive_echo: bool,
-    /// Ends the whole stream (a gap without "resync").
+    /// Ends the whole stream (a gap without "resync"); cancelled too once
+    /// the stream is ending.
     end: CancellationToken,
 }
 
 impl Upstream {
-    /// Sends a frame; `false` once the stream is gone.
+    /// Sends a frame; `false` once the stream is gone or ending. A master
+    /// that has stopped reading cannot hold up a slave that is stopping.
     pub async fn send(&self, frame: peer_frame::Frame) -> bool {
-        self.frames
-            .send(Ok(pb::PeerFrame { frame: Some(frame) }))
-            .await
-            .is_ok()
+        let frame = Ok(pb::PeerFrame { frame: Some(frame) });
+        tokio::select! {
+            biased;
+            sent = self.frames.send(frame) => sent.is_ok(),
+            () = self.end.cancelled() => false,
+        }
     }
 
-    /// Asks for a fresh `CreateSlave` of `room`, or, without the "resync"
-    /// feature, ends the stream as the protocol says.
+    /// Asks for a fresh `CreateSlave` of `room`, or a `Resume` from
+    /// `have_seq`; without the "resync" feature, ends the stream as the
+    /// protocol says.
     pub async fn resync(&self, room: &BareJid, have_seq: u64) {
         if self.resync {
             let frame = peer_frame::Frame::Resync(pb::Resync {
@@ -127,6 +150,79 @@ impl Upstream {
     }
 }
 
+/// The stream serving each master, so that a newer stream of the same
+/// master ends it first (see the module docs). The lock is held only to
+/// swap an entry, never across an await.
+#[derive(Debug, Clone, Default)]
+struct Masters {
+    serving: Arc<Mutex<HashMap<BareJid, Lease>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+#[derive(Debug, Clone)]
+struct Lease {
+    id: u64,
+    /// Ends the stream holding the lease.
+    end: CancellationToken,
+    /// Cancelled once that stream's slaves have stopped (and queued their state).
+    released: CancellationToken,
+}
+
+impl Masters {
+    /// Makes the stream ending on `end` the one serving `master`: ends the
+    /// stream that served it before and waits until its slaves have stopped.
+    async fn take(&self, master: &BareJid, end: &CancellationToken) -> Held {
+        let lease = Lease {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            end: end.clone(),
+            released: CancellationToken::new(),
+        };
+        let previous = self
+            .serving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(master.clone(), lease.clone());
+        // A stream that supersedes this one while it waits waits in turn
+        // for this hold, so streams of a master follow one another.
+        let held = Held {
+            masters: self.clone(),
+            master: master.clone(),
+            lease,
+        };
+        if let Some(previous) = previous {
+            info!("a newer stream of the master: ending the older one");
+            previous.end.cancel();
+            previous.released.cancelled().await;
+        }
+        held
+    }
+}
+
+/// A stream's hold on its master; dropped once its slaves have stopped.
+#[derive(Debug)]
+struct Held {
+    masters: Masters,
+    master: BareJid,
+    lease: Lease,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut serving = self
+            .masters
+            .serving
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if serving
+            .get(&self.master)
+            .is_some_and(|l| l.id == self.lease.id)
+        {
+            serving.remove(&self.master);
+        }
+        self.lease.released.cancel();
+    }
+}
+
 /// Runs one `Replicate` stream to its end.
 async fn serve(
     service: PeeringService,
@@ -134,15 +230,18 @@ async fn serve(
     frames: mpsc::Sender<Result<pb::PeerFrame, Status>>,
 ) {
     let end = service.shutdown.child_token();
-    let Some(up) = welcome(&service, &mut inbound, &frames, &end).await else {
+    let Some((up, master, held)) = welcome(&service, &mut inbound, &frames, &end).await else {
         return;
     };
     let mut stream = StreamState {
         service: &service,
         up,
+        master,
         slaves: HashMap::new(),
+        dormant: HashMap::new(),
         resync_asked: HashSet::new(),
     };
+    stream.resume_stored().await;
     loop {
         let message = tokio::select! {
             biased;
@@ -166,20 +265,24 @@ async fn serve(
             break;
         }
     }
+    // Nothing more goes to the master; the slaves finish and save.
+    end.cancel();
     for (_, slave) in stream.slaves.drain() {
         slave.stop().await;
     }
+    // Only now may a newer stream of the master load what they stored.
+    drop(held);
     debug!("stream ended");
 }
 
-/// Reads the `Hello` and answers it: the stream's terms, or `None` once it
-/// has been refused (or has ended).
+/// Reads the `Hello` and answers it: the stream's terms, its master and its
+/// hold on the master, or `None` once it has been refused (or has ended).
 async fn welcome(
     service: &PeeringService,
     inbound: &mut Streaming<pb::MasterFrame>,
     frames: &mpsc::Sender<Result<pb::PeerFrame, Status>>,
     end: &CancellationToken,
-) -> Option<Upstream> {
+) -> Option<(Upstream, BareJid, Held)> {
     let first = tokio::select! {
         _ = end.cancelled() => return None,
         m = inbound.message() => m,
@@ -203,10 +306,13 @@ async fn welcome(
         }
         Ok(None) | Err(_) => return None,
     };
-    if !matches!(hello.master_jid.parse::<BareJid>(), Ok(j) if j.node().is_none()) {
-        refuse("hello.master_jid: must be a domain".into()).await;
-        return None;
-    }
+    let master = match hello.master_jid.parse::<BareJid>() {
+        Ok(master) if master.node().is_none() => master,
+        _ => {
+            refuse("hello.master_jid: must be a domain".into()).await;
+            return None;
+        }
+    };
     tracing::Span::current().record("master", hello.master_jid.as_str());
     let agreed = match negotiate(&hello, SUPPORTED_VERSIONS, feature::ALL) {
         Ok(agreed) => agreed,
@@ -215,6 +321,10 @@ async fn welcome(
             return None;
         }
     };
+    let held = service.masters.take(&master, end).await;
+    if end.is_cancelled() {
+        return None;
+    }
     info!(version = agreed.version, features = ?agreed.features, "stream accepted");
     let welcome = agreed.welcome(service.peer_jid.as_str(), service.domain.as_str());
     let up = Upstream {
@@ -225,20 +335,54 @@ async fn welcome(
     };
     up.send(peer_frame::Frame::Welcome(welcome))
         .await
-        .then_some(up)
+        .then_some((up, master, held))
 }
 
-/// One accepted stream: its terms and its slaves.
+/// One accepted stream: its terms, its master and its slaves.
 struct StreamState<'a> {
     service: &'a PeeringService,
     up: Upstream,
+    /// The master's domain: its rooms are `name@master`.
+    master: BareJid,
     slaves: HashMap<BareJid, Slave>,
+    /// Stored slaves of this master, each waiting for the answer to its `Resync`.
+    dormant: HashMap<BareJid, Dormant>,
     /// Rooms without a slave whose events already drew a `Resync`: asked
     /// once until the master creates the slave.
     resync_asked: HashSet<BareJid>,
 }
 
 impl StreamState<'_> {
+    /// Right after `Welcome`: the master's stored slaves become dormant and
+    /// a `Resync` asks the master about each. Without "resync" agreed the
+    /// master cannot resume them: their stored state is dropped.
+    async fn resume_stored(&mut self) {
+        let store = &self.service.store;
+        if !self.up.resync {
+            store.writer().delete_master(&self.master).await;
+            return;
+        }
+        // What an earlier stream of this master saved is queued: let it land.
+        let loaded = match store.writer().flush().await {
+            Ok(()) => store.load(&self.master).await,
+            Err(e) => Err(e),
+        };
+        let stored = match loaded {
+            Ok(stored) => stored,
+            Err(e) => {
+                error!(error = %e, "cannot load stored slaves: the master will recreate them");
+                return;
+            }
+        };
+        for stored in stored {
+            let dormant = Dormant::load(stored, self.service.domain.as_str());
+            let room = dormant.room().clone();
+            info!(room = %room, have_seq = dormant.seq(), "stored slave: asking to resume");
+            self.up.resync(&room, dormant.seq()).await;
+            self.dormant.insert(room, dormant);
+        }
+    }
+
     /// Acts on one frame after the `Hello`; an error ends the stream.
     async fn handle(&mut self, frame: pb::MasterFrame) -> Result<(), Status> {
         match frame.frame {
@@ -248,42 +392,46 @@ impl StreamState<'_> {
             Some(master_frame::Frame::Create(create)) => {
                 let start = SlaveStart::try_from(create)?;
                 let room = start.snapshot.jid.clone();
+                if room.domain() != self.master.domain() {
+                    return Err(ProtocolError::Jid {
+                        field: "create.room".into(),
+                        reason: "not a room of the master's domain".into(),
+                    }
+                    .into());
+                }
                 if let Some(old) = self.slaves.remove(&room) {
                     // The old slave's queued events come before the new snapshot.
-                    old.stop().await;
+                    old.discard().await;
                 }
+                self.dormant.remove(&room);
                 self.resync_asked.remove(&room);
                 info!(room = %room, seq = start.seq, deliver_after = start.deliver_after, "slave created");
-                let slave = Slave::spawn(
-                    start,
-                    &self.service.domain,
-                    self.service.link.clone(),
-                    self.up.clone(),
-                );
+                let slave = Slave::create(start, &self.service.domain, self.outlets());
                 self.slaves.insert(room, slave);
+                Ok(())
+            }
+            Some(master_frame::Frame::Resume(resume)) => {
+                let room = frame_room(&resume.room, "resume.room")?;
+                self.resume(room, resume.deliver_after).await;
                 Ok(())
             }
             Some(master_frame::Frame::Events(batch)) => {
                 for event in batch.events {
+                    let encoded = event.encode_to_vec();
                     let event = RoomEvent::try_from(event)?;
-                    self.route(event).await;
+                    self.route(event, encoded).await;
                 }
                 Ok(())
             }
             Some(master_frame::Frame::Destroy(destroy)) => {
                 let room = frame_room(&destroy.room, "destroy.room")?;
                 self.resync_asked.remove(&room);
+                self.dormant.remove(&room);
                 if let Some(slave) = self.slaves.remove(&room) {
-                    slave.stop().await;
-                    info!(room = %room, "slave destroyed");
+                    slave.discard().await;
                 }
-                Ok(())
-            }
-            Some(master_frame::Frame::Resume(resume)) => {
-                // This peerhost keeps no state it could resume from, so it
-                // never asks to; a master that resumes anyway gets a resync.
-                let room = frame_room(&resume.room, "resume.room")?;
-                self.up.resync(&room, 0).await;
+                self.service.store.writer().delete(&room).await;
+                info!(room = %room, "slave destroyed");
                 Ok(())
             }
             Some(master_frame::Frame::Keepalive(keepalive)) => {
@@ -299,23 +447,47 @@ impl StreamState<'_> {
         }
     }
 
+    /// The master's answer to a `Resync` from `room`'s stored or stalled
+    /// state: that state goes on. A room with neither asks again from nothing.
+    async fn resume(&mut self, room: BareJid, deliver_after: u64) {
+        if let Some(slave) = self.slaves.get(&room) {
+            if !slave.resume_here(deliver_after).await {
+                self.slaves.remove(&room);
+            }
+        } else if let Some(dormant) = self.dormant.remove(&room) {
+            info!(room = %room, seq = dormant.seq(), deliver_after, "slave resumed");
+            let slave = Slave::resume(dormant, deliver_after, self.outlets());
+            self.slaves.insert(room, slave);
+        } else {
+            debug!(room = %room, "resume of a room without state");
+            self.resync_asked.insert(room.clone());
+            self.up.resync(&room, 0).await;
+        }
+    }
+
     /// Hands an event to its room's slave; an event for a room without one
     /// asks for the room (once).
-    async fn route(&mut self, event: RoomEvent) {
+    async fn route(&mut self, event: RoomEvent, encoded: Vec<u8>) {
         let room = event.room.clone();
-        match self.slaves.get(&room) {
-            Some(slave) => {
-                if !slave.send(event).await {
-                    // Its link closed: the peerhost is shutting down.
-                    self.slaves.remove(&room);
-                }
+        if let Some(slave) = self.slaves.get(&room) {
+            if !slave.send(event, encoded).await {
+                // Its link closed: the peerhost is shutting down.
+                self.slaves.remove(&room);
             }
-            None => {
-                if self.resync_asked.insert(room.clone()) {
-                    debug!(room = %room, seq = event.seq, "event for a room without a slave");
-                    self.up.resync(&room, 0).await;
-                }
-            }
+        } else if self.dormant.contains_key(&room) {
+            debug!(room = %room, seq = event.seq, "event for a stored slave before its resume: dropped");
+        } else if self.resync_asked.insert(room.clone()) {
+            debug!(room = %room, seq = event.seq, "event for a room without a slave");
+            self.up.resync(&room, 0).await;
+        }
+    }
+
+    /// Where a new slave of this stream sends its stanzas, frames and state.
+    fn outlets(&self) -> Outlets {
+        Outlets {
+            link: self.service.link.clone(),
+            up: self.up.clone(),
+            store: self.service.store.writer().clone(),
         }
     }
 }

@@ -1,237 +1,33 @@
-//! The peerhost as a master sees it, end to end: real Prosody for a.test
-//! and b.test, the peerhost in-process as `muc-peer.b.test` (declared with
-//! `validate_from_addresses = false`), and this test as the master, over a
-//! real gRPC stream on TCP. The test keeps its own `Room` in step with the
-//! events it sends, as the master would. Bob (b.test) receives everything
-//! from the slave through b.test alone: no master, no s2s.
+//! The peerhost as a master sees it, end to end (see `common` for the
+//! harness). Bob (b.test) receives everything from the slave through b.test
+//! alone: no master, no s2s.
 
-use std::sync::Arc;
-use std::time::Duration;
+mod common;
 
 use anyhow::{Context, Result, bail};
-use dmuc_peerhost::Config;
+use common::{
+    ALICE, MASTER, Master, PEER, Peerhost, ROOM, WAIT, frame, has_stanza_id, join, next, open, say,
+    stanza_id,
+};
 use dmuc_protocol::pb::peering_client::PeeringClient;
 use dmuc_protocol::pb::{self, master_frame, peer_frame};
-use dmuc_protocol::{RoomEvent, SlaveStart};
-use dmuc_room::event::JoinRequest;
-use dmuc_room::{
-    Action, ConfigBounds, Input, Nick, Outgoing, Payload, Room, RoomConfig, RoomSettings, Timestamp,
-};
-use dmuc_testbed::stanza::{self, NS_SID};
-use dmuc_testbed::{Client, DomainOptions, Element, Testbed, TestbedOptions};
-use jid::BareJid;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use tonic::Streaming;
+use dmuc_testbed::stanza;
+use dmuc_testbed::{Client, Testbed};
 
-const ROOM: &str = "room@conference.a.test";
-const ALICE: &str = "alice@a.test/phone";
-const PEER: &str = "muc-peer.b.test";
-const WAIT: Duration = Duration::from_secs(5);
-
-/// The master's side of one stream: its own room, the frames it sends and
-/// the frames it receives.
-struct Master {
-    room: Room,
-    seq: u64,
-    now: i64,
-    frames: mpsc::Sender<pb::MasterFrame>,
-    replies: Streaming<pb::PeerFrame>,
-}
-
-fn settings() -> RoomSettings {
-    // As dmuc-master's defaults, but unlocked: no owner configures it here.
-    RoomSettings {
-        epoch: 1,
-        salt: Arc::from(&b"peerhost-test"[..]),
-        bounds: ConfigBounds {
-            max_users: 1000,
-            max_history: 100,
-        },
-        lock_new_rooms: false,
-        default_config: RoomConfig {
-            max_users: 200,
-            history_length: 20,
-            ..RoomConfig::default()
-        },
-        rate_limit: None,
-    }
-}
-
-fn join(from: &str, nick: &str) -> Input {
-    Input::Presence {
-        from: from.parse().unwrap(),
-        nick: Nick::new(nick).unwrap(),
-        join: Some(JoinRequest::default()),
-        payload: Payload::default(),
-    }
-}
-
-fn say(from: &str, body: &str) -> Input {
-    let payload = Payload::from_xml(&format!("<body xmlns='jabber:client'>{body}</body>")).unwrap();
-    Input::Groupchat {
-        from: from.parse().unwrap(),
-        id: None,
-        subject: None,
-        has_body: true,
-        payload,
-        size: body.len() + 100,
-    }
-}
-
-fn frame(frame: master_frame::Frame) -> pb::MasterFrame {
-    pb::MasterFrame { frame: Some(frame) }
-}
-
-async fn open(
-    addr: std::net::SocketAddr,
-    hello: pb::Hello,
-) -> Result<(mpsc::Sender<pb::MasterFrame>, Streaming<pb::PeerFrame>)> {
-    let mut client = PeeringClient::connect(format!("http://{addr}")).await?;
-    let (tx, rx) = mpsc::channel(64);
-    tx.send(frame(master_frame::Frame::Hello(hello))).await?;
-    let replies = client
-        .replicate(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    Ok((tx, replies))
-}
-
-impl Master {
-    /// Opens a stream, is welcomed, and replicates a room where alice
-    /// (a.test) is alone.
-    async fn connect(addr: std::net::SocketAddr) -> Result<Master> {
-        let (frames, mut replies) = open(addr, dmuc_protocol::hello("conference.a.test")).await?;
-        match next(&mut replies).await? {
-            peer_frame::Frame::Welcome(w) => {
-                assert_eq!(w.domain, "b.test");
-                assert_eq!(w.peer_jid, PEER);
-                assert_eq!(w.features, dmuc_protocol::feature::ALL);
-            }
-            other => bail!("expected welcome, got {other:?}"),
-        }
-        let mut master = Master {
-            room: Room::new(ROOM.parse::<BareJid>()?, settings()),
-            seq: 0,
-            now: 1_700_000_000_000,
-            frames,
-            replies,
-        };
-        master.handle(join(ALICE, "alice"));
-        let start = SlaveStart {
-            snapshot: master.room.snapshot(),
-            seq: master.seq,
-            deliver_after: master.seq,
-        };
-        master
-            .send(master_frame::Frame::Create(pb::CreateSlave::from(&start)))
-            .await?;
-        Ok(master)
-    }
-
-    /// Feeds the master's own room; returns the event as replicated.
-    fn handle(&mut self, input: Input) -> (RoomEvent, Vec<Action>) {
-        self.seq += 1;
-        self.now += 1000;
-        let event = RoomEvent {
-            room: self.room.jid().clone(),
-            seq: self.seq,
-            now: Timestamp(self.now),
-            input: input.clone(),
-        };
-        (event, self.room.handle(input, Timestamp(self.now)))
-    }
-
-    async fn send(&self, f: master_frame::Frame) -> Result<()> {
-        Ok(self.frames.send(frame(f)).await?)
-    }
-
-    async fn events(&self, events: &[&RoomEvent]) -> Result<()> {
-        let batch = pb::EventBatch {
-            events: events.iter().map(|e| pb::Event::from(*e)).collect(),
-        };
-        self.send(master_frame::Frame::Events(batch)).await
-    }
-
-    /// Waits for the (cumulative) ack of `seq`.
-    async fn acked(&mut self, seq: u64) -> Result<()> {
-        loop {
-            match next(&mut self.replies).await? {
-                peer_frame::Frame::Ack(ack) if ack.room == ROOM && ack.seq >= seq => {
-                    assert_eq!(ack.seq, seq, "acked beyond what was sent");
-                    return Ok(());
-                }
-                peer_frame::Frame::Ack(_) => {}
-                other => bail!("expected ack {seq}, got {other:?}"),
-            }
-        }
-    }
-}
-
-async fn next(replies: &mut Streaming<pb::PeerFrame>) -> Result<peer_frame::Frame> {
-    tokio::time::timeout(WAIT, replies.message())
-        .await
-        .context("no frame from the peerhost")??
-        .and_then(|f| f.frame)
-        .context("stream ended")
-}
-
-/// The stanza id the master's room gave a groupchat.
-fn stanza_id(actions: &[Action]) -> String {
-    actions
-        .iter()
-        .find_map(|a| match a {
-            Action::Send {
-                stanza: Outgoing::Groupchat(m),
-                ..
-            } => Some(m.stanza_id.to_string()),
-            _ => None,
-        })
-        .expect("a groupchat")
-}
-
-fn has_stanza_id(el: &Element, id: &str) -> bool {
-    stanza::is_message(el)
-        && el
-            .get_child("stanza-id", NS_SID)
-            .is_some_and(|s| s.attr("id") == Some(id) && s.attr("by") == Some(ROOM))
-}
-
-async fn start() -> Result<(
-    Testbed,
-    std::net::SocketAddr,
-    CancellationToken,
-    tokio::task::JoinHandle<Result<(), dmuc_peerhost::Error>>,
-)> {
-    let testbed = Testbed::start(
-        TestbedOptions::new()
-            .with_domain(DomainOptions::new("a.test"))
-            .with_domain(
-                DomainOptions::new("b.test").with_unvalidated_component(PEER, "peer-secret"),
-            ),
-    )
-    .await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let config = Config::parse(
-        &format!(
-            "[component]\njid = '{PEER}'\nserver = '{}'\nsecret = '{}'\n\
-             [peering]\nlisten = '{addr}'\nendpoint = 'http://{addr}'\n",
-            testbed.component_addr("b.test")?,
-            testbed.component_secret(PEER)?,
-        ),
-        None,
-    )?;
-    let shutdown = CancellationToken::new();
-    let peerhost = tokio::spawn(dmuc_peerhost::run(config, listener, shutdown.clone()));
-    Ok((testbed, addr, shutdown, peerhost))
+/// The testbed and an in-process peerhost with a fresh database; the
+/// directory holding it lives as long as the test.
+async fn start() -> Result<(Testbed, Peerhost, tempfile::TempDir)> {
+    let testbed = common::testbed().await?;
+    let dir = tempfile::tempdir()?;
+    let peerhost = Peerhost::start(&testbed, &dir.path().join("peerhost.sqlite")).await?;
+    Ok((testbed, peerhost, dir))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slave_delivers_the_masters_events_to_its_domain() -> Result<()> {
-    let (testbed, addr, shutdown, peerhost) = start().await?;
+    let (testbed, peerhost, _dir) = start().await?;
     let mut bob: Client = testbed.client("b.test", "bob").await?;
-    let mut master = Master::connect(addr).await?;
+    let mut master = Master::connect(peerhost.addr).await?;
 
     // Bob joins (the master got his presence over s2s, say): the slave
     // renders his whole join sequence.
@@ -274,16 +70,25 @@ async fn a_slave_delivers_the_masters_events_to_its_domain() -> Result<()> {
     bob.expect_none_pending("the first message twice", |e| has_stanza_id(e, &id))?;
     master.acked(again.seq).await?;
 
-    // A gap: the slave asks for a resync from what it has.
-    let (_lost, _) = master.handle(say(ALICE, "lost"));
-    let (after_gap, _) = master.handle(say(ALICE, "after the gap"));
+    // A gap: the slave asks for a resync from what it has, and stalls.
+    let (lost, actions) = master.handle(say(ALICE, "lost"));
+    let lost_id = stanza_id(&actions);
+    let (after_gap, actions) = master.handle(say(ALICE, "after the gap"));
+    let after_gap_id = stanza_id(&actions);
     master.events(&[&after_gap]).await?;
-    match next(&mut master.replies).await? {
-        peer_frame::Frame::Resync(r) => {
-            assert_eq!((r.room.as_str(), r.have_seq), (ROOM, again.seq));
-        }
-        other => bail!("expected resync, got {other:?}"),
-    }
+    assert_eq!(master.resync().await?, (ROOM.to_owned(), again.seq));
+
+    // The master still has the events: it resumes the slave, which goes on
+    // from its state.
+    master.resume(ROOM, again.seq).await?;
+    master.events(&[&lost, &after_gap]).await?;
+    bob.expect("the lost message", |e| has_stanza_id(e, &lost_id))
+        .await?;
+    bob.expect("the message after the gap", |e| {
+        has_stanza_id(e, &after_gap_id)
+    })
+    .await?;
+    master.acked(after_gap.seq).await?;
 
     // Events for a room without a slave: a resync from nothing.
     let mut stray = after_gap.clone();
@@ -309,18 +114,17 @@ async fn a_slave_delivers_the_masters_events_to_its_domain() -> Result<()> {
     );
 
     drop(master);
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, peerhost).await???;
-    Ok(())
+    peerhost.stop().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsupported_version_is_refused() -> Result<()> {
-    let (_testbed, addr, shutdown, peerhost) = start().await?;
+    let (_testbed, peerhost, _dir) = start().await?;
+    let addr = peerhost.addr;
     let hello = pb::Hello {
         min_version: 2,
         max_version: 3,
-        ..dmuc_protocol::hello("conference.a.test")
+        ..dmuc_protocol::hello(MASTER)
     };
     let (_frames, mut replies) = open(addr, hello).await?;
     match next(&mut replies).await? {
@@ -349,9 +153,7 @@ async fn an_unsupported_version_is_refused() -> Result<()> {
         other => bail!("expected refused, got {other:?}"),
     }
 
-    shutdown.cancel();
-    tokio::time::timeout(WAIT, peerhost).await???;
-    Ok(())
+    peerhost.stop().await
 }
 
 /// How a master finds b.test's peerhost, over real s2s: b.test's server
@@ -359,7 +161,8 @@ async fn an_unsupported_version_is_refused() -> Result<()> {
 /// has the dmuc feature, the endpoint and the domain it serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn masters_find_the_peerhost_through_service_discovery() -> Result<()> {
-    let (testbed, addr, shutdown, peerhost) = start().await?;
+    let (testbed, peerhost, _dir) = start().await?;
+    let addr = peerhost.addr;
     let mut alice: Client = testbed.client("a.test", "alice").await?;
     alice.wait_for_service(PEER, WAIT).await?;
 
@@ -403,7 +206,5 @@ async fn masters_find_the_peerhost_through_service_discovery() -> Result<()> {
         Some(vec!["b.test".to_owned()])
     );
 
-    shutdown.cancel();
-    peerhost.await??;
-    Ok(())
+    peerhost.stop().await
 }
