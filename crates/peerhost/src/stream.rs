@@ -4,7 +4,7 @@
 //! ```text
 //!  master ══ MasterFrame ══▶ stream task ── Hello ─▶ negotiate ─▶ Refused + end
 //!                               │   └─▶ supersede the master's older stream, load its stored
-//!                               │       slaves (Dormant) ─▶ Welcome, then Resync{room, have_seq} each
+//!                               │       slaves (Dormant) ─▶ Welcome{resumable: room, seq each}
 //!                               │ CreateSlave ─▶ Slave::create (replaces the room's slave or dormant state)
 //!                               │ Resume      ─▶ Slave::resume (dormant) | resume_here (stalled) | Resync{0}
 //!                               │ EventBatch  ─▶ each event to its room's slave, in order
@@ -230,7 +230,9 @@ async fn serve(
     frames: mpsc::Sender<Result<pb::PeerFrame, Status>>,
 ) {
     let end = service.shutdown.child_token();
-    let Some((up, master, held)) = welcome(&service, &mut inbound, &frames, &end).await else {
+    let Some((up, master, held, mut welcome)) =
+        welcome(&service, &mut inbound, &frames, &end).await
+    else {
         return;
     };
     let mut stream = StreamState {
@@ -241,7 +243,10 @@ async fn serve(
         dormant: HashMap::new(),
         resync_asked: HashSet::new(),
     };
-    stream.resume_stored().await;
+    welcome.resumable = stream.resume_stored().await;
+    if !stream.up.send(peer_frame::Frame::Welcome(welcome)).await {
+        return;
+    }
     loop {
         let message = tokio::select! {
             biased;
@@ -275,14 +280,15 @@ async fn serve(
     debug!("stream ended");
 }
 
-/// Reads the `Hello` and answers it: the stream's terms, its master and its
-/// hold on the master, or `None` once it has been refused (or has ended).
+/// Reads the `Hello`: the stream's terms, its master, its hold on the
+/// master and the `Welcome` to send, or `None` once it has been refused
+/// (or has ended).
 async fn welcome(
     service: &PeeringService,
     inbound: &mut Streaming<pb::MasterFrame>,
     frames: &mpsc::Sender<Result<pb::PeerFrame, Status>>,
     end: &CancellationToken,
-) -> Option<(Upstream, BareJid, Held)> {
+) -> Option<(Upstream, BareJid, Held, pb::Welcome)> {
     let first = tokio::select! {
         _ = end.cancelled() => return None,
         m = inbound.message() => m,
@@ -333,9 +339,7 @@ async fn welcome(
         keepalive_echo: agreed.features.iter().any(|f| f == feature::KEEPALIVE_ECHO),
         end: end.clone(),
     };
-    up.send(peer_frame::Frame::Welcome(welcome))
-        .await
-        .then_some((up, master, held))
+    Some((up, master, held, welcome))
 }
 
 /// One accepted stream: its terms, its master and its slaves.
@@ -353,14 +357,15 @@ struct StreamState<'a> {
 }
 
 impl StreamState<'_> {
-    /// Right after `Welcome`: the master's stored slaves become dormant and
-    /// a `Resync` asks the master about each. Without "resync" agreed the
-    /// master cannot resume them: their stored state is dropped.
-    async fn resume_stored(&mut self) {
+    /// Before `Welcome`: the master's stored slaves become dormant, to be
+    /// listed in `Welcome.resumable` so that the master answers each
+    /// (`Resume`, `CreateSlave` or `DestroySlave`). Without "resync" agreed
+    /// the master cannot resume them: their stored state is dropped.
+    async fn resume_stored(&mut self) -> Vec<pb::Resumable> {
         let store = &self.service.store;
         if !self.up.resync {
             store.writer().delete_master(&self.master).await;
-            return;
+            return Vec::new();
         }
         // What an earlier stream of this master saved is queued: let it land.
         let loaded = match store.writer().flush().await {
@@ -371,16 +376,21 @@ impl StreamState<'_> {
             Ok(stored) => stored,
             Err(e) => {
                 error!(error = %e, "cannot load stored slaves: the master will recreate them");
-                return;
+                return Vec::new();
             }
         };
+        let mut resumable = Vec::new();
         for stored in stored {
             let dormant = Dormant::load(stored, self.service.domain.as_str());
             let room = dormant.room().clone();
-            info!(room = %room, have_seq = dormant.seq(), "stored slave: asking to resume");
-            self.up.resync(&room, dormant.seq()).await;
+            info!(room = %room, seq = dormant.seq(), "stored slave: offering to resume");
+            resumable.push(pb::Resumable {
+                room: room.to_string(),
+                seq: dormant.seq(),
+            });
             self.dormant.insert(room, dormant);
         }
+        resumable
     }
 
     /// Acts on one frame after the `Hello`; an error ends the stream.

@@ -1,6 +1,6 @@
 //! Slaves outlive their stream and their process: the peerhost stores them
 //! (`[storage] path`), and when their master's next stream starts it asks
-//! to resume each with `Resync { room, have_seq }` right after `Welcome`.
+//! to resume each in `Welcome.resumable`.
 //! The master answers with `Resume` and the events after `have_seq`, and bob
 //! (b.test) receives exactly the events he had not had, once.
 //!
@@ -56,7 +56,7 @@ async fn a_restarted_peerhost_resumes_its_slaves() -> Result<()> {
     let peerhost = Peerhost::start(&testbed, &db).await?;
     bob.wait_for_service(PEER, WAIT).await?;
     master.reconnect(peerhost.addr).await?;
-    assert_eq!(master.resync().await?, (ROOM.to_owned(), before.seq));
+    assert_eq!(master.offered(), [(ROOM.to_owned(), before.seq)]);
     master.resume(ROOM, missed.seq).await?;
     // From `have_seq + 1`; an event it had already is dropped too.
     master.events(&[&before, &missed, &after]).await?;
@@ -76,7 +76,7 @@ async fn a_restarted_peerhost_resumes_its_slaves() -> Result<()> {
     // the old one open) resumes it too: the peerhost ends the old stream
     // first, and its slave saves its state.
     let (_old_frames, mut old_replies) = master.reconnect(peerhost.addr).await?;
-    assert_eq!(master.resync().await?, (ROOM.to_owned(), after.seq));
+    assert_eq!(master.offered(), [(ROOM.to_owned(), after.seq)]);
     ended(&mut old_replies).await?;
     master.resume(ROOM, after.seq).await?;
     let (last, actions) = master.handle(say(ALICE, "after the reconnect"));
@@ -144,7 +144,7 @@ async fn a_killed_peerhost_resumes_from_its_event_log() -> Result<()> {
     peerhost.restart()?;
     bob.wait_for_service(PEER, WAIT).await?;
     master.reconnect(peerhost.addr).await?;
-    assert_eq!(master.resync().await?, (ROOM.to_owned(), last));
+    assert_eq!(master.offered(), [(ROOM.to_owned(), last)]);
     master.resume(ROOM, missed.seq).await?;
     master.events(&[&missed, &after]).await?;
     bob.expect("the message after the crash", |e| {
@@ -183,6 +183,7 @@ async fn unknown_destroyed_and_unresumable_rooms_are_not_resumed() -> Result<()>
     assert_eq!(stored(&db).await?, []);
     let peerhost = Peerhost::start(&testbed, &db).await?;
     master.reconnect(peerhost.addr).await?;
+    assert!(master.offered().is_empty());
     master.echoed(3).await?;
 
     // A master without "resync" cannot resume: its stored rooms are dropped.

@@ -48,6 +48,8 @@ pub struct Master {
     now: i64,
     frames: mpsc::Sender<pb::MasterFrame>,
     pub replies: Streaming<pb::PeerFrame>,
+    /// What the last `Welcome` offered to resume.
+    offered: Vec<(String, u64)>,
 }
 
 fn settings() -> RoomSettings {
@@ -108,30 +110,30 @@ pub async fn open(
     Ok((tx, replies))
 }
 
-/// Opens a stream with `hello` and checks the peerhost's `Welcome`.
-async fn welcomed(
-    addr: SocketAddr,
-    hello: pb::Hello,
-) -> Result<(mpsc::Sender<pb::MasterFrame>, Streaming<pb::PeerFrame>)> {
+/// Opens a stream with `hello` and checks the peerhost's `Welcome`; also
+/// returns the slaves it offers to resume.
+async fn welcomed(addr: SocketAddr, hello: pb::Hello) -> Result<(Stream, Vec<(String, u64)>)> {
     let features = hello.features.clone();
     let (frames, mut replies) = open(addr, hello).await?;
-    match next(&mut replies).await? {
+    let offered = match next(&mut replies).await? {
         peer_frame::Frame::Welcome(w) => {
             assert_eq!(w.domain, "b.test");
             assert_eq!(w.peer_jid, PEER);
             assert_eq!(w.features, features);
+            w.resumable.into_iter().map(|r| (r.room, r.seq)).collect()
         }
         other => bail!("expected welcome, got {other:?}"),
-    }
-    Ok((frames, replies))
+    };
+    Ok(((frames, replies), offered))
 }
 
 impl Master {
     /// Opens a stream, is welcomed, and replicates a room where alice
     /// (a.test) is alone.
     pub async fn connect(addr: SocketAddr) -> Result<Master> {
-        let (frames, replies) = welcomed(addr, dmuc_protocol::hello(MASTER)).await?;
+        let ((frames, replies), offered) = welcomed(addr, dmuc_protocol::hello(MASTER)).await?;
         let mut master = Master {
+            offered,
             room: Room::new(ROOM.parse::<BareJid>()?, settings()),
             seq: 0,
             now: 1_700_000_000_000,
@@ -146,7 +148,8 @@ impl Master {
     /// Opens a new stream, welcomed with `hello`, and uses it from now on;
     /// returns the old one (dropping it closes it).
     pub async fn reconnect_with(&mut self, addr: SocketAddr, hello: pb::Hello) -> Result<Stream> {
-        let new = welcomed(addr, hello).await?;
+        let (new, offered) = welcomed(addr, hello).await?;
+        self.offered = offered;
         let frames = std::mem::replace(&mut self.frames, new.0);
         let replies = std::mem::replace(&mut self.replies, new.1);
         Ok((frames, replies))
@@ -205,6 +208,11 @@ impl Master {
     /// The next frame from the peerhost.
     pub async fn next(&mut self) -> Result<peer_frame::Frame> {
         next(&mut self.replies).await
+    }
+
+    /// The slaves the peerhost offered to resume in its last `Welcome`.
+    pub fn offered(&self) -> &[(String, u64)] {
+        &self.offered
     }
 
     /// The next frame, which must be a `Resync`: its room and `have_seq`.
