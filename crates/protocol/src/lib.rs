@@ -20,6 +20,9 @@
 //!   [`pb::Hello`].
 //! - [`ProtocolError`]: what a malformed frame is, naming the bad field; it
 //!   maps to a `tonic::Status` for the remote peer.
+//! - [`tls`]: mutual TLS of the link: loading the `[peering]` PEM files,
+//!   the tonic client and server configurations, and the names in a peer's
+//!   certificate ([`tls::cert_matches_jid`]); its own [`tls::TlsError`].
 //! - here: [`PROTOCOL_VERSION`], the optional [`feature`]s, and the
 //!   [`hello()`] this build sends.
 //!
@@ -32,7 +35,8 @@
 //!                ◀─── PeerFrame stream: Ack / Resync ───
 //! ```
 //!
-//! Nothing here does I/O: the master and peerhost crates own the streams.
+//! Nothing here does network I/O: the master and peerhost crates own the
+//! streams; [`tls`] reads its PEM files and the system's root store.
 //!
 //! Frame size: tonic refuses messages over 4 MiB by default. A `CreateSlave`
 //! carries the room's whole history with payloads, which can exceed that;
@@ -42,6 +46,7 @@
 pub mod convert;
 mod error;
 mod negotiate;
+pub mod tls;
 
 /// The generated protobuf messages and gRPC client and server of
 /// `dmuc.peering.v1`.

@@ -60,6 +60,9 @@ pub enum Error {
     /// A conformance check failed.
     #[error("check failed: {0}")]
     Check(String),
+    /// The test PKI could not make a key or certificate.
+    #[error("test pki: {0}")]
+    Pki(#[from] rcgen::Error),
 }
 
 impl Error {

@@ -12,6 +12,7 @@
 //! stream.rs     XML stream framing (rxml push parser → minidom elements)
 //! client.rs     Client: SASL PLAIN, bind, send raw/typed, expect(pred) with timeout
 //! stanza.rs     namespaces and read-only stanza inspection helpers
+//! pki.rs        TestCa: a throw-away CA (rcgen) issuing PEM certificates for TLS tests
 //! muc.rs        XEP-0045 helpers on Client: join sequence, config, admin, groupchat
 //! scenarios/    the conformance scenarios, Ctx (service under test + expectations)
 //! demo.rs       the demo's scripted conversation (run_script → Transcript)
@@ -66,6 +67,7 @@ pub mod demo;
 pub mod distributed;
 mod error;
 mod muc;
+pub mod pki;
 mod process;
 mod prosody;
 pub mod relay;
