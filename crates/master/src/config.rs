@@ -36,6 +36,10 @@
 //! missing_ttl_secs = 300         # how long "no peerhost" is believed
 //! discovery_timeout_ms = 5000    # a joiner waits at most this (twice) the first time
 //! slave_grace_secs = 30          # a slave outlives its domain's last occupant
+//! tls_cert = "/etc/dmuc/master.crt"   # mutual TLS towards peerhosts: this
+//! tls_key = "/etc/dmuc/master.key"    #   service's certificate (valid for its JID)
+//! tls_ca = "/etc/dmuc/peers-ca.crt"   #   and the peerhosts' roots (default: system)
+//! allow_plaintext = false        # also dial http:// endpoints (trusted networks only)
 //!
 //! [[peering.peer]]               # static peerhosts: no discovery for their domain
 //! domain = "b.test"
@@ -49,6 +53,7 @@ use serde::Deserialize;
 
 use dmuc_component::settings::{ComponentSection, LogSection, SECRET_ENV, SettingsError};
 
+use dmuc_protocol::tls::TlsFiles;
 use jid::BareJid;
 
 use crate::Error;
@@ -81,6 +86,10 @@ pub struct PeeringSection {
     pub missing_ttl_secs: u64,
     pub discovery_timeout_ms: u64,
     pub slave_grace_secs: u64,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub allow_plaintext: bool,
     pub peer: Vec<StaticPeer>,
 }
 
@@ -92,6 +101,10 @@ impl Default for PeeringSection {
             missing_ttl_secs: 300,
             discovery_timeout_ms: 5000,
             slave_grace_secs: 30,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            allow_plaintext: false,
             peer: Vec::new(),
         }
     }
@@ -107,6 +120,16 @@ pub struct StaticPeer {
 }
 
 impl PeeringSection {
+    /// The TLS files, if TLS is configured.
+    pub fn tls(&self) -> Result<Option<TlsFiles>, Error> {
+        TlsFiles::from_keys(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_ca.as_deref(),
+        )
+        .map_err(Error::Config)
+    }
+
     /// The static peerhosts, checked.
     pub fn targets(&self) -> Result<Vec<PeerTarget>, Error> {
         self.peer
@@ -262,6 +285,7 @@ impl Config {
             return bad("peering.discovery_timeout_ms", "must be positive");
         }
         self.peering.targets()?;
+        self.peering.tls()?;
         if l.rate_per_second > 0 && l.rate_burst == 0 {
             return bad(
                 "limits.rate_burst",

@@ -92,6 +92,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         Multicast::Off => None,
     };
     let home = link_config.parent_domain();
+    let tls = match config.peering.tls()? {
+        Some(files) => Some(
+            files
+                .load()
+                .map_err(|e| Error::Config(format!("peering: {e}")))?,
+        ),
+        None => None,
+    };
     let link_shutdown = CancellationToken::new();
     let link = dmuc_component::spawn(link_config, link_shutdown.clone())?;
     let service = Service::new(
@@ -110,6 +118,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 timeout: Duration::from_millis(config.peering.discovery_timeout_ms),
                 slave_grace: Duration::from_secs(config.peering.slave_grace_secs),
                 static_peers: config.peering.targets()?,
+                tls: tls.map(Arc::new),
+                allow_plaintext: config.peering.allow_plaintext,
             },
         },
         link.handle,

@@ -8,9 +8,11 @@
 //! slave, not the master, serves that join and every later one.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dmuc_component::{Inbound, InvalidStanza, LinkHandle};
+use dmuc_protocol::tls::LoadedTls;
 use dmuc_room::event::StanzaKind;
 use dmuc_room::{Condition, Input, Outgoing, Room, RoomSettings, StoredRoom};
 use jid::{BareJid, FullJid, Jid};
@@ -22,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use xmpp_parsers::ns;
 
+use crate::peering::conn::{PeerContext, Submitted};
 use crate::peering::iq::Requests;
 use crate::peering::{Directory, PeerHandle, PeerTarget, conn, discovery};
 use crate::room_task::{self, Listing, RoomContext, RoomEvent, RoomHandle};
@@ -69,6 +72,10 @@ pub struct PeeringOptions {
     pub slave_grace: Duration,
     /// Peerhosts named by configuration.
     pub static_peers: Vec<PeerTarget>,
+    /// Mutual TLS towards peerhosts.
+    pub tls: Option<Arc<LoadedTls>>,
+    /// Whether plaintext (`http://`) peerhosts may be used.
+    pub allow_plaintext: bool,
 }
 
 /// What discovery tasks report.
@@ -114,6 +121,8 @@ pub struct Service {
     found: mpsc::UnboundedReceiver<Found>,
     /// Ends the peer tasks, once the rooms are done.
     peers_shutdown: CancellationToken,
+    peer_context: Arc<PeerContext>,
+    submissions: mpsc::UnboundedReceiver<Submitted>,
 }
 
 impl std::fmt::Debug for Service {
@@ -138,11 +147,18 @@ impl Service {
         let (found_tx, found) = mpsc::unbounded_channel();
         let directory = Directory::default();
         let peers_shutdown = CancellationToken::new();
+        let (submitted, submissions) = mpsc::unbounded_channel();
+        let peer_context = Arc::new(PeerContext {
+            master_jid: config.domain.clone(),
+            tls: config.peering.tls.clone(),
+            allow_plaintext: config.peering.allow_plaintext,
+            submissions: submitted,
+        });
         let mut known = HashMap::new();
         for target in &config.peering.static_peers {
             directory.insert(conn::spawn(
                 target.clone(),
-                config.domain.clone(),
+                peer_context.clone(),
                 peers_shutdown.clone(),
             ));
             known.insert(target.domain.clone(), None);
@@ -164,6 +180,8 @@ impl Service {
             found_tx,
             found,
             peers_shutdown,
+            peer_context,
+            submissions,
             rooms: HashMap::new(),
             listings: BTreeMap::new(),
             created_by: HashMap::new(),
@@ -212,6 +230,10 @@ impl Service {
                 _ = shutdown.cancelled() => break,
                 Some(event) = self.events.recv() => self.on_room_event(event).await,
                 Some(found) = self.found.recv() => self.on_found(found).await,
+                Some(Submitted { room, input }) = self.submissions.recv() => {
+                    let creates = matches!(&input, Input::Presence { join: Some(_), .. });
+                    self.dispatch(room, input, creates).await;
+                }
                 item = inbound.recv() => match item {
                     Some(Inbound::Stanza(el)) => self.on_stanza(el).await,
                     Some(Inbound::Invalid(bad)) => self.on_invalid(bad).await,
@@ -394,7 +416,7 @@ impl Service {
                     {
                         let handle = conn::spawn(
                             target,
-                            self.config.domain.clone(),
+                            self.peer_context.clone(),
                             self.peers_shutdown.clone(),
                         );
                         self.ctx.directory.insert(handle.clone());

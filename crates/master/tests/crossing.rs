@@ -39,7 +39,7 @@ struct Row {
 
 /// A counted system under test.
 enum System {
-    Dmuc(Distributed),
+    Dmuc(Box<Distributed>),
     Prosody(Testbed),
 }
 
@@ -86,7 +86,7 @@ async fn dmuc() -> System {
     )
     .await
     .expect("system starts");
-    System::Dmuc(system)
+    System::Dmuc(Box::new(system))
 }
 
 async fn prosody() -> System {

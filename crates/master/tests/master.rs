@@ -29,6 +29,7 @@ impl Bed {
             log_filter: "info,dmuc_master=debug".into(),
             extra_toml: extra_toml.into(),
             multicast: false,
+            ..MasterSetup::default()
         };
         let (testbed, master) =
             start_dmuc_testbed(MASTER, TestbedOptions::default(), &setup).await?;

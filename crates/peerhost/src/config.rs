@@ -7,8 +7,12 @@
 //! secret = "..."                 # or set DMUC_COMPONENT_SECRET
 //!
 //! [peering]
-//! listen = "0.0.0.0:7443"        # gRPC (plain TCP in this version)
-//! endpoint = "http://peer.b.test:7443"   # advertised in disco#info (optional)
+//! listen = "0.0.0.0:7443"        # gRPC; plaintext without tls_cert
+//! endpoint = "https://peer.b.test:7443"  # advertised in disco#info (optional)
+//! tls_cert = "/etc/dmuc/peerhost.crt"    # mutual TLS: this peerhost's certificate,
+//! tls_key = "/etc/dmuc/peerhost.key"     #   valid for its JID, and the roots masters'
+//! tls_ca = "/etc/dmuc/masters-ca.crt"    #   certificates chain to (default: system)
+//! masters = ["conference.a.test"]        # masters served (default: any)
 //!
 //! [storage]
 //! path = "/var/lib/dmuc-peerhost/peerhost.sqlite"   # the slaves' state (SQLite)
@@ -27,6 +31,8 @@ use std::path::{Path, PathBuf};
 use dmuc_component::settings::{ComponentSection, LogSection, SECRET_ENV, SettingsError};
 use jid::BareJid;
 use serde::Deserialize;
+
+use dmuc_protocol::tls::TlsFiles;
 
 use crate::Error;
 
@@ -50,6 +56,42 @@ pub struct PeeringSection {
     /// advertised in disco#info; without it masters need it in their own
     /// configuration.
     pub endpoint: Option<String>,
+    /// This peerhost's certificate (valid for its JID), its key, and the
+    /// roots masters' certificates must chain to (default: the system's).
+    /// Without them the listener speaks plaintext gRPC.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    /// The masters (MUC service JIDs) served; empty: any (with TLS, any
+    /// with a valid certificate).
+    #[serde(default)]
+    pub masters: Vec<String>,
+}
+
+impl PeeringSection {
+    /// The TLS files, if TLS is configured.
+    pub fn tls(&self) -> Result<Option<TlsFiles>, Error> {
+        TlsFiles::from_keys(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_ca.as_deref(),
+        )
+        .map_err(Error::Config)
+    }
+
+    /// The allow-list of masters, checked.
+    pub fn masters(&self) -> Result<Vec<BareJid>, Error> {
+        self.masters
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                m.parse::<BareJid>()
+                    .ok()
+                    .filter(|j| j.node().is_none())
+                    .ok_or_else(|| Error::Config(format!("peering.masters[{i}]: must be a domain")))
+            })
+            .collect()
+    }
 }
 
 /// `[storage]`: where the slaves' state is kept, so that they resume after
@@ -86,6 +128,8 @@ impl Config {
             )
             .into());
         }
+        config.peering.tls()?;
+        config.peering.masters()?;
         if config.storage.path.as_os_str().is_empty() {
             return Err(SettingsError::new("storage.path", "must not be empty").into());
         }

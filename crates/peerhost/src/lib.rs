@@ -68,7 +68,7 @@ use crate::disco::Advertised;
 use crate::store::Store;
 
 pub use config::Config;
-pub use stream::PeeringService;
+pub use stream::{MasterPolicy, PeeringService};
 
 /// Largest frame accepted from a master. A `CreateSlave` carries the room's
 /// whole history with payloads: 100 messages of up to 64 KiB, with room to
@@ -162,15 +162,35 @@ pub async fn run(
         advertised,
     ));
 
+    let tls = match config.peering.tls()? {
+        Some(files) => Some(
+            files
+                .load()
+                .map_err(|e| Error::Config(format!("peering: {e}")))?,
+        ),
+        None => {
+            warn!("no [peering] tls_cert: plaintext gRPC, keep it on a trusted network");
+            None
+        }
+    };
+    let policy = MasterPolicy {
+        tls: tls.is_some(),
+        allowed: config.peering.masters()?,
+    };
     let service = PeeringService::new(
         peer_jid,
         domain,
         link.handle,
         store.clone(),
+        policy,
         shutdown.clone(),
     );
     let streams = service.streams();
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder.tls_config(dmuc_protocol::tls::server_config(tls))?;
+    }
+    let server = builder
         .add_service(PeeringServer::new(service).max_decoding_message_size(MAX_FRAME_BYTES))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),

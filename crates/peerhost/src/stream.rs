@@ -31,6 +31,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use dmuc_component::LinkHandle;
 use dmuc_protocol::pb::peering_server::Peering;
 use dmuc_protocol::pb::{self, master_frame, peer_frame};
+use dmuc_protocol::tls;
 use dmuc_protocol::{ProtocolError, RoomEvent, SUPPORTED_VERSIONS, SlaveStart, feature, negotiate};
 use jid::BareJid;
 use prost::Message;
@@ -62,6 +63,32 @@ pub struct PeeringService {
     shutdown: CancellationToken,
     streams: TaskTracker,
     masters: Masters,
+    policy: Arc<MasterPolicy>,
+}
+
+/// Which masters the peerhost serves.
+#[derive(Debug, Clone, Default)]
+pub struct MasterPolicy {
+    /// Streams come over mutual TLS: a master may only say, in `Hello`, a
+    /// JID its certificate is valid for.
+    pub tls: bool,
+    /// The masters served; empty: any (with TLS: any with a valid
+    /// certificate).
+    pub allowed: Vec<BareJid>,
+}
+
+impl MasterPolicy {
+    /// Why `master` (whose certificate holds `names`, with TLS) is not
+    /// served, if it is not.
+    pub fn refuses(&self, master: &BareJid, names: Option<&[String]>) -> Option<&'static str> {
+        if self.tls && !names.is_some_and(|n| tls::cert_matches_jid(n, master.as_str())) {
+            return Some("hello.master_jid: not a name of the master's certificate");
+        }
+        if !self.allowed.is_empty() && !self.allowed.contains(master) {
+            return Some("hello.master_jid: not a master this peerhost serves");
+        }
+        None
+    }
 }
 
 impl PeeringService {
@@ -70,9 +97,11 @@ impl PeeringService {
         domain: BareJid,
         link: LinkHandle,
         store: Store,
+        policy: MasterPolicy,
         shutdown: CancellationToken,
     ) -> Self {
         PeeringService {
+            policy: Arc::new(policy),
             peer_jid,
             domain,
             link,
@@ -98,10 +127,21 @@ impl Peering for PeeringService {
         request: Request<Streaming<pb::MasterFrame>>,
     ) -> Result<Response<Frames>, Status> {
         let remote = request.remote_addr();
+        let names = if self.policy.tls {
+            match tls::client_names(&request) {
+                Ok(names) => Some(names),
+                Err(e) => {
+                    warn!(remote = ?remote, error = %e, "stream refused: no usable client certificate");
+                    return Err(Status::unauthenticated("a client certificate is required"));
+                }
+            }
+        } else {
+            None
+        };
         let (tx, rx) = mpsc::channel(OUTBOUND);
         let span = info_span!("stream", remote = ?remote, master = tracing::field::Empty);
         self.streams
-            .spawn(serve(self.clone(), request.into_inner(), tx).instrument(span));
+            .spawn(serve(self.clone(), request.into_inner(), names, tx).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -227,11 +267,12 @@ impl Drop for Held {
 async fn serve(
     service: PeeringService,
     mut inbound: Streaming<pb::MasterFrame>,
+    names: Option<Vec<String>>,
     frames: mpsc::Sender<Result<pb::PeerFrame, Status>>,
 ) {
     let end = service.shutdown.child_token();
     let Some((up, master, held, mut welcome)) =
-        welcome(&service, &mut inbound, &frames, &end).await
+        welcome(&service, &mut inbound, names.as_deref(), &frames, &end).await
     else {
         return;
     };
@@ -286,6 +327,7 @@ async fn serve(
 async fn welcome(
     service: &PeeringService,
     inbound: &mut Streaming<pb::MasterFrame>,
+    names: Option<&[String]>,
     frames: &mpsc::Sender<Result<pb::PeerFrame, Status>>,
     end: &CancellationToken,
 ) -> Option<(Upstream, BareJid, Held, pb::Welcome)> {
@@ -320,6 +362,10 @@ async fn welcome(
         }
     };
     tracing::Span::current().record("master", hello.master_jid.as_str());
+    if let Some(why) = service.policy.refuses(&master, names) {
+        refuse(why.into()).await;
+        return None;
+    }
     let agreed = match negotiate(&hello, SUPPORTED_VERSIONS, feature::ALL) {
         Ok(agreed) => agreed,
         Err(e) => {

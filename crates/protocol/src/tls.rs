@@ -202,6 +202,26 @@ pub enum TlsError {
 }
 
 impl TlsFiles {
+    /// From the `[peering]` keys `tls_cert`, `tls_key` and `tls_ca`: both
+    /// of the first two, or none of the three (no TLS). The error names
+    /// the key that is missing.
+    pub fn from_keys(
+        cert: Option<&Path>,
+        key: Option<&Path>,
+        ca: Option<&Path>,
+    ) -> Result<Option<TlsFiles>, String> {
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+                ca: ca.map(Path::to_owned),
+            })),
+            (None, None) if ca.is_none() => Ok(None),
+            (None, _) => Err("peering.tls_cert: needed with tls_key and tls_ca".into()),
+            (Some(_), None) => Err("peering.tls_key: needed with tls_cert".into()),
+        }
+    }
+
     /// Reads and checks the files: the certificate parses and has DNS
     /// names, the key is the certificate's, the roots parse (or the system
     /// store has some). Errors name the file.

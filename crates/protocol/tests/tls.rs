@@ -61,6 +61,7 @@ impl Peering for CheckingPeer {
                 features: Vec::new(),
                 peer_jid: PEER.into(),
                 domain: "b.test".into(),
+                resumable: Vec::new(),
             })),
         };
         let (tx, rx) = mpsc::channel(1);

@@ -62,6 +62,22 @@ pub enum Input {
     Shutdown,
 }
 
+impl Input {
+    /// The user whose stanza this is; `None` for the service's own inputs.
+    pub fn sender(&self) -> Option<&FullJid> {
+        match self {
+            Input::Presence { from, .. }
+            | Input::Leave { from, .. }
+            | Input::Bounced { from }
+            | Input::Groupchat { from, .. }
+            | Input::Private { from, .. }
+            | Input::Iq { from, .. }
+            | Input::IqResponse { from, .. } => Some(from),
+            Input::Shutdown => None,
+        }
+    }
+}
+
 /// The `<x xmlns='http://jabber.org/protocol/muc'/>` of a join.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JoinRequest {

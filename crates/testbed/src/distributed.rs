@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::pki::{IssuedCert, TestCa};
 use crate::process::{MasterConfig, MasterProcess};
 use crate::prosody::{ExternalComponent, Testbed, TestbedOptions};
 use crate::relay::{Relay, Traffic};
-use crate::scenarios::{MasterSetup, start_dmuc_testbed};
+use crate::scenarios::{DMUC_SERVICE, MasterSetup, start_dmuc_testbed};
 
 /// The component secret of every peerhost.
 pub const PEERHOST_SECRET: &str = "dmuc-peerhost-secret";
@@ -54,6 +55,8 @@ pub struct PeerhostSetup {
     pub log_filter: String,
     /// Raw TOML appended to each configuration.
     pub extra_toml: String,
+    /// More lines of each `[peering]` section.
+    pub peering_toml: String,
 }
 
 impl Default for PeerhostSetup {
@@ -61,8 +64,20 @@ impl Default for PeerhostSetup {
         Self {
             log_filter: crate::process::test_log_filter("DMUC_TESTBED_PEERHOST_LOG"),
             extra_toml: String::new(),
+            peering_toml: String::new(),
         }
     }
+}
+
+/// The `[peering]` lines naming `cert`'s files.
+pub fn tls_toml(cert: &IssuedCert) -> String {
+    let path = |p: &Path| format!("{:?}", p.to_string_lossy());
+    format!(
+        "tls_cert = {}\ntls_key = {}\ntls_ca = {}\n",
+        path(&cert.cert),
+        path(&cert.key),
+        path(&cert.ca)
+    )
 }
 
 /// A running system: the servers, the master, and one peerhost per peer
@@ -72,6 +87,10 @@ pub struct Distributed {
     pub peerhosts: Vec<Peerhost>,
     pub master: MasterProcess,
     pub testbed: Testbed,
+    /// The test PKI: one CA, a certificate for the master and one for each
+    /// peerhost; the peering link is mutual TLS.
+    pub ca: TestCa,
+    pub pki: tempfile::TempDir,
 }
 
 /// One domain's peerhost process.
@@ -160,7 +179,17 @@ pub async fn start_distributed(
         });
     }
     let counted = options.counted;
-    let (testbed, master) = start_dmuc_testbed(master_binary, options, master).await?;
+    let pki = tempfile::Builder::new()
+        .prefix("dmuc-pki-")
+        .tempdir()
+        .map_err(Error::io("creating the PKI directory"))?;
+    let ca = TestCa::new()?;
+    let master_cert = ca.issue(pki.path(), "master", &[DMUC_SERVICE])?;
+    let master = MasterSetup {
+        peering_toml: format!("{}{}", tls_toml(&master_cert), master.peering_toml),
+        ..master.clone()
+    };
+    let (testbed, master) = start_dmuc_testbed(master_binary, options, &master).await?;
     let mut peerhosts = Vec::new();
     for domain in peer_domains {
         let ip = testbed.ip(domain)?;
@@ -172,6 +201,7 @@ pub async fn start_distributed(
         } else {
             (listen, None)
         };
+        let cert = ca.issue(pki.path(), &peerhost_jid(domain), &[&peerhost_jid(domain)])?;
         let config = MasterConfig {
             component_jid: peerhost_jid(domain),
             server: testbed.component_addr(domain)?,
@@ -181,7 +211,9 @@ pub async fn start_distributed(
                 .join(format!("{}.sqlite", peerhost_jid(domain))),
             log_filter: peers.log_filter.clone(),
             extra_toml: format!(
-                "[peering]\nlisten = \"{listen}\"\nendpoint = \"http://{endpoint}\"\n\n{}",
+                "[peering]\nlisten = \"{listen}\"\nendpoint = \"https://{endpoint}\"\n{}{}\n\n{}",
+                tls_toml(&cert),
+                peers.peering_toml,
                 peers.extra_toml
             ),
         };
@@ -199,6 +231,8 @@ pub async fn start_distributed(
         peerhosts,
         master,
         testbed,
+        ca,
+        pki,
     })
 }
 

@@ -20,6 +20,8 @@ use std::time::Duration;
 use dmuc_component::{Backoff, BackoffConfig};
 use dmuc_protocol::pb::peering_client::PeeringClient;
 use dmuc_protocol::pb::{self, master_frame, peer_frame};
+use dmuc_protocol::tls::{self, LoadedTls};
+use dmuc_room::Input;
 use jid::BareJid;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -42,8 +44,33 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest frame accepted from a peerhost (they are small: acks, resyncs).
 const MAX_INBOUND_FRAME: usize = 1024 * 1024;
 
+/// What every peer task shares.
+#[derive(Debug)]
+pub struct PeerContext {
+    /// The master's JID, said in `Hello`.
+    pub master_jid: BareJid,
+    /// Mutual TLS, for `https://` endpoints.
+    pub tls: Option<Arc<LoadedTls>>,
+    /// Whether `http://` endpoints may be dialled (no TLS at all).
+    pub allow_plaintext: bool,
+    /// Where accepted submissions go (to the service).
+    pub submissions: mpsc::UnboundedSender<Submitted>,
+}
+
+/// A user's stanza a peerhost submitted, checked: the sender is a user of
+/// the peerhost's domain.
+#[derive(Debug)]
+pub struct Submitted {
+    pub room: BareJid,
+    pub input: Input,
+}
+
 /// Starts the task that keeps the stream to `target` open.
-pub fn spawn(target: PeerTarget, master_jid: BareJid, shutdown: CancellationToken) -> PeerHandle {
+pub fn spawn(
+    target: PeerTarget,
+    context: Arc<PeerContext>,
+    shutdown: CancellationToken,
+) -> PeerHandle {
     let (tx, rx) = mpsc::channel(QUEUE);
     let (state_tx, state) = watch::channel(LinkState::Connecting);
     let span = info_span!("peer", domain = %target.domain, peer = %target.jid);
@@ -54,7 +81,7 @@ pub fn spawn(target: PeerTarget, master_jid: BareJid, shutdown: CancellationToke
     };
     let conn = Conn {
         target,
-        master_jid,
+        context,
         rooms: HashMap::new(),
         state: state_tx,
         session: 0,
@@ -76,7 +103,7 @@ pub enum LinkState {
 
 struct Conn {
     target: PeerTarget,
-    master_jid: BareJid,
+    context: Arc<PeerContext>,
     /// The rooms with a slave (or wanting one) on this peerhost.
     rooms: HashMap<BareJid, mpsc::UnboundedSender<News>>,
     state: watch::Sender<LinkState>,
@@ -134,7 +161,8 @@ impl Conn {
     /// Connects, says hello, and serves one session until it ends.
     async fn session(&mut self, from_rooms: &mut mpsc::Receiver<ToPeer>) -> Ended {
         let (frames, rx) = mpsc::channel::<pb::MasterFrame>(QUEUE);
-        let hello = master_frame::Frame::Hello(dmuc_protocol::hello(self.master_jid.as_str()));
+        let hello =
+            master_frame::Frame::Hello(dmuc_protocol::hello(self.context.master_jid.as_str()));
         let _ = frames.try_send(pb::MasterFrame { frame: Some(hello) });
         let mut inbound = match self.open(rx).await {
             Ok(inbound) => inbound,
@@ -151,10 +179,12 @@ impl Conn {
             Ok(Err(status)) => return Ended::Failed(status.to_string()),
             Err(_) => return Ended::Failed("no welcome in time".into()),
         };
-        if welcome.domain != self.target.domain.as_str() {
+        if welcome.domain != self.target.domain.as_str()
+            || welcome.peer_jid != self.target.jid.as_str()
+        {
             return Ended::Failed(format!(
-                "peerhost serves {:?}, not {}",
-                welcome.domain, self.target.domain
+                "peerhost says it is {:?} serving {:?}, not {} serving {}",
+                welcome.peer_jid, welcome.domain, self.target.jid, self.target.domain
             ));
         }
         self.session += 1;
@@ -246,19 +276,33 @@ impl Conn {
         &self,
         outbound: mpsc::Receiver<pb::MasterFrame>,
     ) -> Result<Streaming<pb::PeerFrame>, String> {
-        let endpoint = Endpoint::from_shared(self.target.endpoint.clone())
-            .map_err(|e| format!("endpoint {:?}: {e}", self.target.endpoint))?
+        let url = &self.target.endpoint;
+        let mut endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| format!("endpoint {url:?}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE)
             .keep_alive_timeout(KEEPALIVE);
-        let channel: Channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        if url.starts_with("https://") {
+            let Some(tls) = &self.context.tls else {
+                return Err("https endpoint, but no [peering] tls_cert configured".into());
+            };
+            // The peerhost must prove it is the JID its domain listed.
+            let config =
+                tls::client_config(tls, self.target.jid.as_str()).map_err(|e| e.to_string())?;
+            endpoint = endpoint.tls_config(config).map_err(|e| e.to_string())?;
+        } else if !self.context.allow_plaintext {
+            return Err(format!(
+                "plaintext endpoint {url:?} refused (set [peering] allow_plaintext to dial it)"
+            ));
+        }
+        let channel: Channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
         let mut client = PeeringClient::new(channel).max_decoding_message_size(MAX_INBOUND_FRAME);
         client
             .replicate(ReceiverStream::new(outbound))
             .await
             .map(|r| r.into_inner())
-            .map_err(|s| s.to_string())
+            .map_err(|s| error_chain(&s))
     }
 
     /// A frame from the peerhost, for the room it names.
@@ -279,6 +323,7 @@ impl Conn {
                 },
             ),
             Some(peer_frame::Frame::Keepalive(_)) => return,
+            Some(peer_frame::Frame::Submit(submit)) => return self.on_submit(submit),
             other => {
                 warn!(frame = ?other, "unexpected frame from peerhost");
                 return;
@@ -294,6 +339,31 @@ impl Conn {
             }
             None => debug!(%room, "frame for a room without a slave here"),
         }
+    }
+
+    /// A stanza a peerhost submits: accepted only from its own domain's
+    /// users.
+    fn on_submit(&self, submit: pb::Submit) {
+        let room = submit
+            .room
+            .parse::<BareJid>()
+            .ok()
+            .filter(|r| r.node().is_some());
+        let input = submit.input.map(Input::try_from);
+        let (Some(room), Some(Ok(input))) = (room, input) else {
+            warn!(room = %submit.room, "malformed submission rejected");
+            return;
+        };
+        let sender = input.sender().map(|from| from.domain().as_str().to_owned());
+        if sender.as_deref() != Some(self.target.domain.as_str()) {
+            warn!(
+                %room,
+                sender = ?input.sender().map(|j| j.to_string()),
+                "submission for a user of another domain rejected"
+            );
+            return;
+        }
+        let _ = self.context.submissions.send(Submitted { room, input });
     }
 
     /// A message from a room while a session is up: the frame to send, if
@@ -359,6 +429,18 @@ impl Conn {
             news,
         }
     }
+}
+
+/// An error with its sources (TLS refusals are only in the sources).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Sends the pending events as one batch; `false` once the stream is gone.

@@ -188,8 +188,10 @@ impl Ctx {
             peerhosts,
             master,
             testbed,
+            pki,
+            ..
         } = system;
-        Ok(Self::new(testbed, DMUC_SERVICE, Expect::dmuc()).keep_alive((master, peerhosts)))
+        Ok(Self::new(testbed, DMUC_SERVICE, Expect::dmuc()).keep_alive((master, peerhosts, pki)))
     }
 
     /// Keeps `thing` (e.g. a [`crate::MasterProcess`]) alive until the
@@ -252,6 +254,9 @@ pub struct MasterSetup {
     pub log_filter: String,
     /// Raw TOML appended to its configuration (e.g. `[limits]`).
     pub extra_toml: String,
+    /// Lines of its `[peering]` section (kept apart from `extra_toml`, since
+    /// the distributed testbed adds lines of its own there).
+    pub peering_toml: String,
     /// Load `mod_dmuc_multicast` on `a.test` for the master (as deployed);
     /// without it the master sends one stanza per recipient.
     pub multicast: bool,
@@ -262,6 +267,7 @@ impl Default for MasterSetup {
         Self {
             log_filter: crate::process::TEST_LOG_FILTER.into(),
             extra_toml: String::new(),
+            peering_toml: String::new(),
             multicast: true,
         }
     }
@@ -299,7 +305,7 @@ pub async fn start_dmuc_testbed(
         secret: DMUC_SECRET.into(),
         storage_path: testbed.dir().join("dmuc.sqlite"),
         log_filter: setup.log_filter.clone(),
-        extra_toml: setup.extra_toml.clone(),
+        extra_toml: with_section("peering", &setup.peering_toml, &setup.extra_toml),
     };
     let master = MasterProcess::spawn(binary, &config, testbed.dir())?;
     let mut probe = testbed.client("a.test", "probe").await?;
@@ -307,6 +313,15 @@ pub async fn start_dmuc_testbed(
         .wait_for_service(DMUC_SERVICE, SERVICE_START_TIMEOUT)
         .await?;
     Ok((testbed, master))
+}
+
+/// `rest` after a `[section]` of `lines`, if there are any.
+pub(crate) fn with_section(section: &str, lines: &str, rest: &str) -> String {
+    if lines.trim().is_empty() {
+        rest.to_owned()
+    } else {
+        format!("[{section}]\n{lines}\n\n{rest}")
+    }
 }
 
 /// Fails with `msg` unless `cond`.
