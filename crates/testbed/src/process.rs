@@ -118,7 +118,7 @@ pub(crate) fn tail(text: &str, lines: usize) -> String {
 
 /// The tracing filter of processes under test: everything of ours at
 /// debug, the HTTP/2 machinery only at info.
-pub const TEST_LOG_FILTER: &str = "debug,h2=info,hyper=info,tower=info,tonic=info";
+pub const TEST_LOG_FILTER: &str = "debug,h2=info,hyper=info,tower=info,tonic=info,rustls=info";
 
 /// [`TEST_LOG_FILTER`], unless the environment variable `var` sets one.
 pub fn test_log_filter(var: &str) -> String {

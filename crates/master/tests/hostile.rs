@@ -1,0 +1,302 @@
+//! Hostile peers, against the real master with real Prosody domains: a
+//! peerhost that speaks for another domain's users, one whose certificate
+//! is not for the JID it is supposed to be, and one that its domain does
+//! not list. The peers are fakes in this test process (a tonic server over
+//! mutual TLS, an XMPP component answering disco), since a real peerhost
+//! does none of this.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use dmuc_component::{Inbound, LinkConfig};
+use dmuc_peerhost::disco::{self, Advertised};
+use dmuc_protocol::pb::peering_server::{Peering, PeeringServer};
+use dmuc_protocol::pb::{self, peer_frame};
+use dmuc_protocol::tls::{self, TlsFiles};
+use dmuc_room::event::JoinRequest;
+use dmuc_room::{Input, Nick, Payload};
+use dmuc_testbed::distributed::tls_toml;
+use dmuc_testbed::pki::{IssuedCert, TestCa};
+use dmuc_testbed::scenarios::{MasterSetup, start_dmuc_testbed};
+use dmuc_testbed::{DomainOptions, MasterProcess, Testbed, TestbedOptions, stanza};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status, Streaming};
+
+const MASTER: &str = env!("CARGO_BIN_EXE_dmuc-master");
+const ROOM: &str = "hostile@conference.a.test";
+
+type Frames = Pin<Box<dyn Stream<Item = Result<pb::PeerFrame, Status>> + Send>>;
+
+/// A fake peerhost for b.test: welcomes the master, then, when told, sends
+/// the submissions it was given.
+struct FakePeer {
+    streams: Arc<AtomicUsize>,
+    submit: watch::Receiver<Vec<pb::Submit>>,
+}
+
+#[tonic::async_trait]
+impl Peering for FakePeer {
+    type ReplicateStream = Frames;
+
+    async fn replicate(
+        &self,
+        request: Request<Streaming<pb::MasterFrame>>,
+    ) -> Result<Response<Frames>, Status> {
+        self.streams.fetch_add(1, Ordering::SeqCst);
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let mut submit = self.submit.clone();
+        tokio::spawn(async move {
+            let frame = |f| Ok(pb::PeerFrame { frame: Some(f) });
+            let welcome = peer_frame::Frame::Welcome(pb::Welcome {
+                version: dmuc_protocol::PROTOCOL_VERSION,
+                features: vec![],
+                peer_jid: "muc-peer.b.test".into(),
+                domain: "b.test".into(),
+                resumable: vec![],
+            });
+            let _ = tx.send(frame(welcome)).await;
+            let batch = submit.wait_for(|s| !s.is_empty()).await.map(|s| s.clone());
+            for s in batch.unwrap_or_default() {
+                let _ = tx.send(frame(peer_frame::Frame::Submit(s))).await;
+            }
+            // Stay connected, reading what the master sends.
+            while let Ok(Some(_)) = inbound.message().await {}
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Serves a [`FakePeer`] over mutual TLS with `cert`; returns its address,
+/// its stream counter and the trigger of its submissions.
+async fn fake_peer(
+    cert: &IssuedCert,
+) -> (
+    SocketAddr,
+    Arc<AtomicUsize>,
+    watch::Sender<Vec<pb::Submit>>,
+    CancellationToken,
+) {
+    let files = TlsFiles {
+        cert: cert.cert.clone(),
+        key: cert.key.clone(),
+        ca: Some(cert.ca.clone()),
+    };
+    let loaded = files.load().expect("test certificate");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let streams = Arc::new(AtomicUsize::new(0));
+    let (trigger, submit) = watch::channel(Vec::new());
+    let stop = CancellationToken::new();
+    let server = Server::builder()
+        .tls_config(tls::server_config(&loaded))
+        .unwrap()
+        .add_service(PeeringServer::new(FakePeer {
+            streams: streams.clone(),
+            submit,
+        }))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.clone().cancelled_owned());
+    tokio::spawn(server);
+    (addr, streams, trigger, stop)
+}
+
+/// The master on a.test over TLS with certificates of `ca`, with
+/// `peering` lines in its `[peering]` section.
+async fn master(
+    options: TestbedOptions,
+    ca: &TestCa,
+    dir: &std::path::Path,
+    peering: &str,
+) -> (Testbed, MasterProcess) {
+    let cert = ca.issue(dir, "master", &["conference.a.test"]).unwrap();
+    let setup = MasterSetup {
+        peering_toml: format!("{}{peering}", tls_toml(&cert)),
+        ..MasterSetup::default()
+    };
+    start_dmuc_testbed(MASTER, options, &setup).await.unwrap()
+}
+
+fn static_peer(addr: SocketAddr) -> String {
+    format!(
+        "\n[[peering.peer]]\ndomain = \"b.test\"\njid = \"muc-peer.b.test\"\nendpoint = \"https://{addr}\"\n"
+    )
+}
+
+fn join(from: &str, nick: &str) -> pb::Submit {
+    let input = Input::Presence {
+        from: from.parse().unwrap(),
+        nick: Nick::new(nick).unwrap(),
+        join: Some(JoinRequest::default()),
+        payload: Payload::default(),
+    };
+    pb::Submit {
+        room: ROOM.into(),
+        input: Some(pb::Input::from(&input)),
+    }
+}
+
+/// Waits for something only the master's log shows.
+async fn logged(master: &MasterProcess, line: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !master.log().contains(line) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the master never logged {line:?}:\n{}",
+            master.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn two_domains() -> TestbedOptions {
+    TestbedOptions::new()
+        .with_domain(DomainOptions::new("a.test"))
+        .with_domain(DomainOptions::new("b.test"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peerhost_speaks_only_for_its_own_domain() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = TestCa::new().unwrap();
+    let peer_cert = ca.issue(pki.path(), "peer", &["muc-peer.b.test"]).unwrap();
+    let (addr, streams, trigger, _stop) = fake_peer(&peer_cert).await;
+    let (testbed, master) = master(two_domains(), &ca, pki.path(), &static_peer(addr)).await;
+    logged(&master, "peerhost stream up").await;
+    assert_eq!(streams.load(Ordering::SeqCst), 1);
+
+    let mut alice = testbed.client("a.test", "alice").await.unwrap();
+    alice.create_instant_room(ROOM, "alice").await.unwrap();
+    // b.test's peerhost submits a join for a c.test user, then one for its own.
+    trigger
+        .send(vec![
+            join("carol@c.test/x", "carol"),
+            join("bob@b.test/x", "bob"),
+        ])
+        .unwrap();
+    alice
+        .expect_presence_from(ROOM, "bob", |p| stanza::stanza_type(p).is_empty())
+        .await
+        .unwrap();
+    // Carol's would have come first: she never joined.
+    alice
+        .expect_none_pending("carol in the room", |p| {
+            stanza::from(p) == format!("{ROOM}/carol")
+        })
+        .unwrap();
+    logged(&master, "submission for a user of another domain rejected").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peerhost_with_a_certificate_for_another_jid_is_refused() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = TestCa::new().unwrap();
+    // Listed as muc-peer.b.test, but its certificate is for muc-peer.c.test.
+    let wrong = ca.issue(pki.path(), "peer", &["muc-peer.c.test"]).unwrap();
+    let (addr, streams, _trigger, _stop) = fake_peer(&wrong).await;
+    let (testbed, master) = master(two_domains(), &ca, pki.path(), &static_peer(addr)).await;
+    logged(&master, "not valid for name \"muc-peer.b.test\"").await;
+
+    // b.test's users are served by the master itself.
+    let mut alice = testbed.client("a.test", "alice").await.unwrap();
+    alice.create_instant_room(ROOM, "alice").await.unwrap();
+    let mut bob = testbed.client("b.test", "bob").await.unwrap();
+    let joined = bob.join(ROOM, "bob").await.unwrap();
+    assert_eq!(joined.occupants.len(), 1);
+    alice.say(ROOM, "hello bob").await.unwrap();
+    bob.expect_groupchat_body(ROOM, "hello bob").await.unwrap();
+    assert_eq!(
+        streams.load(Ordering::SeqCst),
+        0,
+        "no stream was ever opened"
+    );
+    assert!(!master.log().contains("peerhost stream up"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peerhost_its_domain_does_not_list_is_not_used() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = TestCa::new().unwrap();
+    let cert = ca
+        .issue(pki.path(), "rogue", &["muc-rogue.c.test"])
+        .unwrap();
+    let (addr, streams, _trigger, _stop) = fake_peer(&cert).await;
+    // c.test lists a component that claims to serve b.test's users; b.test
+    // lists nothing.
+    let options = two_domains().with_domain(
+        DomainOptions::new("c.test").with_component("muc-rogue.c.test", "rogue-secret"),
+    );
+    let (testbed, master) = master(options, &ca, pki.path(), "").await;
+    let rogue = rogue_component(
+        &testbed,
+        Advertised {
+            domain: "b.test".parse().unwrap(),
+            endpoint: Some(format!("https://{addr}")),
+        },
+    );
+    let mut probe = testbed.client("c.test", "probe").await.unwrap();
+    probe
+        .wait_for_service("muc-rogue.c.test", Duration::from_secs(15))
+        .await
+        .unwrap();
+
+    let mut alice = testbed.client("a.test", "alice").await.unwrap();
+    alice.create_instant_room(ROOM, "alice").await.unwrap();
+    let mut carol = testbed.client("c.test", "carol").await.unwrap();
+    carol.join(ROOM, "carol").await.unwrap();
+    let mut bob = testbed.client("b.test", "bob").await.unwrap();
+    bob.join(ROOM, "bob").await.unwrap();
+    alice.say(ROOM, "hello both").await.unwrap();
+    bob.expect_groupchat_body(ROOM, "hello both").await.unwrap();
+    carol
+        .expect_groupchat_body(ROOM, "hello both")
+        .await
+        .unwrap();
+
+    let log = master.log();
+    assert!(
+        log.contains("discovery domain=c.test peerhost=None"),
+        "{log}"
+    );
+    assert!(
+        log.contains("discovery domain=b.test peerhost=None"),
+        "{log}"
+    );
+    assert_eq!(
+        streams.load(Ordering::SeqCst),
+        0,
+        "the rogue was never dialled"
+    );
+    rogue.cancel();
+}
+
+/// An XMPP component on c.test answering disco as a peerhost would, with
+/// `advertised`.
+fn rogue_component(testbed: &Testbed, advertised: Advertised) -> CancellationToken {
+    let config = LinkConfig::new(
+        "muc-rogue.c.test".parse().unwrap(),
+        testbed.component_addr("c.test").unwrap().to_string(),
+        "rogue-secret",
+    );
+    let stop = CancellationToken::new();
+    let link = dmuc_component::spawn(config, stop.clone()).unwrap();
+    let mut inbound = link.inbound;
+    let handle = link.handle;
+    tokio::spawn(async move {
+        while let Some(item) = inbound.recv().await {
+            if let Inbound::Stanza(el) = item
+                && let Some(answer) = disco::answer(&el, &advertised)
+            {
+                let _ = handle.send(answer).await;
+            }
+        }
+    });
+    stop
+}
