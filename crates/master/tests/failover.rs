@@ -91,11 +91,12 @@ async fn a_killed_peerhost_loses_nothing_and_resumes() {
 
     system.peerhost("b.test").unwrap().restart().unwrap();
     system.wait_for_peerhost("b.test").await.unwrap();
+    system
+        .master
+        .wait_for_log("resuming slave", Duration::from_secs(15))
+        .await
+        .unwrap();
     let master_log = || system.master.log();
-    wait_until("the master to resume b.test's slave", || {
-        master_log().contains("resuming slave")
-    })
-    .await;
     let back = system.crossing().unwrap();
     for _ in 0..PHASE {
         exchange(&mut alice, &mut [&mut bob, &mut bea], n).await;
@@ -115,17 +116,5 @@ async fn a_killed_peerhost_loses_nothing_and_resumes() {
         client
             .expect_none_pending("a message twice", is_room_groupchat)
             .unwrap();
-    }
-}
-
-/// Waits for something only a log shows, checking every 50 ms for 15 s.
-async fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -32,6 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 const MASTER: &str = env!("CARGO_BIN_EXE_dmuc-master");
 const ROOM: &str = "hostile@conference.a.test";
+const WAIT: Duration = Duration::from_secs(15);
 
 type Frames = Pin<Box<dyn Stream<Item = Result<pb::PeerFrame, Status>> + Send>>;
 
@@ -143,19 +144,6 @@ fn join(from: &str, nick: &str) -> pb::Submit {
     }
 }
 
-/// Waits for something only the master's log shows.
-async fn logged(master: &MasterProcess, line: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !master.log().contains(line) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the master never logged {line:?}:\n{}",
-            master.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn two_domains() -> TestbedOptions {
     TestbedOptions::new()
         .with_domain(DomainOptions::new("a.test"))
@@ -169,7 +157,10 @@ async fn a_peerhost_speaks_only_for_its_own_domain() {
     let peer_cert = ca.issue(pki.path(), "peer", &["muc-peer.b.test"]).unwrap();
     let (addr, streams, trigger, _stop) = fake_peer(&peer_cert).await;
     let (testbed, master) = master(two_domains(), &ca, pki.path(), &static_peer(addr)).await;
-    logged(&master, "peerhost stream up").await;
+    master
+        .wait_for_log("peerhost stream up", WAIT)
+        .await
+        .unwrap();
     assert_eq!(streams.load(Ordering::SeqCst), 1);
 
     let mut alice = testbed.client("a.test", "alice").await.unwrap();
@@ -191,7 +182,10 @@ async fn a_peerhost_speaks_only_for_its_own_domain() {
             stanza::from(p) == format!("{ROOM}/carol")
         })
         .unwrap();
-    logged(&master, "submission for a user of another domain rejected").await;
+    master
+        .wait_for_log("submission for a user of another domain rejected", WAIT)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,7 +196,10 @@ async fn a_peerhost_with_a_certificate_for_another_jid_is_refused() {
     let wrong = ca.issue(pki.path(), "peer", &["muc-peer.c.test"]).unwrap();
     let (addr, streams, _trigger, _stop) = fake_peer(&wrong).await;
     let (testbed, master) = master(two_domains(), &ca, pki.path(), &static_peer(addr)).await;
-    logged(&master, "not valid for name \"muc-peer.b.test\"").await;
+    master
+        .wait_for_log("not valid for name \"muc-peer.b.test\"", WAIT)
+        .await
+        .unwrap();
 
     // b.test's users are served by the master itself.
     let mut alice = testbed.client("a.test", "alice").await.unwrap();

@@ -232,6 +232,26 @@ impl MasterProcess {
         read_log(&self.log_path)
     }
 
+    /// Waits until the log contains `needle`: for what only the log shows
+    /// (a process's internal decisions), checked every 50 ms.
+    pub async fn wait_for_log(&self, needle: &str, timeout: std::time::Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!("{needle:?} in {}", self.log_path.display()),
+                    timeout,
+                    received: tail(&log, 40),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// SIGKILL: a crash without any chance to flush or say goodbye.
     pub fn kill9(&mut self) {
         if let Some(mut p) = self.process.take() {
