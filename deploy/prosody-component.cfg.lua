@@ -21,3 +21,11 @@ VirtualHost "example.org"
     -- Bytes Prosody reads from the master's connection per loop turn (its
     -- default, 4 KiB, throttles a busy master); 0 leaves Prosody's default.
     dmuc_multicast_read_size = 262144
+
+-- On a domain that runs a dmuc peerhost (slaves of remote rooms for this
+-- domain's users): the peerhost speaks as those rooms to local users, so
+-- its component must be allowed to send from foreign addresses. Prosody
+-- lists it in the domain's disco#items, where masters find it.
+Component "muc-peer.example.org"
+    component_secret = "change me" -- the peerhost's [component] secret
+    validate_from_addresses = false

@@ -1,5 +1,6 @@
 //! The dmuc master: a complete, persistent XEP-0045 service, run as an
-//! external component (XEP-0114) of its domain's XMPP server.
+//! external component (XEP-0114) of its domain's XMPP server, that
+//! replicates its rooms to the peerhosts of other domains.
 //!
 //! # Layout
 //! - [`config`]: the TOML configuration (`dmuc-master --config FILE`).
@@ -7,14 +8,21 @@
 //! - `dmuc_stanza` (its own crate, shared with the peerhost): the XML edge,
 //!   stanza to room input and room output to stanza.
 //! - [`service`]: routes stanzas to rooms, creates rooms, answers for the
-//!   service domain.
+//!   service domain, looks up joiners' domains' peerhosts.
 //! - [`room_task`]: one task per room, driving the pure `dmuc_room::Room`
-//!   and holding stanzas back until what they announce is durable.
+//!   and holding stanzas (and events for slaves) back until what they
+//!   announce is durable.
+//! - [`fanout`]: per room, which domains a slave serves, and what the
+//!   master still owes a domain whose slave has not acknowledged (pure).
+//! - [`peering`]: discovery of peerhosts, and one task per peerhost keeping
+//!   its gRPC stream (mutual TLS) open.
 //!
 //! ```text
 //!  XMPP server ⇄ component link ─▶ Service ─▶ room task ─▶ Room::handle
-//!        ▲                                        │  Persist ─▶ Store writer (group commit)
-//!        └──────────────── stanzas, once durable ◀┘
+//!        ▲                            │           │  Persist ─▶ Store writer (group commit)
+//!        │                 discovery ─┘           │  split: own/other domains │ slave domains
+//!        └──────────── stanzas, once durable ◀────┤                           ▼
+//!                                                 └─ events, once durable ─▶ peer task ══gRPC══▶ peerhost
 //! ```
 
 pub mod config;

@@ -31,19 +31,23 @@
 //!
 //! A slave's state outlives its stream: when the master's next stream
 //! starts (after a reconnect, or a restart of the peerhost), the peerhost
-//! sends `Resync { room, have_seq }` for each stored room of that master,
-//! and the master answers with `Resume` and the missing events, or a new
+//! lists each stored room of that master in `Welcome.resumable`, and the
+//! master answers with `Resume` and the missing events, or a new
 //! `CreateSlave`, or `DestroySlave`.
 //!
-//! # Not there yet
-//! This is the first increment. Still to come:
-//! - TLS with mutual authentication on the gRPC listener (plain TCP now, so
-//!   keep it on a trusted network), and a list of accepted masters: any
-//!   master that says `Hello` with a well-formed `master_jid` is served.
-//! - Integration with dmuc-master, which does not open streams yet.
-//! - XEP-0033 multicast through the local server (the master has it).
+//! # Trust
+//! With `[peering] tls_cert` the listener requires mutual TLS: a master's
+//! certificate must chain to `tls_ca` (or the system's roots) and be valid
+//! for the `master_jid` of its `Hello`; `[peering] masters` narrows who is
+//! served. Without TLS (plaintext, trusted networks only) the claimed JID
+//! is all there is to check.
+//!
+//! # Limits
+//! - Slaves deliver one stanza per recipient (no XEP-0033 multicast through
+//!   the local server, which the master uses).
 //! - Acks mean "handed to the component link", not "flushed to the server"
-//!   (nor stored: the store may lag a little behind them).
+//!   (nor stored: the store may lag a little behind them). A crash between
+//!   a delivery and its ack makes the master deliver that event again.
 
 pub mod config;
 pub mod disco;

@@ -59,7 +59,7 @@ pub async fn discover(
     found.into_iter().flatten().next()
 }
 
-/// The JIDs of a disco#items result (at most [`MAX_ITEMS`], nodes skipped:
+/// The JIDs of a disco#items result (at most `MAX_ITEMS`, nodes skipped:
 /// a peerhost is a JID of its own).
 pub fn items(answer: &Element) -> Vec<BareJid> {
     if answer.attr("type") != Some("result") {
