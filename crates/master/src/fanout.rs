@@ -35,6 +35,9 @@ use crate::peering::{Directory, LinkState, News, PeerHandle, PeerNews, ToPeer};
 /// Events kept for slaves that come back (Resume instead of a snapshot).
 const LOG_LIMIT: usize = 4096;
 
+/// How soon to look again at a slave due to end that still owes stanzas.
+const RECHECK: Duration = Duration::from_secs(1);
+
 /// Something the room task must do, in order.
 #[derive(Debug)]
 pub enum Effect {
@@ -82,8 +85,9 @@ struct Domain {
     attaching: Option<u64>,
     /// The last released event whose share the master delivered itself.
     direct_until: u64,
-    /// Since when the room has had no occupant from the domain.
-    empty_since: Option<Instant>,
+    /// The room has had no occupant from the domain: when to end the
+    /// slave (or look again, if it still owes stanzas then).
+    ends_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -218,7 +222,7 @@ impl Fanout {
                 mode: Mode::Direct,
                 attaching: None,
                 direct_until: seq,
-                empty_since: None,
+                ends_at: None,
             },
         );
         match state {
@@ -360,13 +364,18 @@ impl Fanout {
         let mut ended = Vec::new();
         for (domain, entry) in &mut self.domains {
             if has_occupant_from(room, domain) {
-                entry.empty_since = None;
+                entry.ends_at = None;
                 continue;
             }
-            let since = *entry.empty_since.get_or_insert(now);
-            let settled = matches!(&entry.mode, Mode::Slave { unacked, .. } if unacked.is_empty())
-                || matches!(entry.mode, Mode::Direct);
-            if now.duration_since(since) >= self.grace && settled && entry.attaching.is_none() {
+            let ends_at = *entry.ends_at.get_or_insert(now + self.grace);
+            if now < ends_at {
+                continue;
+            }
+            let owes = matches!(&entry.mode, Mode::Slave { unacked, .. } if !unacked.is_empty());
+            if owes || entry.attaching.is_some() {
+                // Not while it may still be delivering: look again soon.
+                entry.ends_at = Some(now + RECHECK);
+            } else {
                 ended.push(domain.clone());
             }
         }
@@ -384,11 +393,7 @@ impl Fanout {
 
     /// When [`Self::occupancy`] should look again.
     pub fn next_check(&self) -> Option<Instant> {
-        self.domains
-            .values()
-            .filter_map(|d| d.empty_since)
-            .min()
-            .map(|since| since + self.grace)
+        self.domains.values().filter_map(|d| d.ends_at).min()
     }
 
     /// The room closes: every slave goes.
@@ -559,4 +564,245 @@ fn acknowledge(entry: &mut Domain, session: u64, acked: u64) {
 
 fn has_occupant_from(room: &Room, domain: &str) -> bool {
     room.sessions().any(|jid| jid.domain().as_str() == domain)
+}
+
+#[cfg(test)]
+mod tests {
+    use dmuc_room::event::JoinRequest;
+    use dmuc_room::testing::relaxed_settings;
+    use dmuc_room::{Nick, Payload, Timestamp};
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::peering::PeerTarget;
+
+    const GRACE: Duration = Duration::from_secs(30);
+
+    fn join(who: &str, nick: &str) -> Input {
+        Input::Presence {
+            from: who.parse().unwrap(),
+            nick: Nick::new(nick).unwrap(),
+            join: Some(JoinRequest::default()),
+            payload: Payload::default(),
+        }
+    }
+
+    fn say(who: &str) -> Input {
+        Input::Groupchat {
+            from: who.parse().unwrap(),
+            id: None,
+            subject: None,
+            has_body: true,
+            payload: Payload::default(),
+            size: 1,
+        }
+    }
+
+    /// A room task without I/O: a room with alice (a.test), a fanout, and
+    /// b.test's peerhost up on session 1.
+    struct Bed {
+        room: Room,
+        seq: u64,
+        fanout: Fanout,
+        directory: Directory,
+        state: watch::Sender<LinkState>,
+        _peer: mpsc::Receiver<ToPeer>,
+    }
+
+    impl Bed {
+        fn new() -> Bed {
+            let jid: BareJid = "r@conference.a.test".parse().unwrap();
+            let (peer, rx, state) = PeerHandle::detached(PeerTarget {
+                domain: "b.test".parse().unwrap(),
+                jid: "muc-peer.b.test".parse().unwrap(),
+                endpoint: "https://127.0.0.1:1".into(),
+            });
+            state.send_replace(LinkState::Up(1));
+            let directory = Directory::default();
+            directory.insert(peer);
+            let (news, _) = mpsc::unbounded_channel();
+            let mut bed = Bed {
+                room: Room::new(jid.clone(), relaxed_settings()),
+                seq: 0,
+                fanout: Fanout::new(jid, GRACE, news),
+                directory,
+                state,
+                _peer: rx,
+            };
+            bed.input(join("alice@a.test/1", "alice"));
+            bed
+        }
+
+        /// What the room task does with one input, releasing at once:
+        /// the actions the master delivers itself, and the effects.
+        fn input(&mut self, input: Input) -> (Vec<Action>, Vec<Effect>) {
+            let mut effects = Vec::new();
+            let attach =
+                self.fanout
+                    .before(&input, &self.room, self.seq, &self.directory, &mut effects);
+            self.seq += 1;
+            let event = RoomEvent {
+                room: self.room.jid().clone(),
+                seq: self.seq,
+                now: Timestamp(self.seq as i64),
+                input: input.clone(),
+            };
+            let actions = self.room.handle(input, event.now);
+            self.fanout.record(&event);
+            let (direct, shares) = self.fanout.split(actions);
+            for step in attach.into_iter().chain([Release::Event { event, shares }]) {
+                effects.extend(self.fanout.release(step));
+            }
+            (direct, effects)
+        }
+
+        fn news(&mut self, news: PeerNews) -> Vec<Effect> {
+            let mut effects = Vec::new();
+            let domain: BareJid = "b.test".parse().unwrap();
+            let step = self.fanout.on_news(
+                &domain,
+                news,
+                &self.room,
+                self.seq,
+                &self.directory,
+                &mut effects,
+            );
+            if let Some(step) = step {
+                effects.extend(self.fanout.release(step));
+            }
+            effects
+        }
+    }
+
+    fn recipients(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .flat_map(|a| match a {
+                Action::Send { to, .. } => to.iter().map(|j| j.to_string()).collect(),
+                _ => vec![],
+            })
+            .collect()
+    }
+
+    /// The effects, in short: "direct:<recipients>", "register",
+    /// "create@<seq>", "resume>=<deliver_after>", "event<seq>", "destroy".
+    fn summary(effects: &[Effect]) -> Vec<String> {
+        effects
+            .iter()
+            .map(|e| match e {
+                Effect::Direct(actions) => format!("direct:{}", recipients(actions).join(",")),
+                Effect::Peer(_, ToPeer::Register { .. }) => "register".into(),
+                Effect::Peer(_, ToPeer::Deregister { .. }) => "deregister".into(),
+                Effect::Peer(_, ToPeer::Event { event, .. }) => format!("event{}", event.seq),
+                Effect::Peer(_, ToPeer::Frame { frame, .. }) => match frame.as_ref() {
+                    master_frame::Frame::Create(c) => format!("create@{}", c.seq),
+                    master_frame::Frame::Resume(r) => format!("resume>={}", r.deliver_after),
+                    master_frame::Frame::Destroy(_) => "destroy".into(),
+                    other => format!("{other:?}"),
+                },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_first_joiner_of_a_domain_is_served_by_a_new_slave() {
+        let mut bed = Bed::new();
+        let (direct, effects) = bed.input(join("bob@b.test/1", "bob"));
+        // A slave from the state before the join, which then serves it.
+        assert_eq!(summary(&effects), ["register", "create@1", "event2"]);
+        assert_eq!(recipients(&direct), ["alice@a.test/1"]);
+        // A second b.test joiner: one event, no snapshot.
+        let (_, effects) = bed.input(join("bea@b.test/1", "bea"));
+        assert_eq!(summary(&effects), ["event3"]);
+        // Other domains are still served directly.
+        let (direct, effects) = bed.input(join("carol@c.test/1", "carol"));
+        assert_eq!(summary(&effects), ["event4"]);
+        let direct = recipients(&direct);
+        assert!(direct.contains(&"alice@a.test/1".to_owned()));
+        assert!(direct.contains(&"carol@c.test/1".to_owned()));
+        assert!(direct.iter().all(|to| !to.contains("b.test")), "{direct:?}");
+    }
+
+    #[test]
+    fn what_a_lost_slave_did_not_acknowledge_is_delivered_directly() {
+        let mut bed = Bed::new();
+        bed.input(join("bob@b.test/1", "bob"));
+        bed.input(say("alice@a.test/1"));
+        assert!(bed.news(PeerNews::Ack { session: 1, seq: 2 }).is_empty());
+        bed.state.send_replace(LinkState::Down);
+        let effects = bed.news(PeerNews::Down { session: 1 });
+        // Event 3 (alice's message) was not acknowledged: bob gets it from us.
+        assert_eq!(summary(&effects), ["direct:bob@b.test/1"]);
+        let (_, effects) = bed.input(say("alice@a.test/1"));
+        assert_eq!(summary(&effects), ["direct:bob@b.test/1"]);
+    }
+
+    #[test]
+    fn a_returning_peerhost_resumes_from_what_it_kept() {
+        let mut bed = Bed::new();
+        bed.input(join("bob@b.test/1", "bob"));
+        bed.input(say("alice@a.test/1"));
+        bed.news(PeerNews::Ack { session: 1, seq: 3 });
+        bed.state.send_replace(LinkState::Down);
+        bed.news(PeerNews::Down { session: 1 });
+        bed.input(say("alice@a.test/1"));
+        bed.input(say("alice@a.test/1"));
+        bed.state.send_replace(LinkState::Up(2));
+        let effects = bed.news(PeerNews::Up {
+            session: 2,
+            resume_from: Some(3),
+        });
+        // The events it missed, applied silently: we delivered them.
+        assert_eq!(summary(&effects), ["resume>=5", "event4", "event5"]);
+        let (direct, effects) = bed.input(say("alice@a.test/1"));
+        assert_eq!(summary(&effects), ["event6"]);
+        assert!(!recipients(&direct).contains(&"bob@b.test/1".to_owned()));
+    }
+
+    #[test]
+    fn a_slave_that_cannot_resume_gets_a_snapshot() {
+        let mut bed = Bed::new();
+        bed.input(join("bob@b.test/1", "bob"));
+        bed.input(say("alice@a.test/1"));
+        bed.news(PeerNews::Ack { session: 1, seq: 2 });
+        // It lost its state before event 3, which it never delivered: ours now.
+        let effects = bed.news(PeerNews::Resync {
+            session: 1,
+            have: 0,
+        });
+        assert_eq!(summary(&effects), ["direct:bob@b.test/1", "create@3"]);
+        // A gap after event 2: the rest follows, its state is good.
+        bed.input(say("alice@a.test/1"));
+        let effects = bed.news(PeerNews::Resync {
+            session: 1,
+            have: 3,
+        });
+        assert_eq!(summary(&effects), ["resume>=3", "event4"]);
+    }
+
+    #[test]
+    fn a_slave_goes_a_grace_period_after_its_last_occupant() {
+        let mut bed = Bed::new();
+        bed.input(join("bob@b.test/1", "bob"));
+        bed.input(Input::Leave {
+            from: "bob@b.test/1".parse().unwrap(),
+            payload: Payload::default(),
+        });
+        let now = Instant::now();
+        assert!(bed.fanout.occupancy(&bed.room, now).is_empty());
+        assert_eq!(bed.fanout.next_check(), Some(now + GRACE));
+        // Not while the slave may still owe bob his last stanzas.
+        assert!(bed.fanout.occupancy(&bed.room, now + GRACE).is_empty());
+        assert_eq!(bed.fanout.next_check(), Some(now + GRACE + RECHECK));
+        bed.news(PeerNews::Ack { session: 1, seq: 3 });
+        let steps = bed.fanout.occupancy(&bed.room, now + GRACE + RECHECK);
+        let effects: Vec<Effect> = steps
+            .into_iter()
+            .flat_map(|s| bed.fanout.release(s))
+            .collect();
+        assert_eq!(summary(&effects), ["destroy"]);
+        // The next b.test joiner gets a new slave.
+        let (_, effects) = bed.input(join("bea@b.test/1", "bea"));
+        assert_eq!(summary(&effects), ["create@3", "event4"]);
+    }
 }

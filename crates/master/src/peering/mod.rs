@@ -65,6 +65,22 @@ impl PeerHandle {
         state.unwrap_or(LinkState::Down)
     }
 
+    /// A handle without a task behind it, for tests: what rooms send comes
+    /// out of the receiver; the state is set through the sender.
+    #[cfg(test)]
+    pub fn detached(
+        target: PeerTarget,
+    ) -> (Self, mpsc::Receiver<ToPeer>, watch::Sender<LinkState>) {
+        let (tx, rx) = mpsc::channel(64);
+        let (state_tx, state) = watch::channel(LinkState::Connecting);
+        let handle = PeerHandle {
+            target: Arc::new(target),
+            tx,
+            state,
+        };
+        (handle, rx, state_tx)
+    }
+
     /// Hands a message to the peer's task; `false` if it has stopped.
     pub async fn send(&self, msg: ToPeer) -> bool {
         self.tx.send(msg).await.is_ok()
