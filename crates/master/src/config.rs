@@ -40,6 +40,7 @@
 //! tls_key = "/etc/dmuc/master.key"    #   service's certificate (valid for its JID)
 //! tls_ca = "/etc/dmuc/peers-ca.crt"   #   and the peerhosts' roots (default: system)
 //! allow_plaintext = false        # also dial http:// endpoints (trusted networks only)
+//! listen = "0.0.0.0:7444"        # where peerhosts that dial out reach the master
 //!
 //! [[peering.peer]]               # static peerhosts: no discovery for their domain
 //! domain = "b.test"
@@ -90,6 +91,8 @@ pub struct PeeringSection {
     pub tls_key: Option<PathBuf>,
     pub tls_ca: Option<PathBuf>,
     pub allow_plaintext: bool,
+    /// Where peerhosts that dial out reach the master (`Uplink`), if anywhere.
+    pub listen: Option<std::net::SocketAddr>,
     pub peer: Vec<StaticPeer>,
 }
 
@@ -105,6 +108,7 @@ impl Default for PeeringSection {
             tls_key: None,
             tls_ca: None,
             allow_plaintext: false,
+            listen: None,
             peer: Vec::new(),
         }
     }
@@ -116,7 +120,8 @@ impl Default for PeeringSection {
 pub struct StaticPeer {
     pub domain: String,
     pub jid: String,
-    pub endpoint: String,
+    /// Where to dial it; absent for a peerhost that dials in (`listen`).
+    pub endpoint: Option<String>,
 }
 
 impl PeeringSection {
@@ -145,7 +150,9 @@ impl PeeringSection {
                             Error::Config(format!("peering.peer[{i}].{key}: must be a domain"))
                         })
                 };
-                if !(p.endpoint.starts_with("http://") || p.endpoint.starts_with("https://")) {
+                if let Some(url) = &p.endpoint
+                    && !(url.starts_with("http://") || url.starts_with("https://"))
+                {
                     return Err(Error::Config(format!(
                         "peering.peer[{i}].endpoint: must be an http:// or https:// URL"
                     )));
@@ -285,6 +292,15 @@ impl Config {
             return bad("peering.discovery_timeout_ms", "must be positive");
         }
         self.peering.targets()?;
+        if self.peering.listen.is_some()
+            && self.peering.tls_cert.is_none()
+            && !self.peering.allow_plaintext
+        {
+            return bad(
+                "peering.listen",
+                "needs tls_cert and tls_key (or allow_plaintext, on trusted networks)",
+            );
+        }
         self.peering.tls()?;
         if l.rate_per_second > 0 && l.rate_burst == 0 {
             return bad(

@@ -615,7 +615,7 @@ mod tests {
             let (peer, rx, state) = PeerHandle::detached(PeerTarget {
                 domain: "b.test".parse().unwrap(),
                 jid: "muc-peer.b.test".parse().unwrap(),
-                endpoint: "https://127.0.0.1:1".into(),
+                endpoint: Some("https://127.0.0.1:1".into()),
             });
             state.send_replace(LinkState::Up(1));
             let directory = Directory::default();

@@ -41,8 +41,14 @@ use tracing::info;
 
 pub use config::Config;
 use config::Multicast;
-use service::{PeeringOptions, Service, ServiceConfig};
+use dmuc_protocol::pb::uplink_server::UplinkServer;
+use peering::listen::UplinkService;
+use service::{PeeringOptions, Service, ServiceConfig, Uplinks};
 use store::{Store, StoreOptions};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 /// Errors of the master.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +116,31 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     };
     let link_shutdown = CancellationToken::new();
     let link = dmuc_component::spawn(link_config, link_shutdown.clone())?;
+    let (welcomed, uplinks) = mpsc::unbounded_channel();
+    let uplink_server = match config.peering.listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Config(format!("peering.listen {addr}: cannot listen: {e}")))?;
+            info!(%addr, "listening for peerhosts");
+            let service = UplinkService::new(domain.clone(), tls.is_some(), welcomed);
+            let mut builder = Server::builder();
+            if let Some(tls) = &tls {
+                builder = builder
+                    .tls_config(dmuc_protocol::tls::server_config(tls))
+                    .map_err(|e| Error::Config(format!("peering: {e}")))?;
+            }
+            let serve = builder
+                .add_service(UplinkServer::new(service))
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown.clone().cancelled_owned(),
+                );
+            Some(tokio::spawn(serve))
+        }
+        None => None,
+    };
+    let tls = tls.map(Arc::new);
     let service = Service::new(
         ServiceConfig {
             domain,
@@ -126,15 +157,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 timeout: Duration::from_millis(config.peering.discovery_timeout_ms),
                 slave_grace: Duration::from_secs(config.peering.slave_grace_secs),
                 static_peers: config.peering.targets()?,
-                tls: tls.map(Arc::new),
+                tls,
                 allow_plaintext: config.peering.allow_plaintext,
             },
         },
         link.handle,
         store.writer(),
         rooms,
+        Uplinks(uplinks),
     );
     service.run(link.inbound, shutdown).await;
+    if let Some(server) = uplink_server {
+        let _ = server.await;
+    }
     // Every room has flushed; now the link may flush and close.
     link_shutdown.cancel();
     let _ = link.task.await;

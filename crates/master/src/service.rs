@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use xmpp_parsers::ns;
 
-use crate::peering::conn::{PeerContext, Submitted};
+use crate::peering::conn::{PeerContext, Submitted, Transport};
 use crate::peering::iq::Requests;
 use crate::peering::{Directory, PeerHandle, PeerTarget, conn, discovery};
 use crate::room_task::{self, Listing, RoomContext, RoomEvent, RoomHandle};
@@ -78,6 +78,10 @@ pub struct PeeringOptions {
     pub allow_plaintext: bool,
 }
 
+/// Where the service hears of peerhosts that dial in.
+#[derive(Debug)]
+pub struct Uplinks(pub mpsc::UnboundedReceiver<Transport>);
+
 /// What discovery tasks report.
 enum Found {
     /// Discovery of `domain` ended.
@@ -123,6 +127,10 @@ pub struct Service {
     peers_shutdown: CancellationToken,
     peer_context: Arc<PeerContext>,
     submissions: mpsc::UnboundedReceiver<Submitted>,
+    /// Streams peerhosts opened to us (`[peering] listen`), welcomed.
+    uplinks: mpsc::UnboundedReceiver<Transport>,
+    /// Those waiting for their domain's discovery to vouch for them.
+    unvouched: HashMap<BareJid, Vec<Transport>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -141,6 +149,7 @@ impl Service {
         link: LinkHandle,
         writer: Writer,
         stored: Vec<(BareJid, StoredRoom)>,
+        uplinks: Uplinks,
     ) -> Self {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (multicast, multicast_rx) = watch::channel(None);
@@ -182,6 +191,8 @@ impl Service {
             peers_shutdown,
             peer_context,
             submissions,
+            uplinks: uplinks.0,
+            unvouched: HashMap::new(),
             rooms: HashMap::new(),
             listings: BTreeMap::new(),
             created_by: HashMap::new(),
@@ -230,6 +241,7 @@ impl Service {
                 _ = shutdown.cancelled() => break,
                 Some(event) = self.events.recv() => self.on_room_event(event).await,
                 Some(found) = self.found.recv() => self.on_found(found).await,
+                Some(transport) = self.uplinks.recv() => self.on_uplink(transport).await,
                 Some(Submitted { room, input }) = self.submissions.recv() => {
                     let creates = matches!(&input, Input::Presence { join: Some(_), .. });
                     self.dispatch(room, input, creates).await;
@@ -354,8 +366,12 @@ impl Service {
             return None;
         };
         let domain = BareJid::new(from.domain().as_str()).ok()?;
-        let peering = &self.config.peering;
-        (peering.home.as_ref() != Some(&domain) && domain != self.config.domain).then_some(domain)
+        self.joiner_domain_ok(&domain).then_some(domain)
+    }
+
+    /// Whether `domain` is one that may have a peerhost: not the master's own.
+    fn joiner_domain_ok(&self, domain: &BareJid) -> bool {
+        self.config.peering.home.as_ref() != Some(domain) && *domain != self.config.domain
     }
 
     /// Where a join from `domain` must wait, if it must: while the domain's
@@ -397,6 +413,53 @@ impl Service {
         });
     }
 
+    /// A peerhost dialled in: trusted for the domain it says only if that
+    /// domain lists it (asked now, unless known) or configuration names it.
+    async fn on_uplink(&mut self, transport: Transport) {
+        let welcome = &transport.welcome;
+        let (Ok(domain), Ok(jid)) = (
+            BareJid::new(&welcome.domain),
+            BareJid::new(&welcome.peer_jid),
+        ) else {
+            return warn!(domain = %welcome.domain, peer = %welcome.peer_jid, "peerhost dialled in with malformed JIDs");
+        };
+        if let Some(peer) = self.ctx.directory.get(&domain)
+            && peer.target.jid == jid
+        {
+            return peer.adopt(transport).await;
+        }
+        if self.joiner_domain_ok(&domain) {
+            let first = !self.unvouched.contains_key(&domain);
+            self.unvouched
+                .entry(domain.clone())
+                .or_default()
+                .push(transport);
+            if first && !self.parked.contains_key(&domain) {
+                self.discover(domain);
+            }
+        } else {
+            warn!(%domain, %jid, "peerhost dialled in for a domain the master serves itself");
+        }
+    }
+
+    /// Hands the streams of peerhosts that dialled in for `domain` to its
+    /// peer task, if discovery vouched for them.
+    async fn vouch(&mut self, domain: &BareJid) {
+        let peer = self.ctx.directory.get(domain);
+        for transport in self.unvouched.remove(domain).unwrap_or_default() {
+            match &peer {
+                Some(peer) if peer.target.jid.as_str() == transport.welcome.peer_jid => {
+                    peer.adopt(transport).await;
+                }
+                _ => warn!(
+                    %domain,
+                    peer = %transport.welcome.peer_jid,
+                    "peerhost refused: its domain does not list it"
+                ),
+            }
+        }
+    }
+
     async fn on_found(&mut self, found: Found) {
         match found {
             Found::Target { domain, target } => {
@@ -420,12 +483,17 @@ impl Service {
                             self.peers_shutdown.clone(),
                         );
                         self.ctx.directory.insert(handle.clone());
+                        self.vouch(&domain).await;
                         self.settle(domain, handle);
                     }
-                    Some(_) => self.release_parked(&domain).await,
+                    Some(_) => {
+                        self.vouch(&domain).await;
+                        self.release_parked(&domain).await;
+                    }
                     None => {
                         // No longer listed: new rooms serve the domain directly.
                         self.ctx.directory.remove(&domain);
+                        self.vouch(&domain).await;
                         self.release_parked(&domain).await;
                     }
                 }

@@ -297,3 +297,71 @@ fn rogue_component(testbed: &Testbed, advertised: Advertised) -> CancellationTok
     });
     stop
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peerhost_dialling_in_for_a_domain_that_does_not_list_it_is_refused() {
+    let pki = tempfile::tempdir().unwrap();
+    let ca = TestCa::new().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("listen = \"127.0.0.1:{port}\"\n");
+    let (testbed, master) = master(two_domains(), &ca, pki.path(), &listen).await;
+
+    // A valid certificate, for a JID b.test does not list.
+    let rogue = ca
+        .issue(pki.path(), "rogue", &["muc-rogue.b.test"])
+        .unwrap();
+    let files = TlsFiles {
+        cert: rogue.cert.clone(),
+        key: rogue.key.clone(),
+        ca: Some(rogue.ca.clone()),
+    };
+    let loaded = files.load().unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls::client_config(&loaded, "conference.a.test").unwrap())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (frames, rx) = mpsc::channel(4);
+    let mut inbound = dmuc_protocol::pb::uplink_client::UplinkClient::new(channel)
+        .attach(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let hello = inbound.message().await.unwrap().and_then(|f| f.frame);
+    assert!(matches!(hello, Some(pb::master_frame::Frame::Hello(_))));
+    let welcome = peer_frame::Frame::Welcome(pb::Welcome {
+        version: dmuc_protocol::PROTOCOL_VERSION,
+        features: vec![],
+        peer_jid: "muc-rogue.b.test".into(),
+        domain: "b.test".into(),
+        resumable: vec![],
+    });
+    frames
+        .send(pb::PeerFrame {
+            frame: Some(welcome),
+        })
+        .await
+        .unwrap();
+    // The master asks b.test, which does not list it: the stream ends.
+    let next = tokio::time::timeout(WAIT, inbound.message()).await.unwrap();
+    assert!(matches!(next, Ok(None) | Err(_)), "{next:?}");
+    master
+        .wait_for_log("peerhost refused: its domain does not list it", WAIT)
+        .await
+        .unwrap();
+
+    // b.test's users are served directly.
+    let mut alice = testbed.client("a.test", "alice").await.unwrap();
+    alice.create_instant_room(ROOM, "alice").await.unwrap();
+    let mut bob = testbed.client("b.test", "bob").await.unwrap();
+    bob.join(ROOM, "bob").await.unwrap();
+    alice.say(ROOM, "hello bob").await.unwrap();
+    bob.expect_groupchat_body(ROOM, "hello bob").await.unwrap();
+    assert!(!master.log().contains("creating slave"));
+}

@@ -14,6 +14,10 @@
 //! tls_ca = "/etc/dmuc/masters-ca.crt"    #   certificates chain to (default: system)
 //! masters = ["conference.a.test"]        # masters served (default: any)
 //!
+//! [[peering.uplink]]             # a master this peerhost dials itself
+//! master = "conference.a.test"
+//! endpoint = "https://master.a.test:7444"   # the master's [peering] listen
+//!
 //! [storage]
 //! path = "/var/lib/dmuc-peerhost/peerhost.sqlite"   # the slaves' state (SQLite)
 //!
@@ -35,6 +39,7 @@ use serde::Deserialize;
 use dmuc_protocol::tls::TlsFiles;
 
 use crate::Error;
+use crate::uplink::UplinkTarget;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,6 +71,19 @@ pub struct PeeringSection {
     /// with a valid certificate).
     #[serde(default)]
     pub masters: Vec<String>,
+    /// Masters this peerhost dials itself (`[[peering.uplink]]`).
+    #[serde(default)]
+    pub uplink: Vec<UplinkSection>,
+}
+
+/// `[[peering.uplink]]`: a master to dial.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkSection {
+    /// The master's MUC service JID, e.g. `conference.a.test`.
+    pub master: String,
+    /// Its `[peering] listen`, as a URL, e.g. `https://master.a.test:7444`.
+    pub endpoint: String,
 }
 
 impl PeeringSection {
@@ -77,6 +95,33 @@ impl PeeringSection {
             self.tls_ca.as_deref(),
         )
         .map_err(Error::Config)
+    }
+
+    /// The masters to dial, checked.
+    pub fn uplinks(&self) -> Result<Vec<UplinkTarget>, Error> {
+        self.uplink
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let master = u
+                    .master
+                    .parse::<BareJid>()
+                    .ok()
+                    .filter(|j| j.node().is_none())
+                    .ok_or_else(|| {
+                        Error::Config(format!("peering.uplink[{i}].master: must be a domain"))
+                    })?;
+                if !(u.endpoint.starts_with("http://") || u.endpoint.starts_with("https://")) {
+                    return Err(Error::Config(format!(
+                        "peering.uplink[{i}].endpoint: must be an http:// or https:// URL"
+                    )));
+                }
+                Ok(UplinkTarget {
+                    master,
+                    endpoint: u.endpoint.clone(),
+                })
+            })
+            .collect()
     }
 
     /// The allow-list of masters, checked.
@@ -130,6 +175,7 @@ impl Config {
         }
         config.peering.tls()?;
         config.peering.masters()?;
+        config.peering.uplinks()?;
         if config.storage.path.as_os_str().is_empty() {
             return Err(SettingsError::new("storage.path", "must not be empty").into());
         }

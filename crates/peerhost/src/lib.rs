@@ -17,6 +17,8 @@
 //! - [`store`]: SQLite (`[storage] path`): each slave's last snapshot and
 //!   the events applied since, written by one group-commit task; schema in
 //!   `crates/peerhost/migrations/`.
+//! - [`uplink`]: masters the peerhost dials itself (`[[peering.uplink]]`),
+//!   served like streams they opened.
 //! - [`disco`]: what the peerhost answers at its own JID: disco#info with
 //!   the dmuc feature, its endpoint and served domain, and pings.
 //!
@@ -54,6 +56,7 @@ pub mod disco;
 pub mod slave;
 pub mod store;
 pub mod stream;
+pub mod uplink;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -190,6 +193,10 @@ pub async fn run(
         shutdown.clone(),
     );
     let streams = service.streams();
+    let tls = tls.map(Arc::new);
+    for target in config.peering.uplinks()? {
+        uplink::spawn(service.clone(), target, tls.clone(), shutdown.clone());
+    }
     let mut builder = Server::builder();
     if let Some(tls) = &tls {
         builder = builder.tls_config(dmuc_protocol::tls::server_config(tls))?;

@@ -263,8 +263,10 @@ impl Drop for Held {
     }
 }
 
-/// Runs one `Replicate` stream to its end.
-async fn serve(
+/// Runs one stream to its end: a `Replicate` stream the master opened, or
+/// an `Attach` stream this peerhost opened to the master (see
+/// [`crate::uplink`]). `names`: what the master's certificate is valid for.
+pub(crate) async fn serve(
     service: PeeringService,
     mut inbound: Streaming<pb::MasterFrame>,
     names: Option<Vec<String>>,

@@ -57,6 +57,9 @@ pub struct PeerhostSetup {
     pub extra_toml: String,
     /// More lines of each `[peering]` section.
     pub peering_toml: String,
+    /// The peerhosts dial the master (`[[peering.uplink]]` to the master's
+    /// `[peering] listen`) and advertise no endpoint of their own.
+    pub dial_in: bool,
 }
 
 impl Default for PeerhostSetup {
@@ -65,6 +68,7 @@ impl Default for PeerhostSetup {
             log_filter: crate::process::test_log_filter("DMUC_TESTBED_PEERHOST_LOG"),
             extra_toml: String::new(),
             peering_toml: String::new(),
+            dial_in: false,
         }
     }
 }
@@ -185,8 +189,23 @@ pub async fn start_distributed(
         .map_err(Error::io("creating the PKI directory"))?;
     let ca = TestCa::new()?;
     let master_cert = ca.issue(pki.path(), "master", &[DMUC_SERVICE])?;
+    // Where peerhosts that dial in reach the master.
+    let uplink = if peers.dial_in {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(Error::io("choosing the master's peering port"))?
+            .port();
+        Some(SocketAddr::from(([127, 0, 0, 1], port)))
+    } else {
+        None
+    };
+    let listen_line = uplink.map_or(String::new(), |a| format!("listen = \"{a}\"\n"));
     let master = MasterSetup {
-        peering_toml: format!("{}{}", tls_toml(&master_cert), master.peering_toml),
+        peering_toml: format!(
+            "{}{listen_line}{}",
+            tls_toml(&master_cert),
+            master.peering_toml
+        ),
         ..master.clone()
     };
     let (testbed, master) = start_dmuc_testbed(master_binary, options, &master).await?;
@@ -211,9 +230,16 @@ pub async fn start_distributed(
                 .join(format!("{}.sqlite", peerhost_jid(domain))),
             log_filter: peers.log_filter.clone(),
             extra_toml: format!(
-                "[peering]\nlisten = \"{listen}\"\nendpoint = \"https://{endpoint}\"\n{}{}\n\n{}",
+                "[peering]\nlisten = \"{listen}\"\n{}{}{}\n{}\n\n{}",
+                match uplink {
+                    Some(_) => String::new(),
+                    None => format!("endpoint = \"https://{endpoint}\"\n"),
+                },
                 tls_toml(&cert),
                 peers.peering_toml,
+                uplink.map_or(String::new(), |a| format!(
+                    "[[peering.uplink]]\nmaster = \"{DMUC_SERVICE}\"\nendpoint = \"https://{a}\"\n"
+                )),
                 peers.extra_toml
             ),
         };

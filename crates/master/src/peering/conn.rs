@@ -72,12 +72,20 @@ pub fn spawn(
     shutdown: CancellationToken,
 ) -> PeerHandle {
     let (tx, rx) = mpsc::channel(QUEUE);
-    let (state_tx, state) = watch::channel(LinkState::Connecting);
+    // A peerhost that dials in is down until it does.
+    let first = if target.endpoint.is_some() {
+        LinkState::Connecting
+    } else {
+        LinkState::Down
+    };
+    let (state_tx, state) = watch::channel(first);
+    let (adopt_tx, adopt) = mpsc::channel(4);
     let span = info_span!("peer", domain = %target.domain, peer = %target.jid);
     let handle = PeerHandle {
         target: Arc::new(target.clone()),
         tx,
         state,
+        adopt: adopt_tx,
     };
     let conn = Conn {
         target,
@@ -86,8 +94,45 @@ pub fn spawn(
         state: state_tx,
         session: 0,
     };
-    tokio::spawn(conn.run(rx, shutdown).instrument(span));
+    tokio::spawn(conn.run(rx, adopt, shutdown).instrument(span));
     handle
+}
+
+/// A welcomed stream to a peerhost, whichever side dialled.
+#[derive(Debug)]
+pub struct Transport {
+    pub frames: mpsc::Sender<pb::MasterFrame>,
+    pub inbound: Streaming<pb::PeerFrame>,
+    pub welcome: pb::Welcome,
+}
+
+/// Says `Hello` on `frames` and waits for the peerhost's `Welcome`.
+pub async fn handshake(
+    master_jid: &BareJid,
+    frames: mpsc::Sender<pb::MasterFrame>,
+    mut inbound: Streaming<pb::PeerFrame>,
+) -> Result<Transport, String> {
+    let hello = master_frame::Frame::Hello(dmuc_protocol::hello(master_jid.as_str()));
+    frames
+        .send(pb::MasterFrame { frame: Some(hello) })
+        .await
+        .map_err(|_| "stream closed before hello".to_owned())?;
+    let welcome = match tokio::time::timeout(CONNECT_TIMEOUT, inbound.message()).await {
+        Ok(Ok(Some(pb::PeerFrame {
+            frame: Some(peer_frame::Frame::Welcome(w)),
+        }))) => w,
+        Ok(Ok(Some(pb::PeerFrame {
+            frame: Some(peer_frame::Frame::Refused(r)),
+        }))) => return Err(format!("refused: {}", r.reason)),
+        Ok(Ok(_)) => return Err("no welcome".into()),
+        Ok(Err(status)) => return Err(error_chain(&status)),
+        Err(_) => return Err("no welcome in time".into()),
+    };
+    Ok(Transport {
+        frames,
+        inbound,
+        welcome,
+    })
 }
 
 /// Whether the stream to a peerhost is up.
@@ -116,69 +161,91 @@ enum Ended {
     /// The rooms' side of the channel is gone: the master is stopping.
     Orphaned,
     Failed(String),
+    /// The peerhost dialled in again: the new stream replaces this one.
+    Replaced(Box<Transport>),
 }
 
 impl Conn {
-    async fn run(mut self, mut from_rooms: mpsc::Receiver<ToPeer>, shutdown: CancellationToken) {
+    async fn run(
+        mut self,
+        mut from_rooms: mpsc::Receiver<ToPeer>,
+        mut adopt: mpsc::Receiver<Transport>,
+        shutdown: CancellationToken,
+    ) {
         let mut backoff = Backoff::new(BackoffConfig::default());
+        let mut next_dial = self.target.endpoint.is_some().then(Instant::now);
+        let mut next: Option<Transport> = None;
         loop {
+            // A stream: one that dialled in, or one we dial when it is time.
+            let opened = match next.take() {
+                Some(transport) => Ok(transport),
+                None => tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    Some(transport) = adopt.recv() => Ok(transport),
+                    () = sleep_until(next_dial), if next_dial.is_some() => self.dial().await,
+                    msg = from_rooms.recv() => {
+                        match msg {
+                            Some(msg) => self.offline(msg),
+                            None => break,
+                        }
+                        continue;
+                    }
+                },
+            };
             let started = Instant::now();
-            let ended = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => Ended::Shutdown,
-                ended = self.session(&mut from_rooms) => ended,
+            let ended = match opened {
+                Ok(transport) => tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => Ended::Shutdown,
+                    ended = self.session(transport, &mut from_rooms, &mut adopt) => ended,
+                },
+                Err(reason) => Ended::Failed(reason),
             };
             if self.state.borrow().ne(&LinkState::Down) {
                 self.state.send_replace(LinkState::Down);
             }
             self.tell_all(|session| PeerNews::Down { session });
-            let reason = match ended {
+            match ended {
                 Ended::Shutdown | Ended::Orphaned => break,
-                Ended::Failed(reason) => reason,
-            };
-            backoff.connected_for(started.elapsed());
-            let delay = backoff.next_delay();
-            warn!(%reason, retry_in = ?delay, "peerhost stream down");
-            // Keep taking the rooms' frames while we wait: they are for a
-            // session that has ended, and registrations still count.
-            let wait = tokio::time::sleep(delay);
-            tokio::pin!(wait);
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return,
-                    () = &mut wait => break,
-                    msg = from_rooms.recv() => match msg {
-                        Some(msg) => self.offline(msg),
-                        None => return,
-                    },
+                Ended::Replaced(transport) => {
+                    info!("peerhost dialled in again: new stream");
+                    next = Some(*transport);
+                }
+                Ended::Failed(reason) => {
+                    backoff.connected_for(started.elapsed());
+                    if self.target.endpoint.is_some() {
+                        let delay = backoff.next_delay();
+                        warn!(%reason, retry_in = ?delay, "peerhost stream down");
+                        next_dial = Some(Instant::now() + delay);
+                    } else {
+                        warn!(%reason, "peerhost stream down; waiting for it to dial in");
+                    }
                 }
             }
         }
         debug!("peer task stopped");
     }
 
-    /// Connects, says hello, and serves one session until it ends.
-    async fn session(&mut self, from_rooms: &mut mpsc::Receiver<ToPeer>) -> Ended {
+    /// Dials the peerhost and says hello.
+    async fn dial(&self) -> Result<Transport, String> {
         let (frames, rx) = mpsc::channel::<pb::MasterFrame>(QUEUE);
-        let hello =
-            master_frame::Frame::Hello(dmuc_protocol::hello(self.context.master_jid.as_str()));
-        let _ = frames.try_send(pb::MasterFrame { frame: Some(hello) });
-        let mut inbound = match self.open(rx).await {
-            Ok(inbound) => inbound,
-            Err(reason) => return Ended::Failed(reason),
-        };
-        let welcome = match tokio::time::timeout(CONNECT_TIMEOUT, inbound.message()).await {
-            Ok(Ok(Some(pb::PeerFrame {
-                frame: Some(peer_frame::Frame::Welcome(w)),
-            }))) => w,
-            Ok(Ok(Some(pb::PeerFrame {
-                frame: Some(peer_frame::Frame::Refused(r)),
-            }))) => return Ended::Failed(format!("refused: {}", r.reason)),
-            Ok(Ok(_)) => return Ended::Failed("no welcome".into()),
-            Ok(Err(status)) => return Ended::Failed(status.to_string()),
-            Err(_) => return Ended::Failed("no welcome in time".into()),
-        };
+        let inbound = self.open(rx).await?;
+        handshake(&self.context.master_jid, frames, inbound).await
+    }
+
+    /// Serves one welcomed stream until it ends.
+    async fn session(
+        &mut self,
+        transport: Transport,
+        from_rooms: &mut mpsc::Receiver<ToPeer>,
+        adopt: &mut mpsc::Receiver<Transport>,
+    ) -> Ended {
+        let Transport {
+            frames,
+            mut inbound,
+            welcome,
+        } = transport;
         if welcome.domain != self.target.domain.as_str()
             || welcome.peer_jid != self.target.jid.as_str()
         {
@@ -257,6 +324,7 @@ impl Conn {
                         return Ended::Failed("stream closed".into());
                     }
                 }
+                Some(transport) = adopt.recv() => return Ended::Replaced(Box::new(transport)),
                 _ = keepalive.tick() => {
                     if outstanding.is_some() {
                         return Ended::Failed("keepalive unanswered".into());
@@ -276,7 +344,9 @@ impl Conn {
         &self,
         outbound: mpsc::Receiver<pb::MasterFrame>,
     ) -> Result<Streaming<pb::PeerFrame>, String> {
-        let url = &self.target.endpoint;
+        let Some(url) = &self.target.endpoint else {
+            return Err("this peerhost dials in; it has no endpoint".into());
+        };
         let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| format!("endpoint {url:?}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
@@ -431,8 +501,16 @@ impl Conn {
     }
 }
 
+/// Sleeps until `at` (forever if `None`).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// An error with its sources (TLS refusals are only in the sources).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -108,7 +108,7 @@ pub fn peerhost(answer: &Element, item: &BareJid, domain: &BareJid) -> Option<Pe
     Some(PeerTarget {
         domain: domain.clone(),
         jid: item.clone(),
-        endpoint: value(disco::ENDPOINT)?,
+        endpoint: value(disco::ENDPOINT),
     })
 }
 
@@ -159,7 +159,7 @@ mod tests {
             Some(PeerTarget {
                 domain: b.clone(),
                 jid: item.clone(),
-                endpoint: "http://127.0.0.1:7000".into(),
+                endpoint: Some("http://127.0.0.1:7000".into()),
             })
         );
         // Listed by b.test but claiming to serve c.test: not b.test's peerhost.

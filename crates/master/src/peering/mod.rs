@@ -14,13 +14,16 @@
 //!   looking for the dmuc feature and the endpoint in its form; and the
 //!   cache of what was found.
 //! - [`iq`]: IQ requests the service sends and the answers it awaits.
-//! - [`conn`]: the task per peerhost.
+//! - [`conn`]: the task per peerhost, on a stream it dialled or one the
+//!   peerhost dialled in on.
+//! - [`listen`]: the `Uplink` service for peerhosts that dial the master.
 //!
 //! Rooms decide which of their domains a slave serves (`crate::fanout`).
 
 pub mod conn;
 pub mod discovery;
 pub mod iq;
+pub mod listen;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -38,8 +41,9 @@ pub struct PeerTarget {
     pub domain: BareJid,
     /// Its JID (its component), e.g. `muc-peer.b.test`.
     pub jid: BareJid,
-    /// Its gRPC endpoint, e.g. `http://peer.b.test:7443`.
-    pub endpoint: String,
+    /// Its gRPC endpoint, e.g. `https://peer.b.test:7443`; `None` for a
+    /// peerhost that dials the master instead (see `listen`).
+    pub endpoint: Option<String>,
 }
 
 /// A room's way to its domain's peerhost.
@@ -48,6 +52,8 @@ pub struct PeerHandle {
     pub target: Arc<PeerTarget>,
     tx: mpsc::Sender<ToPeer>,
     state: watch::Receiver<LinkState>,
+    /// Streams the peerhost opened to us (`Uplink.Attach`), for its task.
+    adopt: mpsc::Sender<conn::Transport>,
 }
 
 impl PeerHandle {
@@ -77,8 +83,14 @@ impl PeerHandle {
             target: Arc::new(target),
             tx,
             state,
+            adopt: mpsc::channel(1).0,
         };
         (handle, rx, state_tx)
+    }
+
+    /// Hands a stream the peerhost dialled in on to its task.
+    pub async fn adopt(&self, transport: conn::Transport) {
+        let _ = self.adopt.send(transport).await;
     }
 
     /// Hands a message to the peer's task; `false` if it has stopped.
