@@ -242,10 +242,13 @@ impl Service {
                 Some(event) = self.events.recv() => self.on_room_event(event).await,
                 Some(found) = self.found.recv() => self.on_found(found).await,
                 Some(transport) = self.uplinks.recv() => self.on_uplink(transport).await,
-                Some(Submitted { room, input }) = self.submissions.recv() => {
-                    let creates = matches!(&input, Input::Presence { join: Some(_), .. });
-                    self.dispatch(room, input, creates).await;
-                }
+                Some(submitted) = self.submissions.recv() => match submitted {
+                    Submitted::Input { room, input } => {
+                        let creates = matches!(&input, Input::Presence { join: Some(_), .. });
+                        self.dispatch(room, input, creates).await;
+                    }
+                    Submitted::Stanza(el) => self.on_stanza(el).await,
+                },
                 item = inbound.recv() => match item {
                     Some(Inbound::Stanza(el)) => self.on_stanza(el).await,
                     Some(Inbound::Invalid(bad)) => self.on_invalid(bad).await,

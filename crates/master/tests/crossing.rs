@@ -267,3 +267,58 @@ fn each_event_crosses_to_a_domain_once() {
         }
     });
 }
+
+/// With interception (mod_dmuc_intercept and `[[shadow]]`), b.test's users'
+/// own stanzas to the room go up their peerhost's gRPC stream too: nothing
+/// of the room crosses over s2s any more.
+#[test]
+fn intercepted_users_send_nothing_over_s2s() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let master = env!("CARGO_BIN_EXE_dmuc-master");
+        let system = distributed::start_distributed(
+            master,
+            distributed::peerhost_binary(master).expect("dmuc-peerhost built"),
+            options(),
+            &MasterSetup::default(),
+            &REMOTE,
+            &PeerhostSetup {
+                intercept: true,
+                ..PeerhostSetup::default()
+            },
+        )
+        .await
+        .expect("system starts");
+        // Each peerhost dials in and is vouched for by its domain first.
+        for _ in REMOTE {
+            system
+                .master
+                .wait_for_log("peerhost stream up", Duration::from_secs(15))
+                .await
+                .unwrap();
+        }
+        let t = &system.testbed;
+        let room = format!("intercepted@{DMUC_SERVICE}");
+        let mut alice = t.client("a.test", "alice").await.unwrap();
+        alice.create_instant_room(&room, "alice").await.unwrap();
+        let before = system.crossing().unwrap();
+        let mut present = vec![alice];
+        for (domain, nick) in [("b.test", "b0"), ("b.test", "b1"), ("c.test", "c0")] {
+            let mut user = t.client(domain, nick).await.unwrap();
+            user.join(&room, nick).await.unwrap();
+            all_see_join(&mut present, &room, nick).await;
+            present.push(user);
+        }
+        for k in 0..MESSAGES {
+            let body = format!("from b {k}");
+            present[1].send_groupchat(&room, &body).await.unwrap();
+            all_receive(&mut present, &room, &body).await;
+        }
+        let crossed = system.crossing().unwrap().since(&before);
+        assert_eq!(crossed.s2s.stanzas(), 0, "{crossed:?}");
+    });
+}

@@ -21,6 +21,10 @@
 //! [storage]
 //! path = "/var/lib/dmuc-peerhost/peerhost.sqlite"   # the slaves' state (SQLite)
 //!
+//! [[shadow]]                     # intercept this domain's traffic to a remote service
+//! service = "conference.a.test"  # (see deploy/prosody/mod_dmuc_intercept.lua)
+//! master = "https://master.a.test:7444"   # its master's [peering] listen, dialled
+//!
 //! [log]
 //! filter = "info"                # RUST_LOG overrides it
 //! ```
@@ -49,6 +53,22 @@ pub struct Config {
     pub storage: StorageSection,
     #[serde(default)]
     pub log: LogSection,
+    /// Remote MUC services whose traffic from this domain's users the
+    /// peerhost intercepts (`[[shadow]]`).
+    #[serde(default)]
+    pub shadow: Vec<ShadowSection>,
+}
+
+/// `[[shadow]]`: a remote MUC service this domain's server hands its
+/// users' stanzas for to the peerhost (deploy/prosody/mod_dmuc_intercept.lua),
+/// and whose master the peerhost dials.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSection {
+    /// The service's JID (its master's), e.g. `conference.a.test`.
+    pub service: String,
+    /// The master's `[peering] listen`, as a URL.
+    pub master: String,
 }
 
 /// `[peering]`: where masters reach this peerhost.
@@ -125,6 +145,7 @@ impl PeeringSection {
     }
 
     /// The allow-list of masters, checked.
+    /// (See also [`Config::shadowed`].)
     pub fn masters(&self) -> Result<Vec<BareJid>, Error> {
         self.masters
             .iter()
@@ -176,10 +197,38 @@ impl Config {
         config.peering.tls()?;
         config.peering.masters()?;
         config.peering.uplinks()?;
+        config.shadowed()?;
         if config.storage.path.as_os_str().is_empty() {
             return Err(SettingsError::new("storage.path", "must not be empty").into());
         }
         Ok(config)
+    }
+
+    /// The intercepted services, checked, with the uplinks they need.
+    pub fn shadowed(&self) -> Result<Vec<UplinkTarget>, Error> {
+        self.shadow
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let master = s
+                    .service
+                    .parse::<BareJid>()
+                    .ok()
+                    .filter(|j| j.node().is_none())
+                    .ok_or_else(|| {
+                        Error::Config(format!("shadow[{i}].service: must be a domain"))
+                    })?;
+                if !(s.master.starts_with("http://") || s.master.starts_with("https://")) {
+                    return Err(Error::Config(format!(
+                        "shadow[{i}].master: must be an http:// or https:// URL"
+                    )));
+                }
+                Ok(UplinkTarget {
+                    master,
+                    endpoint: s.master.clone(),
+                })
+            })
+            .collect()
     }
 
     /// The domain whose users this peerhost serves: the component's parent

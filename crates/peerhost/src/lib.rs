@@ -71,6 +71,11 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tracing::{debug, info, warn};
 
+use dmuc_room::Condition;
+use dmuc_stanza::outbound;
+use jid::BareJid;
+use minidom::Element;
+
 use crate::disco::Advertised;
 use crate::store::Store;
 
@@ -163,11 +168,7 @@ pub async fn run(
         domain: domain.clone(),
         endpoint: config.peering.endpoint.clone(),
     };
-    let inbound = tokio::spawn(answer_inbound(
-        link.inbound,
-        link.handle.clone(),
-        advertised,
-    ));
+    let (link_inbound, link_handle) = (link.inbound, link.handle.clone());
 
     let tls = match config.peering.tls()? {
         Some(files) => Some(
@@ -194,9 +195,23 @@ pub async fn run(
     );
     let streams = service.streams();
     let tls = tls.map(Arc::new);
-    for target in config.peering.uplinks()? {
+    let shadowed = config.shadowed()?;
+    let mut uplinks = config.peering.uplinks()?;
+    for target in &shadowed {
+        if !uplinks.iter().any(|u| u.master == target.master) {
+            uplinks.push(target.clone());
+        }
+    }
+    for target in uplinks {
         uplink::spawn(service.clone(), target, tls.clone(), shutdown.clone());
     }
+    let inbound = tokio::spawn(answer_inbound(
+        link_inbound,
+        link_handle,
+        advertised,
+        service.clone(),
+        shadowed.into_iter().map(|t| t.master).collect(),
+    ));
     let mut builder = Server::builder();
     if let Some(tls) = &tls {
         builder = builder.tls_config(dmuc_protocol::tls::server_config(tls))?;
@@ -235,12 +250,20 @@ pub async fn run(
     served.map_err(Error::from)
 }
 
+/// The intercepted service `el` is addressed to, if any.
+fn shadowed_service<'a>(el: &Element, shadowed: &'a [BareJid]) -> Option<&'a BareJid> {
+    let to = el.attr("to")?.parse::<jid::Jid>().ok()?;
+    shadowed.iter().find(|s| s.domain() == to.domain())
+}
+
 /// Stanzas addressed to the peerhost itself: service discovery and pings
 /// (see [`disco`]).
 async fn answer_inbound(
     mut inbound: mpsc::Receiver<Inbound>,
     link: LinkHandle,
     advertised: Advertised,
+    service: PeeringService,
+    shadowed: Vec<BareJid>,
 ) {
     while let Some(event) = inbound.recv().await {
         match event {
@@ -249,6 +272,21 @@ async fn answer_inbound(
                 warn!(error = %reason, ?retry_in, "component disconnected")
             }
             Inbound::Stanza(el) => {
+                if let Some(master) = shadowed_service(&el, &shadowed) {
+                    // A local user's stanza to a remote service, handed to
+                    // us by our server: up to that service's master.
+                    if let Err(el) = service.forward(master, el).await
+                        && let Some(reply) = outbound::error_reply(
+                            &el,
+                            Condition::RemoteServerTimeout,
+                            Some("The room's service cannot be reached"),
+                        )
+                        && link.send(reply).await.is_err()
+                    {
+                        break;
+                    }
+                    continue;
+                }
                 debug!(
                     name = el.name(),
                     from = el.attr("from"),

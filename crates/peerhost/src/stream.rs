@@ -34,6 +34,7 @@ use dmuc_protocol::pb::{self, master_frame, peer_frame};
 use dmuc_protocol::tls;
 use dmuc_protocol::{ProtocolError, RoomEvent, SUPPORTED_VERSIONS, SlaveStart, feature, negotiate};
 use jid::BareJid;
+use minidom::Element;
 use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
@@ -109,6 +110,22 @@ impl PeeringService {
             shutdown,
             streams: TaskTracker::new(),
             masters: Masters::default(),
+        }
+    }
+
+    /// Sends a stanza one of this domain's users addressed to `master`'s
+    /// service up the master's stream; gives it back if no stream is up.
+    pub async fn forward(&self, master: &BareJid, stanza: Element) -> Result<(), Element> {
+        let Some(up) = self.masters.upstream(master) else {
+            return Err(stanza);
+        };
+        let frame = peer_frame::Frame::Forward(pb::Forward {
+            stanza: String::from(&stanza),
+        });
+        if up.send(frame).await {
+            Ok(())
+        } else {
+            Err(stanza)
         }
     }
 
@@ -196,6 +213,9 @@ impl Upstream {
 #[derive(Debug, Clone, Default)]
 struct Masters {
     serving: Arc<Mutex<HashMap<BareJid, Lease>>>,
+    /// The welcomed stream of each master, by lease, for intercepted
+    /// stanzas to go up.
+    upstreams: Arc<Mutex<HashMap<BareJid, (u64, Upstream)>>>,
     next_id: Arc<AtomicU64>,
 }
 
@@ -209,6 +229,15 @@ struct Lease {
 }
 
 impl Masters {
+    /// The welcomed stream of `master`, if one is up.
+    fn upstream(&self, master: &BareJid) -> Option<Upstream> {
+        let upstreams = self
+            .upstreams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        upstreams.get(master).map(|(_, up)| up.clone())
+    }
+
     /// Makes the stream ending on `end` the one serving `master`: ends the
     /// stream that served it before and waits until its slaves have stopped.
     async fn take(&self, master: &BareJid, end: &CancellationToken) -> Held {
@@ -259,6 +288,18 @@ impl Drop for Held {
         {
             serving.remove(&self.master);
         }
+        drop(serving);
+        let mut upstreams = self
+            .masters
+            .upstreams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if upstreams
+            .get(&self.master)
+            .is_some_and(|(id, _)| *id == self.lease.id)
+        {
+            upstreams.remove(&self.master);
+        }
         self.lease.released.cancel();
     }
 }
@@ -290,6 +331,12 @@ pub(crate) async fn serve(
     if !stream.up.send(peer_frame::Frame::Welcome(welcome)).await {
         return;
     }
+    service
+        .masters
+        .upstreams
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(stream.master.clone(), (held.lease.id, stream.up.clone()));
     loop {
         let message = tokio::select! {
             biased;

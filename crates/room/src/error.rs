@@ -17,6 +17,7 @@ pub enum Condition {
     NotAuthorized,
     PolicyViolation,
     RegistrationRequired,
+    RemoteServerTimeout,
     ResourceConstraint,
     ServiceUnavailable,
 }
@@ -39,7 +40,7 @@ impl Condition {
             Condition::Forbidden | Condition::NotAuthorized | Condition::RegistrationRequired => {
                 ErrorType::Auth
             }
-            Condition::ResourceConstraint => ErrorType::Wait,
+            Condition::ResourceConstraint | Condition::RemoteServerTimeout => ErrorType::Wait,
             Condition::Conflict
             | Condition::NotAcceptable
             | Condition::ServiceUnavailable
@@ -65,6 +66,7 @@ impl Condition {
             Condition::NotAuthorized => "not-authorized",
             Condition::PolicyViolation => "policy-violation",
             Condition::RegistrationRequired => "registration-required",
+            Condition::RemoteServerTimeout => "remote-server-timeout",
             Condition::ResourceConstraint => "resource-constraint",
             Condition::ServiceUnavailable => "service-unavailable",
         }

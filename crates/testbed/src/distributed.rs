@@ -60,6 +60,9 @@ pub struct PeerhostSetup {
     /// The peerhosts dial the master (`[[peering.uplink]]` to the master's
     /// `[peering] listen`) and advertise no endpoint of their own.
     pub dial_in: bool,
+    /// Their servers hand their users' stanzas for the master's service to
+    /// them (`mod_dmuc_intercept`, `[[shadow]]`); implies `dial_in`.
+    pub intercept: bool,
 }
 
 impl Default for PeerhostSetup {
@@ -69,6 +72,7 @@ impl Default for PeerhostSetup {
             extra_toml: String::new(),
             peering_toml: String::new(),
             dial_in: false,
+            intercept: false,
         }
     }
 }
@@ -181,6 +185,10 @@ pub async fn start_distributed(
             secret: PEERHOST_SECRET.into(),
             validate_from_addresses: false,
         });
+        if peers.intercept {
+            d.intercept
+                .push((DMUC_SERVICE.into(), peerhost_jid(domain)));
+        }
     }
     let counted = options.counted;
     let pki = tempfile::Builder::new()
@@ -190,7 +198,7 @@ pub async fn start_distributed(
     let ca = TestCa::new()?;
     let master_cert = ca.issue(pki.path(), "master", &[DMUC_SERVICE])?;
     // Where peerhosts that dial in reach the master.
-    let uplink = if peers.dial_in {
+    let uplink = if peers.dial_in || peers.intercept {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(Error::io("choosing the master's peering port"))?
@@ -237,9 +245,11 @@ pub async fn start_distributed(
                 },
                 tls_toml(&cert),
                 peers.peering_toml,
-                uplink.map_or(String::new(), |a| format!(
-                    "[[peering.uplink]]\nmaster = \"{DMUC_SERVICE}\"\nendpoint = \"https://{a}\"\n"
-                )),
+                uplink.map_or(String::new(), |a| if peers.intercept {
+                    format!("[[shadow]]\nservice = \"{DMUC_SERVICE}\"\nmaster = \"https://{a}\"\n")
+                } else {
+                    format!("[[peering.uplink]]\nmaster = \"{DMUC_SERVICE}\"\nendpoint = \"https://{a}\"\n")
+                }),
                 peers.extra_toml
             ),
         };

@@ -62,6 +62,10 @@ pub struct DomainOptions {
     /// Components allowed to multicast through `deploy/prosody/mod_dmuc_multicast.lua`
     /// (XEP-0033); the module is loaded when this is not empty.
     pub multicast_senders: Vec<String>,
+    /// Remote services whose traffic from this domain's users goes to a
+    /// local component instead (`deploy/prosody/mod_dmuc_intercept.lua`):
+    /// `(service, component)`; the module is loaded when this is not empty.
+    pub intercept: Vec<(String, String)>,
 }
 
 impl DomainOptions {
@@ -72,6 +76,7 @@ impl DomainOptions {
             components: Vec::new(),
             mucs: Vec::new(),
             multicast_senders: Vec::new(),
+            intercept: Vec::new(),
         }
     }
 
@@ -518,9 +523,10 @@ c2s_direct_tls_ports = {{}}
 s2s_direct_tls_ports = {{}}
 network_settings = {{ nagle = false }}
 unbound = {{ hoststxt = {hosts} }}
-modules_enabled = {{ "saslauth", "dialback", "disco", "roster", "ping", "posix"{multicast} }}
+modules_enabled = {{ "saslauth", "dialback", "disco", "roster", "ping", "posix"{multicast}{intercept} }}
 plugin_paths = {{ {plugins} }}
 dmuc_multicast_senders = {{ {senders} }}
+dmuc_intercept = {{ {intercepted} }}
 modules_disabled = {{ "offline", "s2s_auth_certs" }}
 authentication = "insecure"
 insecure_open_authentication = "Yes please, I know what I'm doing!"
@@ -545,6 +551,17 @@ VirtualHost "{name}"
         } else {
             r#", "dmuc_multicast""#
         },
+        intercept = if d.intercept.is_empty() {
+            ""
+        } else {
+            r#", "dmuc_intercept""#
+        },
+        intercepted = d
+            .intercept
+            .iter()
+            .map(|(service, component)| format!("[{}] = {}", lua_str(service), lua_str(component)))
+            .collect::<Vec<_>>()
+            .join(", "),
         plugins = lua_str(DMUC_PROSODY_MODULES),
         senders = d
             .multicast_senders

@@ -23,6 +23,7 @@ use dmuc_protocol::pb::{self, master_frame, peer_frame};
 use dmuc_protocol::tls::{self, LoadedTls};
 use dmuc_room::Input;
 use jid::BareJid;
+use minidom::Element;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -57,12 +58,14 @@ pub struct PeerContext {
     pub submissions: mpsc::UnboundedSender<Submitted>,
 }
 
-/// A user's stanza a peerhost submitted, checked: the sender is a user of
-/// the peerhost's domain.
+/// What a peerhost submitted for one of its domain's users, checked: the
+/// sender is a user of the peerhost's domain.
 #[derive(Debug)]
-pub struct Submitted {
-    pub room: BareJid,
-    pub input: Input,
+pub enum Submitted {
+    /// An input for a room.
+    Input { room: BareJid, input: Input },
+    /// A stanza it intercepted, to handle as if it had come over s2s.
+    Stanza(Element),
 }
 
 /// Starts the task that keeps the stream to `target` open.
@@ -394,6 +397,7 @@ impl Conn {
             ),
             Some(peer_frame::Frame::Keepalive(_)) => return,
             Some(peer_frame::Frame::Submit(submit)) => return self.on_submit(submit),
+            Some(peer_frame::Frame::Forward(forward)) => return self.on_forward(forward),
             other => {
                 warn!(frame = ?other, "unexpected frame from peerhost");
                 return;
@@ -433,7 +437,33 @@ impl Conn {
             );
             return;
         }
-        let _ = self.context.submissions.send(Submitted { room, input });
+        let _ = self
+            .context
+            .submissions
+            .send(Submitted::Input { room, input });
+    }
+
+    /// A stanza the peerhost intercepted: accepted only from its own
+    /// domain's users, and only to our service.
+    fn on_forward(&self, forward: pb::Forward) {
+        let Ok(el) = forward.stanza.parse::<Element>() else {
+            return warn!("malformed forwarded stanza rejected");
+        };
+        let domain_of = |attr: &str| {
+            el.attr(attr)
+                .and_then(|j| j.parse::<jid::Jid>().ok())
+                .map(|j| j.domain().as_str().to_owned())
+        };
+        let from_ours = domain_of("from").as_deref() == Some(self.target.domain.as_str());
+        let to_master = domain_of("to").as_deref() == Some(self.context.master_jid.as_str());
+        if !(from_ours && to_master) {
+            return warn!(
+                from = ?el.attr("from"),
+                to = ?el.attr("to"),
+                "forwarded stanza rejected: not from this peerhost's domain to this service"
+            );
+        }
+        let _ = self.context.submissions.send(Submitted::Stanza(el));
     }
 
     /// A message from a room while a session is up: the frame to send, if

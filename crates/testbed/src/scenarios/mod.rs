@@ -166,6 +166,7 @@ impl Ctx {
     pub async fn start_distributed(
         master_binary: impl Into<PathBuf>,
         peerhost_binary: impl AsRef<std::path::Path>,
+        peerhosts: &crate::distributed::PeerhostSetup,
     ) -> Result<Self> {
         let options = TestbedOptions::new()
             .with_domain(DomainOptions::new("a.test"))
@@ -181,7 +182,7 @@ impl Ctx {
             options,
             &setup,
             &["b.test", "c.test"],
-            &crate::distributed::PeerhostSetup::default(),
+            peerhosts,
         )
         .await?;
         let crate::distributed::Distributed {
