@@ -42,6 +42,8 @@ const MAX_BATCH: usize = 512;
 /// again ends it.
 const KEEPALIVE: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stream may take to close on shutdown.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Largest frame accepted from a peerhost (they are small: acks, resyncs).
 const MAX_INBOUND_FRAME: usize = 1024 * 1024;
 
@@ -198,11 +200,10 @@ impl Conn {
             };
             let started = Instant::now();
             let ended = match opened {
-                Ok(transport) => tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => Ended::Shutdown,
-                    ended = self.session(transport, &mut from_rooms, &mut adopt) => ended,
-                },
+                Ok(transport) => {
+                    self.session(transport, &mut from_rooms, &mut adopt, &shutdown)
+                        .await
+                }
                 Err(reason) => Ended::Failed(reason),
             };
             if self.state.borrow().ne(&LinkState::Down) {
@@ -243,6 +244,7 @@ impl Conn {
         transport: Transport,
         from_rooms: &mut mpsc::Receiver<ToPeer>,
         adopt: &mut mpsc::Receiver<Transport>,
+        shutdown: &CancellationToken,
     ) -> Ended {
         let Transport {
             frames,
@@ -297,6 +299,24 @@ impl Conn {
         loop {
             tokio::select! {
                 biased;
+                // The rooms have finished (the service cancels us only
+                // then): what they queued last still goes out.
+                _ = shutdown.cancelled() => {
+                    while let Ok(msg) = from_rooms.try_recv() {
+                        if let Some(frame) = self.on_room_msg(session, msg, &mut batch) {
+                            flush(&frames, &mut batch).await;
+                            let _ = frames.send(frame).await;
+                        }
+                    }
+                    flush(&frames, &mut batch).await;
+                    drop(frames);
+                    // The peerhost ends its side once it has read ours.
+                    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+                        while let Ok(Some(_)) = inbound.message().await {}
+                    })
+                    .await;
+                    return Ended::Shutdown;
+                }
                 frame = inbound.message() => match frame {
                     Ok(Some(frame)) => {
                         if let Some(peer_frame::Frame::Keepalive(k)) = &frame.frame
