@@ -1,31 +1,67 @@
 //! End to end: the scripted conversation of the local demo (`dmuc-demo`,
-//! `scripts/demo`) against `dmuc-master`, with users of `a.test` and of
-//! `b.test` (over s2s), checking the facts of the transcript: the room's
-//! configuration, the join order, one stanza-id per message that every
-//! recipient shares, stable occupant-ids, the private message reaching only
-//! its addressee, the nick change and the departure seen by everyone.
+//! `scripts/demo`) on the whole system: `dmuc-master` on `a.test`, a
+//! `dmuc-peerhost` on `b.test` and on `c.test`, with counted s2s and gRPC.
+//! Checks the facts of the transcript: the room's configuration, the join
+//! order, every message reaching every occupant once with one stanza-id
+//! that every recipient shares, stable occupant-ids, the private message
+//! reaching only its addressee, the nick change seen by everyone; and what
+//! crossed between domains is what dmuc promises: no s2s stanza for a
+//! message from a.test, only the sender's own for a message from another
+//! domain, joins served by the joiner's domain's slave.
+//!
+//! Needs `dmuc-peerhost` built next to `dmuc-master` (`cargo build -p
+//! dmuc-peerhost`; `cargo test --workspace` builds it).
 
-use dmuc_testbed::demo::{self, JoinSeen, JoinStep, Transcript};
-use dmuc_testbed::scenarios::{self, Ctx, check, check_eq};
+use std::time::Duration;
 
-async fn dmuc() -> dmuc_testbed::Result<Ctx> {
-    Ctx::start_dmuc_master(env!("CARGO_BIN_EXE_dmuc-master")).await
+use dmuc_testbed::demo::{self, HOME, JoinSeen, JoinStep, PEER_DOMAINS, Transcript};
+use dmuc_testbed::distributed::{self, Distributed, PeerhostSetup};
+use dmuc_testbed::scenarios::{MasterSetup, check, check_eq};
+use dmuc_testbed::{DomainOptions, TestbedOptions};
+
+/// Upper bound of the whole conversation.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn system() -> dmuc_testbed::Result<Distributed> {
+    let master = env!("CARGO_BIN_EXE_dmuc-master");
+    let mut options = TestbedOptions::new()
+        .with_domain(DomainOptions::new(HOME))
+        .counted();
+    for domain in PEER_DOMAINS {
+        options = options.with_domain(DomainOptions::new(domain));
+    }
+    distributed::start_distributed(
+        master,
+        distributed::peerhost_binary(master)?,
+        options,
+        &MasterSetup::default(),
+        &PEER_DOMAINS,
+        &PeerhostSetup::default(),
+    )
+    .await
 }
 
-#[test]
-fn demo_conversation() {
-    scenarios::run(dmuc, "demo_conversation", async |ctx: &Ctx| {
-        let conversation = demo::run_script(&ctx.testbed, &ctx.service, false).await?;
-        let t = &conversation.transcript;
-        facts(t).map_err(|e| {
-            let e = match e {
-                dmuc_testbed::Error::Check(why) => why,
-                other => other.to_string(),
-            };
-            dmuc_testbed::Error::Check(format!("{e}\n--- transcript ---\n{}", t.lines.join("\n")))
-        })?;
-        check_eq(&conversation.clients.len(), &2, "clients left in the room")
-    });
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_conversation() {
+    let system = system().await.expect("the system starts");
+    let played = tokio::time::timeout(SCRIPT_TIMEOUT, demo::run_script(&system, false)).await;
+    let conversation = match played {
+        Ok(Ok(conversation)) => conversation,
+        Ok(Err(e)) => panic!("the script failed: {e}\n\n{}", system.testbed.log_tails(60)),
+        Err(_) => panic!(
+            "the script took over {SCRIPT_TIMEOUT:?}\n\n{}",
+            system.testbed.log_tails(60)
+        ),
+    };
+    let t = &conversation.transcript;
+    if let Err(e) = facts(t).and_then(|()| crossing(t)) {
+        let e = match e {
+            dmuc_testbed::Error::Check(why) => why,
+            other => other.to_string(),
+        };
+        panic!("{e}\n--- transcript ---\n{}", t.lines.join("\n"));
+    }
+    assert_eq!(conversation.clients.len(), 4, "clients left in the room");
 }
 
 /// The kinds of a join sequence's steps, in arrival order.
@@ -46,6 +82,7 @@ fn join<'a>(t: &'a Transcript, user: &str) -> dmuc_testbed::Result<&'a JoinSeen>
         .ok_or_else(|| dmuc_testbed::Error::Check(format!("no join of {user}")))
 }
 
+/// What the clients received.
 fn facts(t: &Transcript) -> dmuc_testbed::Result<()> {
     check_eq(t.room.as_str(), "lounge@conference.a.test", "room")?;
     check_eq(
@@ -69,50 +106,54 @@ fn facts(t: &Transcript) -> dmuc_testbed::Result<()> {
         "new room's subject",
     )?;
 
-    // Over s2s: occupants, self (110), history, subject.
-    let bob = join(t, "bob@b.test")?;
-    check_eq(
-        &kinds(bob),
-        &vec!["occupant", "self", "history", "subject"],
-        "bob's join order",
-    )?;
-    check_eq(
-        &bob.steps[0],
-        &JoinStep::Occupant("alice".into()),
-        "bob sees alice",
-    )?;
-    check(
-        matches!(&bob.steps[1], JoinStep::SelfPresence(c) if c.contains(&110)),
-        || format!("bob's self-presence: {:?}", bob.steps[1]),
-    )?;
+    // From the other domains: occupants, self (110), history, subject.
     let first = &t.messages[0];
-    check_eq(
-        &bob.steps[2],
-        &JoinStep::History {
-            body: first.body.clone(),
-            stanza_id: first.deliveries[0].stanza_id.clone(),
-        },
-        "history keeps the live stanza-id",
-    )?;
-    check_eq(
-        &bob.steps[3],
-        &JoinStep::Subject(demo::SUBJECT.into()),
-        "bob's subject",
-    )?;
-    let carol = join(t, "carol@b.test")?;
-    check_eq(
-        &kinds(carol),
-        &vec![
-            "occupant", "occupant", "self", "history", "history", "subject",
-        ],
-        "carol's join order",
-    )?;
+    let history = JoinStep::History {
+        body: first.body.clone(),
+        stanza_id: first.deliveries[0].stanza_id.clone(),
+    };
+    for (user, before) in [("bob@b.test", 1), ("carol@c.test", 2), ("dave@b.test", 3)] {
+        let seen = join(t, user)?;
+        let mut expected = vec!["occupant"; before];
+        expected.extend(["self", "history", "subject"]);
+        check_eq(&kinds(seen), &expected, &format!("{user}'s join order"))?;
+        check_eq(
+            &seen.steps[0],
+            &JoinStep::Occupant("alice".into()),
+            "alice first",
+        )?;
+        check(
+            matches!(&seen.steps[before], JoinStep::SelfPresence(c) if c.contains(&110)),
+            || format!("{user}'s self-presence: {:?}", seen.steps[before]),
+        )?;
+        check_eq(
+            &seen.steps[before + 1],
+            &history,
+            "history keeps the live stanza-id",
+        )?;
+        check_eq(
+            &seen.steps[before + 2],
+            &JoinStep::Subject(demo::SUBJECT.into()),
+            &format!("{user}'s subject"),
+        )?;
+    }
 
-    // Every message: one stanza-id, the same for every recipient, unique
-    // per message; the sender's occupant-id as it joined.
-    check_eq(&t.messages.len(), &6, "messages")?;
+    // Every message: every occupant got it, once (no second copy after
+    // the last event), with one stanza-id, the same for every recipient
+    // and unique per message; the sender's occupant-id as it joined.
+    check_eq(&t.messages.len(), &5, "messages")?;
     let mut ids = Vec::new();
     for m in &t.messages {
+        check_eq(
+            &m.recipients(),
+            &m.occupants.iter().map(String::as_str).collect::<Vec<_>>(),
+            "recipients",
+        )?;
+        check_eq(
+            m.deliveries[0].recipient.as_str(),
+            m.sender.as_str(),
+            "reflection to the sender first",
+        )?;
         check(m.same_stanza_id_everywhere(), || {
             format!("stanza-ids differ: {m:?}")
         })?;
@@ -125,21 +166,21 @@ fn facts(t: &Transcript) -> dmuc_testbed::Result<()> {
             || format!("occupant-id differs from {}'s: {m:?}", m.sender),
         )?;
     }
+    check_eq(&t.messages[0].occupants.len(), &1, "alice alone at first")?;
+    for m in &t.messages[1..] {
+        check_eq(&m.occupants.len(), &4, "occupants")?;
+    }
+    check(t.duplicates.is_empty(), || {
+        format!("second copies: {:?}", t.duplicates)
+    })?;
     ids.sort();
     ids.dedup();
     check_eq(&ids.len(), &t.messages.len(), "distinct stanza-ids")?;
-    for m in &t.messages[2..] {
-        check_eq(&m.deliveries.len(), &3, "recipients with three occupants")?;
-        check_eq(
-            m.deliveries[0].recipient.as_str(),
-            m.sender.as_str(),
-            "reflection to the sender",
-        )?;
-    }
 
     check_eq(&t.private_messages.len(), &1, "private messages")?;
     let pm = &t.private_messages[0];
-    check_eq(pm.recipient.as_str(), "alice@a.test", "pm recipient")?;
+    check_eq(pm.sender.as_str(), "carol@c.test", "pm sender")?;
+    check_eq(pm.recipient.as_str(), "bob@b.test", "pm recipient")?;
     check_eq(
         pm.from.as_str(),
         "lounge@conference.a.test/carol",
@@ -156,23 +197,83 @@ fn facts(t: &Transcript) -> dmuc_testbed::Result<()> {
         &("bob", "robert"),
         "nick change",
     )?;
-    check_eq(&nick.seen_by.len(), &3, "nick change seen by")?;
-    let renamed = &t.messages[5];
+    check_eq(&nick.seen_by.len(), &4, "nick change seen by")?;
+    let bob = join(t, "bob@b.test")?;
+    check(
+        nick.occupant_ids.iter().all(|id| *id == bob.occupant_id),
+        || format!("occupant-id changed with the nick: {nick:?}"),
+    )
+}
+
+/// What crossed between domains.
+fn crossing(t: &Transcript) -> dmuc_testbed::Result<()> {
+    // Each message: none over s2s from a.test, only the sender's own from
+    // another domain; the events go to the slaves over gRPC.
+    let classic: Vec<u64> = t.messages.iter().map(|m| m.classic_s2s).collect();
+    check_eq(&classic, &vec![0, 4, 4, 4, 3], "classic MUC (computed)")?;
+    for m in &t.messages {
+        let c = &m.crossed;
+        let from_home = m.sender.ends_with(&format!("@{HOME}"));
+        let (s2s, into_home) = if from_home { (0, 0) } else { (1, 1) };
+        check_eq(&c.s2s_stanzas(), &s2s, &format!("s2s for {m:?}"))?;
+        check_eq(&c.s2s_into(HOME), &into_home, "the message, into a.test")?;
+        if m.occupants.len() > 1 {
+            check(c.grpc_bytes() > 0, || format!("no gRPC for {m:?}"))?;
+        }
+    }
+
+    // Joins: the room's stanzas never crossed s2s, the joiner's domain's
+    // slave served them; the first joiner of a domain made the master
+    // look for its peerhost, the second did not.
+    for (user, lookups) in [
+        ("bob@b.test", true),
+        ("carol@c.test", true),
+        ("dave@b.test", false),
+    ] {
+        let c = &join(t, user)?.crossed;
+        check_eq(
+            &c.room_stanzas_s2s(),
+            &0,
+            &format!("{user}: room stanzas over s2s {c:?}"),
+        )?;
+        check_eq(
+            &(c.lookups() > 0),
+            &lookups,
+            &format!("{user}: peerhost lookup {c:?}"),
+        )?;
+        check(c.grpc_bytes() > 0, || format!("{user}: no gRPC {c:?}"))?;
+    }
     check_eq(
-        renamed.deliveries[0].from.as_str(),
-        "lounge@conference.a.test/robert",
-        "message after the nick change",
+        &join(t, "dave@b.test")?.crossed.s2s_stanzas(),
+        &1,
+        "only dave's presence over s2s",
     )?;
 
-    check_eq(&t.departures.len(), &1, "departures")?;
-    check_eq(t.departures[0].nick.as_str(), "carol", "who left")?;
+    // The private message: carol's stanza to the room, then b.test's slave.
+    let pm = &t.private_messages[0].crossed;
+    check_eq(&pm.s2s_stanzas(), &1, "private message over s2s")?;
     check_eq(
-        &t.departures[0].seen_by,
-        &vec![
-            "carol@b.test".to_owned(),
-            "alice@a.test".to_owned(),
-            "bob@b.test".to_owned(),
-        ],
-        "departure seen by",
-    )
+        &pm.s2s_into("b.test"),
+        &0,
+        "private message into b.test over s2s",
+    )?;
+    // The nick change: bob's presence to the room.
+    check_eq(
+        &t.nick_changes[0].crossed.s2s_stanzas(),
+        &1,
+        "nick change over s2s",
+    )?;
+    // What the demo says about it.
+    for said in [
+        "✓ b.test's slave served bob's join",
+        "✓ c.test's slave served carol's join",
+        "✓ b.test's slave served dave's join",
+        "✓ nothing crossed s2s into b.test: b.test's slave delivered it to bob",
+        "what crossed between domains",
+    ] {
+        check(t.lines.iter().any(|l| l.contains(said)), || {
+            format!("the transcript does not say {said:?}")
+        })?;
+    }
+    Ok(())
 }

@@ -1,34 +1,49 @@
 //! The scripted conversation of the local demo (`scripts/demo`, binary
-//! `dmuc-demo`): users of two domains meet in a room of the MUC service,
-//! and everything shown is read from stanzas the clients actually received.
+//! `dmuc-demo`): users of three domains meet in a room of the whole dmuc
+//! system (the master on `a.test`, a peerhost on `b.test` and on `c.test`).
+//! Everything shown is read from stanzas the clients actually received, or
+//! from the relays that count what crosses between domains.
 //!
-//! [`run_script`] plays it against a running [`Testbed`] and returns a
-//! [`Conversation`]: the [`Transcript`] (the printed lines, and the facts a
-//! test asserts on) and the clients still in the room. It fails as soon as
-//! an expected stanza does not arrive within the client timeout
+//! [`run_script`] plays it against a running, counted [`Distributed`]
+//! system ([`TestbedOptions::counted`](crate::TestbedOptions::counted)) and
+//! returns a [`Conversation`]: the [`Transcript`] (the printed lines, and
+//! the facts a test asserts on) and the clients still in the room. It fails
+//! as soon as an expected stanza does not arrive within the client timeout
 //! ([`crate::DEFAULT_TIMEOUT`]) or contradicts XEP-0045/0359/0421.
 //!
-//! The script, in room [`ROOM`]`@<service>`:
+//! The script, in room [`ROOM`]`@`[`DMUC_SERVICE`]:
 //!
 //! 1. `alice@a.test` creates the room, configures it (name [`ROOM_NAME`],
 //!    persistent), sets the subject and says hello.
-//! 2. `bob@b.test` looks the room up (disco#info) and joins over s2s: the
-//!    other occupants, his own presence (110), history, subject, in order.
-//!    He answers.
-//! 3. `carol@b.test` joins the same way; a few messages go round, each
-//!    reflected to every occupant with one stanza-id (XEP-0359), the same
-//!    for everyone, and the sender's occupant-id (XEP-0421).
-//! 4. carol sends alice a private message; bob does not get it.
-//! 5. bob becomes robert (303); his occupant-id stays the same.
-//! 6. carol leaves.
+//! 2. `bob@b.test` looks the room up (disco#info) and joins: the other
+//!    occupants, his own presence (110), history, subject, in order. Then
+//!    `carol@c.test`, then `dave@b.test`.
+//! 3. bob, carol, dave and alice each say something; every occupant gets
+//!    each message with one stanza-id (XEP-0359), the same for everyone,
+//!    and the sender's occupant-id (XEP-0421).
+//! 4. carol (c.test) sends bob (b.test) a private message through the room.
+//! 5. bob becomes robert (303); his occupant-id stays the same. Every
+//!    client gets this last event after the earlier ones, from the same
+//!    source, so then nobody may hold a second copy of a message, nor
+//!    anyone but bob the private message.
+//!
+//! Around each step the script reads the relays ([`Crossed`]): s2s stanzas
+//! into each domain's server, gRPC bytes to and from the peerhosts. A join
+//! from another domain shows whether the room's stanzas crossed s2s or
+//! were served by the joiner's domain's slave ([`Crossed::room_stanzas_s2s`]).
+//! The transcript ends with a table of what crossed per step, beside what a
+//! classic MUC would have sent over s2s for the same messages
+//! ([`classic_s2s`]: computed from the occupants, not measured).
+
+use std::time::Duration;
 
 use minidom::Element;
 
 use crate::client::{Client, ClientOptions};
+use crate::distributed::{Crossing, Distributed, peerhost_jid};
 use crate::error::{Error, Result};
 use crate::muc::{Joined, occupant_jid};
-use crate::prosody::Testbed;
-use crate::scenarios::{check, check_eq, check_status};
+use crate::scenarios::{DMUC_SERVICE, check, check_eq, check_status};
 use crate::stanza::{
     self, NS_DISCO_INFO, affiliation_role, body, delay, disco_features, escape, has_status,
     is_message, is_presence, muc_item, muc_user, occupant_id, stanza_ids, stanza_type,
@@ -39,14 +54,123 @@ pub const ROOM: &str = "lounge";
 /// The room's configured name.
 pub const ROOM_NAME: &str = "Lounge";
 /// The subject alice sets.
-pub const SUBJECT: &str = "Welcome! a.test and b.test meet here";
+pub const SUBJECT: &str = "Welcome! a.test, b.test and c.test meet here";
+/// The master's domain.
+pub const HOME: &str = "a.test";
+/// The domains with a peerhost.
+pub const PEER_DOMAINS: [&str; 2] = ["b.test", "c.test"];
 /// The resource every scripted client binds.
 const RESOURCE: &str = "demo";
+/// The relays' counters must stay still this long before a step is
+/// measured: acknowledgements come a little after the stanzas clients await.
+const QUIET: Duration = Duration::from_millis(150);
+/// At most this many [`QUIET`] periods are waited for.
+const QUIET_ROUNDS: usize = 20;
 
-/// Indices into the cast.
+/// The cast: name and domain, in order of appearance.
+const CAST: [(&str, &str); 4] = [
+    ("alice", "a.test"),
+    ("bob", "b.test"),
+    ("carol", "c.test"),
+    ("dave", "b.test"),
+];
 const ALICE: usize = 0;
 const BOB: usize = 1;
 const CAROL: usize = 2;
+const DAVE: usize = 3;
+
+/// What crossed between domains, measured by the relays: cumulative
+/// counters, or the difference of two (see [`Crossed::since`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Crossed {
+    /// s2s (stanzas, bytes) and gRPC (bytes), each way.
+    pub total: Crossing,
+    /// The s2s stanzas into each domain's server, in testbed order.
+    pub s2s_into: Vec<(String, u64)>,
+}
+
+impl Crossed {
+    /// Reads the relays of `system`.
+    pub fn read(system: &Distributed) -> Result<Crossed> {
+        let testbed = &system.testbed;
+        let s2s_into = testbed
+            .domains()
+            .map(|d| Ok((d.to_owned(), testbed.s2s_traffic(d)?.stanzas_in)))
+            .collect::<Result<_>>()?;
+        Ok(Crossed {
+            total: system.crossing()?,
+            s2s_into,
+        })
+    }
+
+    /// What crossed since `earlier` (of the same system).
+    pub fn since(&self, earlier: &Crossed) -> Crossed {
+        Crossed {
+            total: self.total.since(&earlier.total),
+            s2s_into: self
+                .s2s_into
+                .iter()
+                .map(|(d, n)| (d.clone(), n - earlier.s2s_into(d)))
+                .collect(),
+        }
+    }
+
+    /// s2s stanzas, both ways.
+    pub fn s2s_stanzas(&self) -> u64 {
+        self.total.s2s.stanzas()
+    }
+
+    /// gRPC bytes, both ways (TLS included).
+    pub fn grpc_bytes(&self) -> u64 {
+        self.total.grpc.bytes()
+    }
+
+    /// s2s stanzas into `domain`'s server.
+    pub fn s2s_into(&self, domain: &str) -> u64 {
+        self.s2s_into
+            .iter()
+            .find(|(d, _)| d == domain)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// During a join from another domain: the answers to the master's
+    /// questions, i.e. what crossed into [`HOME`] besides the joiner's
+    /// presence (the master asking the joiner's domain for its peerhost,
+    /// by disco, the first time someone of it joins).
+    pub fn lookups(&self) -> u64 {
+        self.s2s_into(HOME).saturating_sub(1)
+    }
+
+    /// During a join from another domain: the room's stanzas that crossed
+    /// s2s into the other domains. What crossed into them is the room's
+    /// stanzas and the master's questions, each of which got one answer
+    /// into [`HOME`] ([`Self::lookups`]).
+    pub fn room_stanzas_s2s(&self) -> u64 {
+        let into_others: u64 = self
+            .s2s_into
+            .iter()
+            .filter(|(d, _)| d != HOME)
+            .map(|(_, n)| n)
+            .sum();
+        into_others.saturating_sub(self.lookups())
+    }
+}
+
+/// The s2s stanzas a classic MUC service of [`HOME`] needs for one
+/// groupchat message from `sender` to `occupants` (bare JIDs, the sender
+/// included): the message itself if the sender is of another domain, and
+/// one copy to each occupant of another domain.
+pub fn classic_s2s(sender: &str, occupants: &[&str]) -> u64 {
+    let remote = |jid: &str| domain_of(jid) != HOME;
+    let copies = occupants.iter().filter(|o| remote(o)).count() as u64;
+    copies + u64::from(remote(sender))
+}
+
+/// The domain of a JID string.
+fn domain_of(jid: &str) -> &str {
+    let bare = stanza::bare(jid);
+    bare.split_once('@').map_or(bare, |(_, d)| d)
+}
 
 /// One step of a join sequence, as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +201,9 @@ pub struct JoinSeen {
     pub steps: Vec<JoinStep>,
     /// The occupant-id of the joiner's own presence.
     pub occupant_id: String,
+    /// What crossed between domains from the join presence until every
+    /// occupant had seen the newcomer.
+    pub crossed: Crossed,
 }
 
 /// One copy of a groupchat message, as one occupant received it.
@@ -99,8 +226,14 @@ pub struct MessageSeen {
     pub sender: String,
     /// The body, as received.
     pub body: String,
-    /// One entry per occupant, the sender (its reflection) first.
+    /// The occupants (bare JIDs) when it was sent, the sender first.
+    pub occupants: Vec<String>,
+    /// One entry per copy received, the sender's (its reflection) first.
     pub deliveries: Vec<Delivery>,
+    /// What crossed between domains until every occupant had it.
+    pub crossed: Crossed,
+    /// The s2s stanzas a classic MUC would have needed ([`classic_s2s`]).
+    pub classic_s2s: u64,
 }
 
 impl MessageSeen {
@@ -123,15 +256,20 @@ impl MessageSeen {
 /// A private message, as received.
 #[derive(Debug, Clone)]
 pub struct PrivateSeen {
+    /// The sender's bare JID.
+    pub sender: String,
     /// The recipient's bare JID.
     pub recipient: String,
     /// The `from` of the message (the sender's occupant JID).
     pub from: String,
     /// The body.
     pub body: String,
-    /// The other occupants (bare JIDs) that received it too (none, if the
-    /// service works).
+    /// The clients (bare JIDs) holding a copy it should not have: anyone
+    /// but the recipient, or the recipient a second time. Checked at the
+    /// end of the script.
     pub leaked_to: Vec<String>,
+    /// What crossed between domains until the recipient had it.
+    pub crossed: Crossed,
 }
 
 /// A nick change, as the occupants saw it.
@@ -144,16 +282,21 @@ pub struct NickChangeSeen {
     /// The occupants (bare JIDs) that saw the 303 unavailable presence
     /// followed by the new nick's presence.
     pub seen_by: Vec<String>,
+    /// The occupant-id of the new nick's presence, as each saw it.
+    pub occupant_ids: Vec<String>,
+    /// What crossed between domains until every occupant had seen it.
+    pub crossed: Crossed,
 }
 
-/// A departure, as the occupants saw it.
+/// One row of the crossing table.
 #[derive(Debug, Clone)]
-pub struct DepartureSeen {
-    /// The nick that left.
-    pub nick: String,
-    /// The occupants (bare JIDs) that saw its unavailable presence, the
-    /// leaver (status 110) first.
-    pub seen_by: Vec<String>,
+pub struct Step {
+    /// What happened, e.g. `bob@b.test joins`.
+    pub what: String,
+    /// What crossed meanwhile.
+    pub crossed: Crossed,
+    /// For a message: what a classic MUC would have sent over s2s.
+    pub classic_s2s: Option<u64>,
 }
 
 /// What the script printed and the facts it established.
@@ -177,8 +320,15 @@ pub struct Transcript {
     pub private_messages: Vec<PrivateSeen>,
     /// The nick changes.
     pub nick_changes: Vec<NickChangeSeen>,
-    /// The departures.
-    pub departures: Vec<DepartureSeen>,
+    /// Second copies of groupchat messages found at the end of the script
+    /// (`recipient: body`); none, if the service works.
+    pub duplicates: Vec<String>,
+    /// The measured steps, in script order.
+    pub steps: Vec<Step>,
+    /// What crossed between domains from the start of the script to its
+    /// end, the steps and whatever happened between them (the joiners'
+    /// disco#info of the room).
+    pub whole: Crossed,
     echo: bool,
 }
 
@@ -197,8 +347,66 @@ impl Transcript {
 
     fn section(&mut self, title: &str) {
         self.print(String::new());
-        let rule = 72usize.saturating_sub(title.chars().count() + 4);
+        let rule = 76usize.saturating_sub(title.chars().count() + 4);
         self.print(format!("── {title} {}", "─".repeat(rule)));
+    }
+
+    /// Prints the table of what crossed between domains.
+    fn crossing_table(&mut self) {
+        self.section("what crossed between domains");
+        let header = format!(
+            "  {:<38} {:>11} {:>11} {:>13}",
+            "", "s2s stanzas", "gRPC bytes", "classic MUC*"
+        );
+        self.print(header);
+        let row = |what: &str, s2s: u64, grpc: u64, classic: Option<u64>| {
+            let classic = classic.map_or(String::new(), |c| c.to_string());
+            format!("  {what:<38} {s2s:>11} {grpc:>11} {classic:>13}")
+                .trim_end()
+                .to_owned()
+        };
+        let rows: Vec<String> = self
+            .steps
+            .iter()
+            .map(|s| {
+                row(
+                    &s.what,
+                    s.crossed.s2s_stanzas(),
+                    s.crossed.grpc_bytes(),
+                    s.classic_s2s,
+                )
+            })
+            .collect();
+        for r in rows {
+            self.print(r);
+        }
+        let messages = &self.messages;
+        let total = row(
+            &format!("the {} messages", messages.len()),
+            messages.iter().map(|m| m.crossed.s2s_stanzas()).sum(),
+            messages.iter().map(|m| m.crossed.grpc_bytes()).sum(),
+            Some(messages.iter().map(|m| m.classic_s2s).sum()),
+        );
+        let whole = row(
+            "the whole script (disco#info included)",
+            self.whole.s2s_stanzas(),
+            self.whole.grpc_bytes(),
+            None,
+        );
+        self.print(format!("  {}", "─".repeat(76)));
+        self.print(total);
+        self.print(whole);
+        for note in [
+            "",
+            "  Measured by relays in front of each server's s2s port and each peerhost's",
+            "  gRPC port: stanzas, and bytes both ways (TLS included: gRPC carries the",
+            "  room's events to the slaves, and their acknowledgements).",
+            "  * Computed, not measured: a classic MUC on a.test sends each message over",
+            "  s2s to every occupant of another domain, and gets it over s2s from a",
+            "  sender of another domain.",
+        ] {
+            self.print(note.to_owned());
+        }
     }
 }
 
@@ -207,8 +415,8 @@ impl Transcript {
 pub struct Conversation {
     /// What happened.
     pub transcript: Transcript,
-    /// The clients still in the room (alice, and bob as robert), to keep
-    /// the room populated.
+    /// The clients still in the room (alice, robert, carol, dave), to keep
+    /// the room populated; alice first.
     pub clients: Vec<Client>,
 }
 
@@ -216,6 +424,7 @@ pub struct Conversation {
 #[derive(Debug)]
 struct Person {
     name: &'static str,
+    domain: &'static str,
     client: Client,
     nick: String,
     occupant_id: String,
@@ -224,40 +433,49 @@ struct Person {
 
 /// The script's state.
 #[derive(Debug)]
-struct Script {
+struct Script<'a> {
+    system: &'a Distributed,
     room: String,
     people: Vec<Person>,
     t: Transcript,
+    /// The relays' counters at the start of the current step.
+    mark: Crossed,
 }
 
-/// Plays the demo conversation in room [`ROOM`]`@service` with
-/// `alice@a.test`, `bob@b.test` and `carol@b.test` (resource `demo`);
-/// prints each line to stdout as it happens when `echo`.
-pub async fn run_script(testbed: &Testbed, service: &str, echo: bool) -> Result<Conversation> {
-    let mut cast = Vec::new();
-    for (name, domain) in [("alice", "a.test"), ("bob", "b.test"), ("carol", "b.test")] {
+/// Plays the demo conversation in room [`ROOM`]`@`[`DMUC_SERVICE`] of
+/// `system` with `alice@a.test`, `bob@b.test`, `carol@c.test` and
+/// `dave@b.test` (resource `demo`); prints each line to stdout as it
+/// happens when `echo`. The system must count what crosses between
+/// domains ([`Distributed::crossing`]).
+pub async fn run_script(system: &Distributed, echo: bool) -> Result<Conversation> {
+    let mut people = Vec::new();
+    for (name, domain) in CAST {
         let options = ClientOptions {
             resource: Some(RESOURCE.into()),
             ..ClientOptions::default()
         };
-        cast.push(Person {
+        people.push(Person {
             name,
-            client: testbed.client_with(domain, name, options).await?,
+            domain,
+            client: system.testbed.client_with(domain, name, options).await?,
             nick: name.to_owned(),
             occupant_id: String::new(),
             in_room: false,
         });
     }
-    let room = format!("{ROOM}@{service}");
+    let room = format!("{ROOM}@{DMUC_SERVICE}");
     let mut s = Script {
+        system,
         t: Transcript {
             room: room.clone(),
             echo,
             ..Transcript::default()
         },
         room,
-        people: cast,
+        people,
+        mark: Crossed::default(),
     };
+    let start = s.settled().await?;
 
     s.create().await?;
     s.say(
@@ -266,23 +484,20 @@ pub async fn run_script(testbed: &Testbed, service: &str, echo: bool) -> Result<
     )
     .await?;
     s.join(BOB).await?;
-    s.say(BOB, "Hello from b.test! I came in over s2s.").await?;
     s.join(CAROL).await?;
-    s.t.section("a conversation across domains");
-    s.say(CAROL, "Hi both, carol from b.test here too.").await?;
-    s.say(
-        ALICE,
-        "Welcome carol! Every message passes through the room once.",
-    )
-    .await?;
-    s.say(BOB, "...and all of us get it with the same stanza-id.")
+    s.join(DAVE).await?;
+    s.t.section("a conversation across three domains");
+    s.say(BOB, "Hello from b.test!").await?;
+    s.say(CAROL, "Hi all, carol from c.test here.").await?;
+    s.say(DAVE, "dave, from b.test as well.").await?;
+    s.say(ALICE, "Welcome, all three! One room, three domains.")
         .await?;
-    s.private(CAROL, ALICE, "psst alice, this one is just for you")
+    s.private(CAROL, BOB, "psst bob, this one is just for you")
         .await?;
     s.change_nick(BOB, "robert").await?;
-    s.say(BOB, "Call me robert now; my occupant-id did not change.")
-        .await?;
-    s.leave(CAROL).await?;
+    s.final_checks()?;
+    s.t.whole = s.settled().await?.since(&start);
+    s.t.crossing_table();
 
     let Script { people, t, .. } = s;
     let clients = people
@@ -296,7 +511,21 @@ pub async fn run_script(testbed: &Testbed, service: &str, echo: bool) -> Result<
     })
 }
 
-impl Script {
+/// `n one` or `n many`.
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+impl Script<'_> {
     fn bare(&self, who: usize) -> String {
         self.people[who].client.bare_jid().to_owned()
     }
@@ -310,6 +539,20 @@ impl Script {
     /// Prints a detail line under the previous one.
     fn detail(&mut self, text: String) {
         self.t.print(format!("           {text}"));
+    }
+
+    /// Prints a remark about the system (`⇄` what crossed, `✓` what that
+    /// shows), wrapped at 78 columns.
+    fn note(&mut self, text: String) {
+        let mut line = String::from(" ");
+        for word in text.split(' ') {
+            if line.chars().count() + 1 + word.chars().count() > 78 && line.len() > 6 {
+                self.t.print(std::mem::replace(&mut line, "    ".into()));
+            }
+            line.push(' ');
+            line.push_str(word);
+        }
+        self.t.print(line);
     }
 
     /// The people in the room: `first`, then the others in cast order.
@@ -326,6 +569,41 @@ impl Script {
             Some(nick) => format!("{ROOM}/{nick}"),
             None => jid.to_owned(),
         }
+    }
+
+    /// The relays' counters once they have been still for [`QUIET`].
+    async fn settled(&self) -> Result<Crossed> {
+        let mut last = Crossed::read(self.system)?;
+        for _ in 0..QUIET_ROUNDS {
+            tokio::time::sleep(QUIET).await;
+            let now = Crossed::read(self.system)?;
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        Ok(last)
+    }
+
+    /// A measured step begins.
+    async fn begin(&mut self) -> Result<()> {
+        self.mark = self.settled().await?;
+        Ok(())
+    }
+
+    /// What crossed since the step began.
+    async fn measured(&mut self) -> Result<Crossed> {
+        let now = self.settled().await?;
+        let crossed = now.since(&self.mark);
+        self.mark = now;
+        Ok(crossed)
+    }
+
+    /// How often the master logged creating a slave on `domain` (0 if its
+    /// log filter hides it).
+    fn slaves_created(&self, domain: &str) -> usize {
+        let needle = format!("creating slave domain={domain}");
+        self.system.master.log().matches(&needle).count()
     }
 
     /// alice creates and configures the room, and sets the subject.
@@ -378,14 +656,14 @@ impl Script {
         Ok(())
     }
 
-    /// `who` (of b.test) looks the room up and joins it over s2s; the
-    /// others see the new occupant.
+    /// `who` (of another domain) looks the room up and joins it; the others
+    /// see the new occupant. Shows what crossed, and who served the join.
     async fn join(&mut self, who: usize) -> Result<()> {
         let room = self.room.clone();
         let nick = self.people[who].nick.clone();
         let bare = self.bare(who);
-        self.t
-            .section(&format!("{bare} joins over s2s (b.test → a.test)"));
+        let domain = self.people[who].domain;
+        self.t.section(&format!("{bare} joins"));
         let info = self.people[who]
             .client
             .iq_ok("get", &room, &format!("<query xmlns='{NS_DISCO_INFO}'/>"))
@@ -413,6 +691,8 @@ impl Script {
         self.t.room_name = name;
         self.t.persistent = persistent;
 
+        self.begin().await?;
+        let created_before = self.slaves_created(domain);
         self.line(
             who,
             "→",
@@ -438,7 +718,78 @@ impl Script {
                 format!("presence: {nick} joined · {aff}/{role}{real} · occupant-id {id}"),
             );
         }
+        let crossed = self.measured().await?;
+        let created = self.slaves_created(domain) > created_before;
+        self.show_join_crossing(who, &crossed, created);
+        if let Some(seen) = self.t.joins.last_mut() {
+            seen.crossed = crossed.clone();
+        }
+        self.t.steps.push(Step {
+            what: format!("{bare} joins"),
+            crossed,
+            classic_s2s: None,
+        });
         Ok(())
+    }
+
+    /// What crossed during `who`'s join, and what that shows.
+    fn show_join_crossing(&mut self, who: usize, c: &Crossed, created: bool) {
+        let name = self.people[who].name;
+        let domain = self.people[who].domain;
+        let lookups = c.lookups();
+        let room_s2s = c.room_stanzas_s2s();
+        let mut s2s = format!("⇄ s2s {}: {name}'s presence", c.s2s_stanzas());
+        if lookups > 0 {
+            s2s.push_str(&format!(
+                "; the master looking for {domain}'s peerhost by disco ({}, {})",
+                count(lookups, "query", "queries"),
+                count(lookups, "answer", "answers")
+            ));
+        }
+        if room_s2s > 0 {
+            s2s.push_str(&format!(
+                "; {} of the room",
+                count(room_s2s, "stanza", "stanzas")
+            ));
+        }
+        self.note(s2s);
+        let mut grpc = format!("⇄ gRPC {} bytes", c.grpc_bytes());
+        if created {
+            grpc.push_str(&format!(
+                ": the master created a slave of the room at {}",
+                peerhost_jid(domain)
+            ));
+        }
+        self.note(grpc);
+        if room_s2s > 0 {
+            self.note(format!(
+                "✗ {} of the room crossed s2s into other domains: no slave served them",
+                count(room_s2s, "stanza", "stanzas")
+            ));
+            return;
+        }
+        let others = |d: &str| -> Vec<String> {
+            self.people
+                .iter()
+                .enumerate()
+                .filter(|&(i, p)| i != who && p.in_room && p.domain == d)
+                .map(|(_, p)| p.nick.clone())
+                .collect()
+        };
+        let mut served =
+            format!("{domain}'s slave served {name}'s join (roster, history, subject)");
+        let neighbours = others(domain);
+        if !neighbours.is_empty() {
+            served.push_str(&format!(" and told {}", and_list(&neighbours)));
+        }
+        let mut parts = vec![served];
+        for d in PEER_DOMAINS.into_iter().filter(|d| *d != domain) {
+            let told = others(d);
+            if !told.is_empty() {
+                parts.push(format!("{d}'s slave told {}", and_list(&told)));
+            }
+        }
+        self.note(format!("✓ {}: none of it crossed s2s", parts.join(", ")));
     }
 
     /// Prints and records the join sequence `who` received.
@@ -515,6 +866,7 @@ impl Script {
             nick: nick.to_owned(),
             steps,
             occupant_id: own_id,
+            crossed: Crossed::default(),
         });
         Ok(())
     }
@@ -523,10 +875,12 @@ impl Script {
     /// stanza-id and `who`'s occupant-id.
     async fn say(&mut self, who: usize, text: &str) -> Result<()> {
         let room = self.room.clone();
+        self.begin().await?;
+        let present = self.present_from(who);
         let id = self.people[who].client.send_groupchat(&room, text).await?;
         let mut deliveries = Vec::new();
         let mut first = None;
-        for i in self.present_from(who) {
+        for &i in &present {
             let p = &mut self.people[i];
             let m = p.client.expect_groupchat(&room, &id).await?;
             let ids = stanza_ids(&m, &room);
@@ -539,11 +893,21 @@ impl Script {
             });
             first.get_or_insert(m);
         }
+        let crossed = self.measured().await?;
         let m = first.expect("the sender is in the room");
+        let sender = self.bare(who);
+        let occupants: Vec<String> = present.iter().map(|&i| self.bare(i)).collect();
+        let classic = classic_s2s(
+            &sender,
+            &occupants.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
         let seen = MessageSeen {
-            sender: self.bare(who),
+            sender,
             body: body(&m).unwrap_or_default(),
+            occupants,
             deliveries,
+            crossed,
+            classic_s2s: classic,
         };
         let nick = stanza::resource(stanza::from(&m)).unwrap_or("");
         self.t.print(format!("  <{nick}> {}", seen.body));
@@ -561,6 +925,17 @@ impl Script {
             d.occupant_id,
             recipients.join(", ")
         ));
+        let c = &seen.crossed;
+        let s2s = match c.s2s_stanzas() {
+            1 if self.people[who].domain != HOME && c.s2s_into(HOME) == 1 => {
+                "s2s 1 (the message, to a.test)".to_owned()
+            }
+            n => format!("s2s {n}"),
+        };
+        self.detail(format!(
+            "⇄ {s2s} · gRPC {} bytes · a classic MUC: s2s {classic}",
+            c.grpc_bytes()
+        ));
         check(seen.same_stanza_id_everywhere(), || {
             format!("recipients got different stanza-ids: {:?}", seen.deliveries)
         })?;
@@ -574,17 +949,31 @@ impl Script {
                 )
             },
         )?;
+        let alone = if seen.occupants.len() == 1 {
+            " (alone)"
+        } else {
+            ""
+        };
+        self.t.steps.push(Step {
+            what: format!("{}'s message{alone}", seen.sender),
+            crossed: seen.crossed.clone(),
+            classic_s2s: Some(classic),
+        });
         self.t.messages.push(seen);
         Ok(())
     }
 
-    /// `from` sends `to` a private message through the room; nobody else
-    /// may get it.
+    /// `from` sends `to` a private message through the room (nobody else
+    /// may get it: checked in [`Self::final_checks`]).
     async fn private(&mut self, from: usize, to: usize, text: &str) -> Result<()> {
         let room = self.room.clone();
         let to_nick = self.people[to].nick.clone();
         let from_nick = self.people[from].nick.clone();
-        self.t.section("a private message");
+        self.t.section(&format!(
+            "a private message, {} → {}",
+            self.people[from].domain, self.people[to].domain
+        ));
+        self.begin().await?;
         self.line(
             from,
             "→",
@@ -599,11 +988,13 @@ impl Script {
                 escape(text)
             ))
             .await?;
-        let is_it = |el: &Element| is_message(el) && stanza::attr(el, "id") == id;
         let pm = self.people[to]
             .client
-            .expect("private message", is_it)
+            .expect("private message", |el| {
+                is_message(el) && stanza::attr(el, "id") == id
+            })
             .await?;
+        let crossed = self.measured().await?;
         check_eq(stanza_type(&pm), "chat", "private message type")?;
         check_eq(
             stanza::from(&pm),
@@ -620,45 +1011,40 @@ impl Script {
             "←",
             format!("chat from {seen_from} (with muc#user <x/>): \"{pm_body}\""),
         );
-        let mut leaked_to = Vec::new();
-        for other in self.present_from(from) {
-            if other == from || other == to {
-                continue;
-            }
-            let client = &mut self.people[other].client;
-            client.barrier(&room).await?;
-            if client
-                .expect_none_pending("the private message", is_it)
-                .is_err()
-            {
-                leaked_to.push(client.bare_jid().to_owned());
-            } else {
-                self.line(
-                    other,
-                    "✓",
-                    "did not get it (checked after a round trip to the room)".into(),
-                );
-            }
+        let to_domain = self.people[to].domain;
+        let s2s = match crossed.s2s_stanzas() {
+            1 if crossed.s2s_into(HOME) == 1 => "s2s 1 (the message, to a.test)".to_owned(),
+            n => format!("s2s {n}"),
+        };
+        self.note(format!("⇄ {s2s} · gRPC {} bytes", crossed.grpc_bytes()));
+        if to_domain != HOME && crossed.s2s_into(to_domain) == 0 {
+            self.note(format!(
+                "✓ nothing crossed s2s into {to_domain}: {to_domain}'s slave delivered it to {to_nick}"
+            ));
         }
-        let seen = PrivateSeen {
+        self.t.steps.push(Step {
+            what: format!("private message {from_nick} → {to_nick}"),
+            crossed: crossed.clone(),
+            classic_s2s: None,
+        });
+        self.t.private_messages.push(PrivateSeen {
+            sender: self.bare(from),
             recipient: self.bare(to),
             from: stanza::from(&pm).to_owned(),
             body: pm_body,
-            leaked_to,
-        };
-        check(seen.leaked_to.is_empty(), || {
-            format!("private message leaked to {:?}", seen.leaked_to)
-        })?;
-        self.t.private_messages.push(seen);
+            leaked_to: Vec::new(),
+            crossed,
+        });
         Ok(())
     }
 
     /// `who` changes nick to `new`: everyone sees 303 from the old nick,
-    /// then the new nick's presence.
+    /// then the new nick's presence, with the same occupant-id as before.
     async fn change_nick(&mut self, who: usize, new: &str) -> Result<()> {
         let room = self.room.clone();
         let old = self.people[who].nick.clone();
         self.t.section(&format!("{old} changes nick to {new}"));
+        self.begin().await?;
         self.line(who, "→", format!("presence to {ROOM}/{new}"));
         self.people[who]
             .client
@@ -668,6 +1054,7 @@ impl Script {
             ))
             .await?;
         let mut seen_by = Vec::new();
+        let mut occupant_ids = Vec::new();
         for i in self.present_from(who) {
             let client = &mut self.people[i].client;
             let gone = client
@@ -696,6 +1083,11 @@ impl Script {
                 ""
             };
             let id = occupant_id(&back).unwrap_or("none").to_owned();
+            let same = if id == self.people[who].occupant_id {
+                ", unchanged"
+            } else {
+                ", changed!"
+            };
             self.line(
                 i,
                 "←",
@@ -705,49 +1097,148 @@ impl Script {
                 ),
             );
             self.detail(format!(
-                "then presence from {ROOM}/{new}{own} · occupant-id {id}"
+                "then presence from {ROOM}/{new}{own} · occupant-id {id}{same}"
             ));
+            occupant_ids.push(id);
         }
+        let crossed = self.measured().await?;
+        let s2s = match crossed.s2s_stanzas() {
+            1 if crossed.s2s_into(HOME) == 1 => format!("s2s 1 ({old}'s presence, to a.test)"),
+            n => format!("s2s {n}"),
+        };
+        self.note(format!("⇄ {s2s} · gRPC {} bytes", crossed.grpc_bytes()));
         self.people[who].nick = new.to_owned();
+        self.t.steps.push(Step {
+            what: format!("{old} becomes {new}"),
+            crossed: crossed.clone(),
+            classic_s2s: None,
+        });
         self.t.nick_changes.push(NickChangeSeen {
             old,
             new: new.to_owned(),
             seen_by,
+            occupant_ids,
+            crossed,
         });
         Ok(())
     }
 
-    /// `who` leaves; everyone sees the unavailable presence.
-    async fn leave(&mut self, who: usize) -> Result<()> {
+    /// After the last event, which every client received after the earlier
+    /// ones through the same path: nobody holds a second copy of a message,
+    /// and only its recipient holds the private message, once.
+    fn final_checks(&mut self) -> Result<()> {
         let room = self.room.clone();
-        let nick = self.people[who].nick.clone();
-        self.t.section(&format!("{nick} leaves"));
-        self.line(who, "→", "presence type=unavailable".into());
-        let own = self.people[who].client.leave(&room, &nick).await?;
-        check_status(&own, &[110])?;
-        self.line(
-            who,
-            "←",
-            format!(
-                "own unavailable presence, status {:?}",
-                stanza::status_codes(&own)
-            ),
-        );
-        let mut seen_by = vec![self.bare(who)];
-        for other in self.present_from(who).into_iter().skip(1) {
-            let client = &mut self.people[other].client;
-            client
-                .expect_presence_from(&room, &nick, |p| stanza_type(p) == "unavailable")
-                .await?;
-            seen_by.push(client.bare_jid().to_owned());
-            self.line(
-                other,
-                "←",
-                format!("unavailable from {ROOM}/{nick}: {nick} left"),
-            );
+        let ids: Vec<(String, String)> = self
+            .t
+            .messages
+            .iter()
+            .map(|m| (m.deliveries[0].stanza_id.clone(), m.body.clone()))
+            .collect();
+        let mut duplicates = Vec::new();
+        for p in self.people.iter().filter(|p| p.in_room) {
+            for (id, text) in &ids {
+                let copy = |el: &Element| {
+                    is_message(el)
+                        && stanza_type(el) == "groupchat"
+                        && stanza_ids(el, &room).contains(&id.as_str())
+                };
+                if p.client.expect_none_pending("a second copy", copy).is_err() {
+                    duplicates.push(format!("{}: {text}", p.client.bare_jid()));
+                }
+            }
         }
-        self.people[who].in_room = false;
-        self.t.departures.push(DepartureSeen { nick, seen_by });
+        for pm in &mut self.t.private_messages {
+            for p in self.people.iter().filter(|p| p.in_room) {
+                let copy = |el: &Element| {
+                    is_message(el)
+                        && stanza_type(el) == "chat"
+                        && stanza::from(el) == pm.from
+                        && body(el).as_deref() == Some(pm.body.as_str())
+                };
+                if p.client
+                    .expect_none_pending("the private message", copy)
+                    .is_err()
+                {
+                    pm.leaked_to.push(p.client.bare_jid().to_owned());
+                }
+            }
+        }
+        let leaks: Vec<String> = self
+            .t
+            .private_messages
+            .iter()
+            .flat_map(|pm| pm.leaked_to.clone())
+            .collect();
+        self.t.duplicates = duplicates.clone();
+        check(duplicates.is_empty(), || {
+            format!("second copies of messages: {duplicates:?}")
+        })?;
+        check(leaks.is_empty(), || {
+            format!("the private message went also to {leaks:?}")
+        })?;
+        let recipient = self
+            .t
+            .private_messages
+            .first()
+            .map_or(String::new(), |pm| pm.recipient.clone());
+        let name = recipient.split('@').next().unwrap_or("").to_owned();
+        self.note(format!(
+            "✓ after this last event nobody holds a second copy of any message, and \
+             nobody but {name} the private message"
+        ));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn into(counts: &[(&str, u64)]) -> Crossed {
+        Crossed {
+            total: Crossing::default(),
+            s2s_into: counts.iter().map(|(d, n)| ((*d).to_owned(), *n)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_classic_muc_sends_one_copy_per_remote_occupant() {
+        let occupants = ["alice@a.test", "bob@b.test", "carol@c.test", "dave@b.test"];
+        assert_eq!(classic_s2s("alice@a.test", &occupants), 3);
+        // The remote sender's own stanza, and its reflection.
+        assert_eq!(classic_s2s("bob@b.test/demo", &occupants), 4);
+        assert_eq!(classic_s2s("alice@a.test", &["alice@a.test"]), 0);
+    }
+
+    #[test]
+    fn a_join_tells_lookups_from_room_stanzas() {
+        // First joiner of b.test: presence + 2 disco answers into a.test,
+        // 2 disco queries into b.test.
+        let first = into(&[("a.test", 3), ("b.test", 2), ("c.test", 0)]);
+        assert_eq!((first.lookups(), first.room_stanzas_s2s()), (2, 0));
+        // Served directly: the roster, history and subject cross s2s, and
+        // the news of the join to carol.
+        let direct = into(&[("a.test", 1), ("b.test", 4), ("c.test", 1)]);
+        assert_eq!((direct.lookups(), direct.room_stanzas_s2s()), (0, 5));
+    }
+
+    #[test]
+    fn crossed_since_subtracts_per_domain() {
+        let before = into(&[("a.test", 3), ("b.test", 2)]);
+        let after = into(&[("a.test", 5), ("b.test", 2)]);
+        assert_eq!(
+            after.since(&before).s2s_into,
+            into(&[("a.test", 2), ("b.test", 0)]).s2s_into
+        );
+    }
+
+    #[test]
+    fn lists_read_as_english() {
+        let names = |n: &[&str]| n.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(and_list(&names(&["bob"])), "bob");
+        assert_eq!(and_list(&names(&["bob", "dave"])), "bob and dave");
+        assert_eq!(and_list(&names(&["a", "b", "c"])), "a, b and c");
+        assert_eq!(count(1, "query", "queries"), "1 query");
+        assert_eq!(count(2, "query", "queries"), "2 queries");
     }
 }

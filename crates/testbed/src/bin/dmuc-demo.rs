@@ -1,44 +1,54 @@
-//! `dmuc-demo --master PATH [--script-only]`: the local demo of dmuc
-//! (`scripts/demo` builds everything and runs it).
+//! `dmuc-demo --master PATH [--peerhost PATH] [--script-only]`: the local
+//! demo of dmuc, the whole system (`scripts/demo` builds everything and
+//! runs it).
 //!
-//! Starts two XMPP domains, `a.test` and `b.test` (one Prosody each, on
-//! loopback addresses, with real s2s between them), and the `dmuc-master`
-//! at `PATH` as the component `conference.a.test` (storage `dmuc.sqlite` in
-//! the testbed directory). Then it plays the scripted conversation of
-//! [`dmuc_testbed::demo`] in `lounge@conference.a.test`, printing what the
-//! clients receive, and explains how to join the room with your own client.
+//! Starts three XMPP domains, `a.test`, `b.test` and `c.test` (one Prosody
+//! each, on loopback addresses, with real s2s between them), the
+//! `dmuc-master` at `--master` as the component `conference.a.test`
+//! (storage `dmuc.sqlite` in the testbed directory), and the
+//! `dmuc-peerhost` at `--peerhost` (by default the one next to the master)
+//! as `muc-peer.b.test` and `muc-peer.c.test`, reached by the master over
+//! gRPC with mutual TLS (a throw-away test CA). Every s2s and gRPC
+//! connection goes through a counting relay
+//! ([`dmuc_testbed::distributed`]).
+//!
+//! Then it plays the scripted conversation of [`dmuc_testbed::demo`] in
+//! `lounge@conference.a.test`, printing what the clients receive, what
+//! crossed between domains and, at the end, a table of it; and explains how
+//! to join the room with your own client, on any of the three domains.
 //! Everything keeps running, with what alice sees printed live, until
 //! SIGINT (Ctrl-C) or SIGTERM; then the master is stopped with SIGTERM (the
-//! occupants get status 332) and the servers after it.
+//! occupants get status 332), then the peerhosts, then the servers.
 //!
 //! With `--script-only` it exits after the conversation: 0 if every
 //! expected stanza arrived in time and said what it should, 1 otherwise
-//! (with the servers' and the master's log tails on stderr), 64 on bad
-//! arguments.
+//! (with the servers', the master's and the peerhosts' log tails on
+//! stderr), 64 on bad arguments.
 //!
-//! Environment: `DMUC_TESTBED_PROSODY_LOG`, `DMUC_TESTBED_MASTER_LOG`
-//! (log levels, default `info`), `DMUC_TESTBED_KEEP=1` (keep the testbed
-//! directory with its logs after exit).
+//! Environment: `DMUC_TESTBED_PROSODY_LOG`, `DMUC_TESTBED_MASTER_LOG`,
+//! `DMUC_TESTBED_PEERHOST_LOG` (log levels, default `info`),
+//! `DMUC_TESTBED_KEEP=1` (keep the testbed directory with its logs after
+//! exit).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use dmuc_testbed::demo::{self, Conversation};
-use dmuc_testbed::minidom::Element;
-use dmuc_testbed::scenarios::{DMUC_SERVICE, MasterSetup, start_dmuc_testbed};
-use dmuc_testbed::stanza::{self, escape};
-use dmuc_testbed::{
-    C2S_PORT, COMPONENT_PORT, Client, DomainOptions, MasterProcess, S2S_PORT, Testbed,
-    TestbedOptions,
+use dmuc_testbed::demo::{self, Conversation, HOME, PEER_DOMAINS};
+use dmuc_testbed::distributed::{
+    self, Distributed, PEERING_PORT, PeerhostSetup, peerhost_jid, start_distributed,
 };
+use dmuc_testbed::minidom::Element;
+use dmuc_testbed::scenarios::{DMUC_SERVICE, MasterSetup};
+use dmuc_testbed::stanza::{self, escape};
+use dmuc_testbed::{C2S_PORT, COMPONENT_PORT, Client, DomainOptions, S2S_PORT, TestbedOptions};
 
 /// BSD sysexits: bad command line.
 const EX_USAGE: u8 = 64;
 /// Upper bound of the whole scripted conversation (each stanza also has
 /// the client timeout).
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
-/// How long to wait for the 332 presences at shutdown.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long to wait for the 332 presences at shutdown, in all.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Lines of each log shown when the script fails.
 const LOG_TAIL: usize = 40;
@@ -46,21 +56,26 @@ const LOG_TAIL: usize = 40;
 const ALICE_REPLY: &str = "Hi! I am a scripted client of the dmuc demo, \
                            but the room you are in is real.";
 
-const USAGE: &str = "usage: dmuc-demo --master PATH [--script-only]";
-const HELP: &str = "The local demo of dmuc: starts a.test and b.test (Prosody, real s2s) and the
-dmuc-master binary at PATH as conference.a.test, plays a conversation between
-users of both domains in lounge@conference.a.test, then keeps everything
-running for your own client until Ctrl-C.
+const USAGE: &str = "usage: dmuc-demo --master PATH [--peerhost PATH] [--script-only]";
+const HELP: &str = "The local demo of dmuc, the whole system: starts a.test, b.test and c.test
+(Prosody, real s2s), the dmuc-master binary as conference.a.test and the
+dmuc-peerhost binary as muc-peer.b.test and muc-peer.c.test (gRPC, mutual
+TLS), plays a conversation between users of the three domains in
+lounge@conference.a.test, shows what crossed between domains, then keeps
+everything running for your own client until Ctrl-C.
 
-  --master PATH   the dmuc-master binary
-  --script-only   exit after the conversation: 0 if it went as expected
+  --master PATH     the dmuc-master binary
+  --peerhost PATH   the dmuc-peerhost binary (default: next to the master)
+  --script-only     exit after the conversation: 0 if it went as expected
 
-Environment: DMUC_TESTBED_PROSODY_LOG, DMUC_TESTBED_MASTER_LOG (log levels,
-default info), DMUC_TESTBED_KEEP=1 (keep the testbed directory and its logs).";
+Environment: DMUC_TESTBED_PROSODY_LOG, DMUC_TESTBED_MASTER_LOG,
+DMUC_TESTBED_PEERHOST_LOG (log levels, default info), DMUC_TESTBED_KEEP=1
+(keep the testbed directory and its logs).";
 
 /// The command line.
 struct Args {
     master: PathBuf,
+    peerhost: Option<PathBuf>,
     script_only: bool,
 }
 
@@ -92,11 +107,13 @@ fn main() -> ExitCode {
 
 fn parse_args(args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut master = None;
+    let mut peerhost = None;
     let mut script_only = false;
     let mut args = args.peekable();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--master" => master = Some(args.next().ok_or("--master needs a PATH")?),
+            "--peerhost" => peerhost = Some(args.next().ok_or("--peerhost needs a PATH")?),
             "--script-only" => script_only = true,
             other => return Err(format!("unknown argument {other}")),
         }
@@ -104,6 +121,7 @@ fn parse_args(args: impl Iterator<Item = String>) -> Result<Args, String> {
     let master = master.ok_or("--master PATH is required")?;
     Ok(Args {
         master: master.into(),
+        peerhost: peerhost.map(PathBuf::from),
         script_only,
     })
 }
@@ -114,56 +132,76 @@ fn log_level(var: &str) -> String {
 }
 
 async fn run(args: Args) -> ExitCode {
+    let peerhost = match &args.peerhost {
+        Some(path) => path.clone(),
+        None => match distributed::peerhost_binary(&args.master.to_string_lossy()) {
+            Ok(path) => path,
+            Err(e) => {
+                eprintln!("dmuc-demo: {e}; or name it with --peerhost PATH\n{USAGE}");
+                return ExitCode::from(EX_USAGE);
+            }
+        },
+    };
     let mut options = TestbedOptions::new()
-        .with_domain(DomainOptions::new("a.test"))
-        .with_domain(DomainOptions::new("b.test"));
+        .with_domain(DomainOptions::new(HOME))
+        .counted();
+    for domain in PEER_DOMAINS {
+        options = options.with_domain(DomainOptions::new(domain));
+    }
     options.log_level = log_level("DMUC_TESTBED_PROSODY_LOG");
-    println!("Starting a.test and b.test (Prosody) and dmuc-master as {DMUC_SERVICE}...");
-    let setup = MasterSetup {
+    println!(
+        "Starting a.test, b.test and c.test (Prosody), dmuc-master as {DMUC_SERVICE}, \
+         and dmuc-peerhost on b.test and c.test..."
+    );
+    let master = MasterSetup {
         log_filter: log_level("DMUC_TESTBED_MASTER_LOG"),
         ..MasterSetup::default()
     };
-    let started = start_dmuc_testbed(&args.master, options, &setup).await;
-    let (testbed, mut master) = match started {
-        Ok(pieces) => pieces,
+    let peers = PeerhostSetup {
+        log_filter: log_level("DMUC_TESTBED_PEERHOST_LOG"),
+        ..PeerhostSetup::default()
+    };
+    let started = start_distributed(
+        &args.master,
+        &peerhost,
+        options,
+        &master,
+        &PEER_DOMAINS,
+        &peers,
+    )
+    .await;
+    let mut system = match started {
+        Ok(system) => system,
         Err(e) => {
-            eprintln!("dmuc-demo: could not start the testbed: {e}");
+            eprintln!("dmuc-demo: could not start the system: {e}");
             return ExitCode::FAILURE;
         }
     };
-    print_setup(&testbed, &args);
+    print_setup(&system, &args.master, &peerhost);
 
-    let played = tokio::time::timeout(
-        SCRIPT_TIMEOUT,
-        demo::run_script(&testbed, DMUC_SERVICE, true),
-    )
-    .await;
+    let played = tokio::time::timeout(SCRIPT_TIMEOUT, demo::run_script(&system, true)).await;
     let conversation = match played {
         Ok(Ok(conversation)) => conversation,
-        Ok(Err(e)) => return fail(&testbed, &mut master, &e.to_string()),
-        Err(_) => {
-            return fail(
-                &testbed,
-                &mut master,
-                &format!("timed out after {SCRIPT_TIMEOUT:?}"),
-            );
-        }
+        Ok(Err(e)) => return fail(&mut system, &e.to_string()),
+        Err(_) => return fail(&mut system, &format!("timed out after {SCRIPT_TIMEOUT:?}")),
     };
     println!("\nThe scripted conversation went as expected: every stanza above was received.");
     if args.script_only {
-        stop_master(&mut master);
+        stop(&mut system);
         return ExitCode::SUCCESS;
     }
 
-    print_connect_help(&testbed, &conversation);
+    print_connect_help(&system, &conversation);
     let Conversation { mut clients, .. } = conversation;
     watch(&mut clients).await;
     println!("\nStopping dmuc-master (SIGTERM)...");
-    stop_master(&mut master);
+    tokio::task::block_in_place(|| system.master.stop());
+    let deadline = tokio::time::Instant::now() + GOODBYE_TIMEOUT;
     for client in &mut clients {
         let who = client.bare_jid().to_owned();
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let goodbye = client
-            .expect_within("own presence with status 332", GOODBYE_TIMEOUT, |el| {
+            .expect_within("own presence with status 332", left, |el| {
                 stanza::is_presence(el)
                     && stanza::has_status(el, 332)
                     && stanza::has_status(el, 110)
@@ -178,69 +216,104 @@ async fn run(args: Args) -> ExitCode {
         }
     }
     drop(clients);
-    println!("Stopping Prosody...");
-    drop(testbed);
+    println!("Stopping the peerhosts and Prosody...");
+    stop(&mut system);
+    drop(system);
     println!("Done.");
     ExitCode::SUCCESS
 }
 
 /// Reports a failed script with the log tails, stops everything.
-fn fail(testbed: &Testbed, master: &mut MasterProcess, error: &str) -> ExitCode {
+fn fail(system: &mut Distributed, error: &str) -> ExitCode {
     eprintln!("\ndmuc-demo: the scripted conversation failed: {error}");
-    stop_master(master);
-    eprintln!("\n{}", testbed.log_tails(LOG_TAIL));
+    stop(system);
+    eprintln!("\n{}", system.testbed.log_tails(LOG_TAIL));
     ExitCode::FAILURE
 }
 
-/// SIGTERM, wait for the exit (SIGKILL after a grace period).
-fn stop_master(master: &mut MasterProcess) {
-    tokio::task::block_in_place(|| master.stop());
+/// SIGTERM to the master, then to the peerhosts; each waited for (SIGKILL
+/// after a grace period). The servers stop when the system is dropped.
+fn stop(system: &mut Distributed) {
+    tokio::task::block_in_place(|| {
+        system.master.stop();
+        for peerhost in &mut system.peerhosts {
+            peerhost.process.stop();
+        }
+    });
 }
 
-fn print_setup(testbed: &Testbed, args: &Args) {
+fn print_setup(system: &Distributed, master: &std::path::Path, peerhost: &std::path::Path) {
+    let testbed = &system.testbed;
     let dir = testbed.dir().display();
     let ip = |d: &str| testbed.ip(d).map_or("?".into(), |ip| ip.to_string());
-    println!("\ndmuc demo: one XEP-0045 room, users of two XMPP domains\n");
+    let relay = |d: &str| testbed.relay_ip(d).map_or("?".into(), |ip| ip.to_string());
+    println!("\ndmuc demo: one XEP-0045 room, users of three XMPP domains\n");
     println!(
-        "  a.test             Prosody on {} (c2s {C2S_PORT}, s2s {S2S_PORT}, components {COMPONENT_PORT})",
-        ip("a.test")
+        "  {HOME:<18} Prosody on {} (c2s {C2S_PORT}, s2s {S2S_PORT}, components {COMPONENT_PORT})",
+        ip(HOME)
     );
     println!(
-        "  b.test             Prosody on {} (c2s {C2S_PORT}, s2s {S2S_PORT})",
-        ip("b.test")
+        "  {DMUC_SERVICE:<18} dmuc-master ({}): the room's master",
+        master.display()
+    );
+    println!("  {:<18} storage {dir}/dmuc.sqlite", "");
+    for domain in PEER_DOMAINS {
+        println!(
+            "  {domain:<18} Prosody on {} (c2s {C2S_PORT}, s2s {S2S_PORT}, components {COMPONENT_PORT})",
+            ip(domain)
+        );
+        println!(
+            "  {:<18} dmuc-peerhost ({}): gRPC on {}:{PEERING_PORT}",
+            peerhost_jid(domain),
+            peerhost.display(),
+            ip(domain)
+        );
+    }
+    let relays: Vec<String> = testbed.domains().map(relay).collect();
+    println!(
+        "  {:<18} s2s between the servers, gRPC (mutual TLS, test CA) from",
+        "links"
     );
     println!(
-        "  {DMUC_SERVICE}  dmuc-master ({}), an external component of a.test",
-        args.master.display()
+        "  {:<18} the master to each peerhost: all through counting relays",
+        ""
     );
-    println!("                     storage {dir}/dmuc.sqlite");
-    println!("  logs               {dir}/*/prosody.log, {dir}/{DMUC_SERVICE}.log");
+    println!("  {:<18} on {}", "", relays.join(", "));
+    println!("  {:<18} {dir}/*/prosody.log", "logs");
+    println!("  {:<18} {dir}/{DMUC_SERVICE}.log", "");
+    println!("  {:<18} {dir}/muc-peer.*.log", "");
     println!();
     println!("  Lines read: who → sent, who ← received. Everything after ← comes from a");
     println!("  stanza the client received; <nick> lines are the reflected messages.");
+    println!("  ⇄ what the relays counted meanwhile; ✓ what that shows.");
 }
 
-fn print_connect_help(testbed: &Testbed, conversation: &Conversation) {
+fn print_connect_help(system: &Distributed, conversation: &Conversation) {
+    let testbed = &system.testbed;
     let room = &conversation.transcript.room;
     let ip = |d: &str| testbed.ip(d).map_or("?".into(), |ip| ip.to_string());
-    let (a, b) = (ip("a.test"), ip("b.test"));
-    let rule = "─".repeat(45);
+    let (a, b, c) = (ip("a.test"), ip("b.test"), ip("c.test"));
+    let rule = "─".repeat(49);
     println!(
         "
 ── connect your own client {rule}
-  The room stays up with alice and robert in it. To join it from this machine:
+  The room stays up with alice, robert, carol and dave in it. To join it
+  from this machine:
 
-  account     any name on a.test or b.test, e.g. you@b.test, and any password
-              (insecure auth: an account exists as soon as you log in)
+  account     any name on a.test, b.test or c.test, e.g. you@c.test, and any
+              password (insecure auth: an account exists as soon as you log in)
   server      a.test → {a} port {C2S_PORT}
               b.test → {b} port {C2S_PORT}
-              a.test and b.test do not resolve outside the testbed: set your
+              c.test → {c} port {C2S_PORT}
+              the .test names do not resolve outside the testbed: set your
               client's connect host and port by hand
   encryption  none: TLS is neither offered nor required, so allow plaintext
               connections and PLAIN authentication in your client
-  room        {room} (users of b.test reach it over s2s)
+  room        {room}
+              (on b.test and c.test, the room reaches you from your domain's
+              slave: muc-peer.b.test, muc-peer.c.test)
 
-  e.g. profanity:  /connect you@b.test server {b} port {C2S_PORT} tls disable
+  e.g. profanity:  /connect you@c.test server {c} port {C2S_PORT} tls disable
                    /join {room}
 
   What alice sees from now on is printed below; send her a private message
