@@ -13,10 +13,12 @@
 //! client.rs     Client: SASL PLAIN, bind, send raw/typed, expect(pred) with timeout
 //! stanza.rs     namespaces and read-only stanza inspection helpers
 //! pki.rs        TestCa: a throw-away CA (rcgen) issuing PEM certificates for TLS tests
+//! relay.rs      counting TCP relays (bytes, stanzas) in front of s2s and gRPC ports
+//! distributed.rs  the whole system: master on a.test, peerhosts elsewhere, TLS, relays
 //! muc.rs        XEP-0045 helpers on Client: join sequence, config, admin, groupchat
 //! scenarios/    the conformance scenarios, Ctx (service under test + expectations)
 //! demo.rs       the demo's scripted conversation (run_script → Transcript)
-//! bin/dmuc-demo.rs  the local demo: two domains, dmuc-master, the script, your client
+//! bin/dmuc-demo.rs  the local demo: three domains, master, peerhosts, the script, your client
 //! ```
 //!
 //! ```text
