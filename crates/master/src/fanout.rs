@@ -97,7 +97,13 @@ enum Mode {
         session: u64,
         /// Shares of released events the slave has not acknowledged.
         unacked: VecDeque<(u64, Vec<Action>)>,
+        /// The last event it acknowledged.
+        acked: u64,
     },
+    /// The slave's peerhost intercepts its users' traffic and is
+    /// unreachable (a split): nobody delivers to them until it is back and
+    /// resumes after `direct_until`, the last event it acknowledged.
+    Cut,
 }
 
 /// One room's slaves.
@@ -319,9 +325,19 @@ impl Fanout {
                 if entry.attaching.is_some_and(|s| s <= session) {
                     entry.attaching = None;
                 }
-                if let Mode::Slave { session: s, .. } = entry.mode
+                if let Mode::Slave {
+                    session: s, acked, ..
+                } = entry.mode
                     && s <= session
                 {
+                    if entry.peer.intercepts() {
+                        // Its users can only be reached through it: they
+                        // wait, and its slave catches up when it is back.
+                        info!(%domain, acked, "split: the slave's events wait for it");
+                        entry.mode = Mode::Cut;
+                        entry.direct_until = acked;
+                        return None;
+                    }
                     let Mode::Slave { unacked, .. } =
                         std::mem::replace(&mut entry.mode, Mode::Direct)
                     else {
@@ -432,7 +448,9 @@ impl Fanout {
                         .position(|(d, _)| d == domain)
                         .map(|i| shares.swap_remove(i).1);
                     match &mut entry.mode {
-                        Mode::Slave { session, unacked } => {
+                        Mode::Slave {
+                            session, unacked, ..
+                        } => {
                             let event =
                                 wire.get_or_insert_with(|| Arc::new(pb::Event::from(&event)));
                             effects.push(Effect::Peer(
@@ -452,6 +470,8 @@ impl Fanout {
                                 effects.push(Effect::Direct(share));
                             }
                         }
+                        // In the log, for the slave's resume.
+                        Mode::Cut => {}
                     }
                 }
                 // Shares of domains whose slave went meanwhile.
@@ -512,6 +532,7 @@ impl Fanout {
                             entry.mode = Mode::Slave {
                                 session,
                                 unacked: VecDeque::new(),
+                                acked: have,
                             };
                         }
                         return effects;
@@ -527,6 +548,7 @@ impl Fanout {
                 entry.mode = Mode::Slave {
                     session,
                     unacked: VecDeque::new(),
+                    acked: entry.direct_until,
                 };
             }
             Release::Destroy { domain, peer } => {
@@ -549,13 +571,16 @@ impl Fanout {
     }
 }
 
-fn acknowledge(entry: &mut Domain, session: u64, acked: u64) {
+fn acknowledge(entry: &mut Domain, session: u64, seq: u64) {
     if let Mode::Slave {
         session: s,
         unacked,
+        acked,
     } = &mut entry.mode
         && *s == session
     {
+        *acked = (*acked).max(seq);
+        let acked = *acked;
         while unacked.front().is_some_and(|(seq, _)| *seq <= acked) {
             unacked.pop_front();
         }
@@ -757,6 +782,31 @@ mod tests {
         let (direct, effects) = bed.input(say("alice@a.test/1"));
         assert_eq!(summary(&effects), ["event6"]);
         assert!(!recipients(&direct).contains(&"bob@b.test/1".to_owned()));
+    }
+
+    #[test]
+    fn an_intercepting_domain_waits_for_its_slave_through_a_split() {
+        let mut bed = Bed::new();
+        bed.directory
+            .get(&"b.test".parse().unwrap())
+            .unwrap()
+            .set_intercepts(true);
+        bed.input(join("bob@b.test/1", "bob"));
+        bed.news(PeerNews::Ack { session: 1, seq: 2 });
+        bed.input(say("alice@a.test/1"));
+        bed.state.send_replace(LinkState::Down);
+        // Its users cannot be reached but through it: nothing direct.
+        assert!(bed.news(PeerNews::Down { session: 1 }).is_empty());
+        let (direct, effects) = bed.input(say("alice@a.test/1"));
+        assert!(effects.is_empty());
+        assert_eq!(recipients(&direct), ["alice@a.test/1"]);
+        // Back: it delivers everything after what it acknowledged.
+        bed.state.send_replace(LinkState::Up(2));
+        let effects = bed.news(PeerNews::Up {
+            session: 2,
+            resume_from: Some(2),
+        });
+        assert_eq!(summary(&effects), ["resume>=2", "event3", "event4"]);
     }
 
     #[test]

@@ -63,6 +63,7 @@ impl Peering for FakePeer {
                 peer_jid: "muc-peer.b.test".into(),
                 domain: "b.test".into(),
                 resumable: vec![],
+                intercepts: false,
             });
             let _ = tx.send(frame(welcome)).await;
             let batch = submit.wait_for(|s| !s.is_empty()).await.map(|s| s.clone());
@@ -341,6 +342,7 @@ async fn a_peerhost_dialling_in_for_a_domain_that_does_not_list_it_is_refused() 
         peer_jid: "muc-rogue.b.test".into(),
         domain: "b.test".into(),
         resumable: vec![],
+        intercepts: false,
     });
     frames
         .send(pb::PeerFrame {

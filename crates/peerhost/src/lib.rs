@@ -193,9 +193,10 @@ pub async fn run(
         policy,
         shutdown.clone(),
     );
+    let shadowed = config.shadowed()?;
+    let service = service.with_intercepts(shadowed.iter().map(|t| t.master.clone()).collect());
     let streams = service.streams();
     let tls = tls.map(Arc::new);
-    let shadowed = config.shadowed()?;
     let mut uplinks = config.peering.uplinks()?;
     for target in &shadowed {
         if !uplinks.iter().any(|u| u.master == target.master) {

@@ -65,6 +65,8 @@ pub struct PeeringService {
     streams: TaskTracker,
     masters: Masters,
     policy: Arc<MasterPolicy>,
+    /// Masters whose service this domain's traffic is intercepted for.
+    intercepts: Arc<Vec<BareJid>>,
 }
 
 /// Which masters the peerhost serves.
@@ -102,6 +104,7 @@ impl PeeringService {
         shutdown: CancellationToken,
     ) -> Self {
         PeeringService {
+            intercepts: Arc::new(Vec::new()),
             policy: Arc::new(policy),
             peer_jid,
             domain,
@@ -111,6 +114,13 @@ impl PeeringService {
             streams: TaskTracker::new(),
             masters: Masters::default(),
         }
+    }
+
+    /// Says, in `Welcome`, that this domain's traffic for these masters'
+    /// services is intercepted (`[[shadow]]`).
+    pub fn with_intercepts(mut self, masters: Vec<BareJid>) -> Self {
+        self.intercepts = Arc::new(masters);
+        self
     }
 
     /// Sends a stanza one of this domain's users addressed to `master`'s
@@ -328,6 +338,7 @@ pub(crate) async fn serve(
         resync_asked: HashSet::new(),
     };
     welcome.resumable = stream.resume_stored().await;
+    welcome.intercepts = service.intercepts.contains(&stream.master);
     if !stream.up.send(peer_frame::Frame::Welcome(welcome)).await {
         return;
     }

@@ -22,6 +22,7 @@ impl Agreed {
             peer_jid: peer_jid.to_owned(),
             domain: domain.to_owned(),
             resumable: Vec::new(),
+            intercepts: false,
         }
     }
 }

@@ -138,6 +138,7 @@ async fn hello_and_a_batch_are_welcomed_and_acknowledged() {
         peer_jid: "peer.b.test".into(),
         domain: "b.test".into(),
         resumable: Vec::new(),
+        intercepts: false,
     };
     let ack = |seq| {
         peer_frame::Frame::Ack(pb::Ack {

@@ -62,6 +62,7 @@ impl Peering for CheckingPeer {
                 peer_jid: PEER.into(),
                 domain: "b.test".into(),
                 resumable: Vec::new(),
+                intercepts: false,
             })),
         };
         let (tx, rx) = mpsc::channel(1);

@@ -108,6 +108,9 @@ pub struct Peerhost {
     pub process: MasterProcess,
     /// The counting relay in front of its gRPC port, if the testbed counts.
     pub relay: Option<Relay>,
+    /// The counting relay on its way to the master's `[peering] listen`, if
+    /// it dials in and the testbed counts (cut it to split the domain off).
+    pub uplink_relay: Option<Relay>,
 }
 
 /// What crossed between domains, by kind.
@@ -153,6 +156,9 @@ impl Distributed {
                 .as_ref()
                 .ok_or_else(|| Error::Check("gRPC is not counted".into()))?;
             total.grpc = total.grpc + relay.traffic();
+            if let Some(uplink) = &peerhost.uplink_relay {
+                total.grpc = total.grpc + uplink.traffic();
+            }
         }
         Ok(total)
     }
@@ -228,6 +234,14 @@ pub async fn start_distributed(
         } else {
             (listen, None)
         };
+        // It dials the master through a relay of its own when the testbed counts.
+        let (uplink, uplink_relay) = match uplink {
+            Some(master) if counted => {
+                let front = SocketAddr::new(testbed.relay_ip(domain)?.into(), PEERING_PORT + 1);
+                (Some(front), Some(Relay::start(front, master).await?))
+            }
+            other => (other, None),
+        };
         let cert = ca.issue(pki.path(), &peerhost_jid(domain), &[&peerhost_jid(domain)])?;
         let config = MasterConfig {
             component_jid: peerhost_jid(domain),
@@ -258,6 +272,7 @@ pub async fn start_distributed(
             domain: (*domain).into(),
             process,
             relay,
+            uplink_relay,
         });
     }
     for domain in peer_domains {

@@ -77,6 +77,9 @@ struct Counters {
 pub struct Relay {
     listen: SocketAddr,
     counters: Arc<Counters>,
+    /// While `true`, the link is cut: connections are dropped and new ones
+    /// refused (accepted, then closed at once).
+    cut: tokio::sync::watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -87,12 +90,25 @@ impl Relay {
             .await
             .map_err(Error::io(format!("relay: binding {listen}")))?;
         let counters = Arc::new(Counters::default());
-        let task = tokio::spawn(accept(listener, target, counters.clone()));
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(accept(listener, target, counters.clone(), cut_rx));
         Ok(Relay {
             listen,
             counters,
+            cut,
             task,
         })
+    }
+
+    /// Cuts the link: every connection through the relay is dropped (both
+    /// ends see it close) and new ones are closed as soon as accepted.
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Heals the link: connections are relayed again.
+    pub fn heal(&self) {
+        self.cut.send_replace(false);
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -119,9 +135,33 @@ impl Drop for Relay {
     }
 }
 
-async fn accept(listener: TcpListener, target: SocketAddr, counters: Arc<Counters>) {
+async fn accept(
+    listener: TcpListener,
+    target: SocketAddr,
+    counters: Arc<Counters>,
+    mut cut: tokio::sync::watch::Receiver<bool>,
+) {
     let mut pipes = tokio::task::JoinSet::new();
-    while let Ok((client, _)) = listener.accept().await {
+    loop {
+        let client = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((client, _)) => client,
+                Err(_) => break,
+            },
+            changed = cut.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                if *cut.borrow_and_update() {
+                    pipes.abort_all();
+                }
+                continue;
+            }
+        };
+        if *cut.borrow() {
+            drop(client);
+            continue;
+        }
         let Ok(server) = TcpStream::connect(target).await else {
             continue;
         };

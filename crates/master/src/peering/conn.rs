@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use dmuc_component::{Backoff, BackoffConfig};
@@ -86,14 +87,17 @@ pub fn spawn(
     let (state_tx, state) = watch::channel(first);
     let (adopt_tx, adopt) = mpsc::channel(4);
     let span = info_span!("peer", domain = %target.domain, peer = %target.jid);
+    let intercepts = Arc::new(AtomicBool::new(false));
     let handle = PeerHandle {
         target: Arc::new(target.clone()),
         tx,
         state,
         adopt: adopt_tx,
+        intercepts: intercepts.clone(),
     };
     let conn = Conn {
         target,
+        intercepts,
         context,
         rooms: HashMap::new(),
         state: state_tx,
@@ -153,6 +157,8 @@ pub enum LinkState {
 
 struct Conn {
     target: PeerTarget,
+    /// Shared with the handles: `Welcome.intercepts` of the last stream.
+    intercepts: Arc<AtomicBool>,
     context: Arc<PeerContext>,
     /// The rooms with a slave (or wanting one) on this peerhost.
     rooms: HashMap<BareJid, mpsc::UnboundedSender<News>>,
@@ -272,6 +278,7 @@ impl Conn {
             resumable = resumable.len(),
             "peerhost stream up"
         );
+        self.intercepts.store(welcome.intercepts, Ordering::Relaxed);
         self.state.send_replace(LinkState::Up(session));
         for (room, news) in &self.rooms {
             let resume_from = resumable.remove(room);

@@ -26,6 +26,7 @@ pub mod iq;
 pub mod listen;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use dmuc_protocol::pb;
@@ -54,11 +55,20 @@ pub struct PeerHandle {
     state: watch::Receiver<LinkState>,
     /// Streams the peerhost opened to us (`Uplink.Attach`), for its task.
     adopt: mpsc::Sender<conn::Transport>,
+    /// Whether, on its current or last stream, the peerhost said it
+    /// intercepts its users' traffic to us (`Welcome.intercepts`).
+    intercepts: Arc<AtomicBool>,
 }
 
 impl PeerHandle {
     pub fn state(&self) -> LinkState {
         *self.state.borrow()
+    }
+
+    /// Whether the peerhost is its domain's users' only way to us: then
+    /// their events wait for it while it is unreachable.
+    pub fn intercepts(&self) -> bool {
+        self.intercepts.load(Ordering::Relaxed)
     }
 
     /// Waits until the first connection attempt has finished.
@@ -84,8 +94,15 @@ impl PeerHandle {
             tx,
             state,
             adopt: mpsc::channel(1).0,
+            intercepts: Arc::default(),
         };
         (handle, rx, state_tx)
+    }
+
+    /// As if its stream said `Welcome.intercepts`, for tests.
+    #[cfg(test)]
+    pub fn set_intercepts(&self, intercepts: bool) {
+        self.intercepts.store(intercepts, Ordering::Relaxed);
     }
 
     /// Hands a stream the peerhost dialled in on to its task.
