@@ -17,6 +17,9 @@ pub enum Condition {
     NotAuthorized,
     PolicyViolation,
     RegistrationRequired,
+    /// A server needed to fulfil the request (for dmuc: the room's master,
+    /// or the recipient's domain behind it) cannot be reached for now.
+    RemoteServerTimeout,
     ResourceConstraint,
     ServiceUnavailable,
 }
@@ -39,7 +42,7 @@ impl Condition {
             Condition::Forbidden | Condition::NotAuthorized | Condition::RegistrationRequired => {
                 ErrorType::Auth
             }
-            Condition::ResourceConstraint => ErrorType::Wait,
+            Condition::ResourceConstraint | Condition::RemoteServerTimeout => ErrorType::Wait,
             Condition::Conflict
             | Condition::NotAcceptable
             | Condition::ServiceUnavailable
@@ -65,6 +68,7 @@ impl Condition {
             Condition::NotAuthorized => "not-authorized",
             Condition::PolicyViolation => "policy-violation",
             Condition::RegistrationRequired => "registration-required",
+            Condition::RemoteServerTimeout => "remote-server-timeout",
             Condition::ResourceConstraint => "resource-constraint",
             Condition::ServiceUnavailable => "service-unavailable",
         }
