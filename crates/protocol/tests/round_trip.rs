@@ -12,7 +12,7 @@ use dmuc_room::form::Submission;
 use dmuc_room::testing;
 use dmuc_room::{
     Affiliation, ConfigBounds, HistoryRequest, Input, Nick, Payload, RateLimit, Role, Room,
-    RoomConfig, RoomSettings, RoomSnapshot, Timestamp,
+    RoomConfig, RoomSettings, RoomSnapshot, SplitPolicy, Timestamp,
 };
 use jid::FullJid;
 use proptest::prelude::*;
@@ -242,6 +242,7 @@ fn busy_room() -> Room {
                     ("muc#roomconfig_whois".into(), vec!["anyone".into()]),
                     ("muc#roomconfig_allowpm".into(), vec!["participants".into()]),
                     ("muc#roomconfig_historylength".into(), vec!["5".into()]),
+                    ("dmuc#roomconfig_splitpolicy".into(), vec!["open".into()]),
                     (
                         "muc#roomconfig_presencebroadcast".into(),
                         vec!["moderator".into(), "participant".into()],
@@ -334,6 +335,7 @@ fn a_busy_rooms_snapshot_round_trips() {
     assert_eq!(snapshot.history.len(), 5);
     assert!(snapshot.subject.is_some());
     assert!(snapshot.config.password.is_some());
+    assert_eq!(snapshot.config.split_policy, SplitPolicy::Open);
     assert!(snapshot.created && !snapshot.locked);
 
     let back = snapshot_round_trip(&snapshot);

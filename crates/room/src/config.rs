@@ -46,6 +46,49 @@ impl AllowPm {
     }
 }
 
+/// What a slave may let its own domain's users do while it cannot reach
+/// the room's master (a *split*; see [`crate::split`]).
+///
+/// The default is [`SplitPolicy::LocalChat`]: the users a split cuts off
+/// keep talking to each other, which is what they want from a chat room,
+/// yet nothing they do can change who is in the room or who runs it (no
+/// joins, nick changes, kicks, bans, role, affiliation, configuration or
+/// subject changes), so a domain that splits off, by accident or on
+/// purpose, can never take the room over; the master merges the talk back
+/// when the room heals. `Open` admits new local joiners too, at the price
+/// of nick collisions the master resolves on heal; `Off` refuses everything.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplitPolicy {
+    /// Nothing works during a split: every stanza that expects an answer
+    /// gets an error; leaving the room still works.
+    Off,
+    /// Messages, private messages and presence among local occupants;
+    /// no joins, nick changes or moderation.
+    #[default]
+    LocalChat,
+    /// As `LocalChat`, and local users may join; nick collisions with the
+    /// rest of the room are decided by the master on heal.
+    Open,
+}
+
+impl SplitPolicy {
+    pub const ALL: [SplitPolicy; 3] = [SplitPolicy::Off, SplitPolicy::LocalChat, SplitPolicy::Open];
+
+    /// The value of the form field (and of the stored JSON).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SplitPolicy::Off => "off",
+            SplitPolicy::LocalChat => "local-chat",
+            SplitPolicy::Open => "open",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SplitPolicy> {
+        SplitPolicy::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
 /// The owner-settable configuration of a room.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -73,6 +116,10 @@ pub struct RoomConfig {
     pub presence_broadcast: Vec<Role>,
     /// How many messages of discussion history are kept and sent to joiners.
     pub history_length: u32,
+    /// What local users of a slave may do while it is split from the
+    /// master. Absent from configurations stored before it existed, which
+    /// then load with the default.
+    pub split_policy: SplitPolicy,
 }
 
 impl Default for RoomConfig {
@@ -94,6 +141,7 @@ impl Default for RoomConfig {
             get_member_list: vec![Role::Moderator, Role::Participant, Role::Visitor],
             presence_broadcast: vec![Role::Moderator, Role::Participant, Role::Visitor],
             history_length: 20,
+            split_policy: SplitPolicy::default(),
         }
     }
 }
@@ -135,6 +183,8 @@ const F_PRESENCE_BROADCAST: &str = "muc#roomconfig_presencebroadcast";
 const F_HISTORY: &str = "muc#roomconfig_historylength";
 const F_OWNERS: &str = "muc#roomconfig_roomowners";
 const F_ADMINS: &str = "muc#roomconfig_roomadmins";
+/// dmuc's own field, outside the `muc#roomconfig_` registry.
+pub const F_SPLIT_POLICY: &str = "dmuc#roomconfig_splitpolicy";
 
 const ROLE_OPTIONS: &[(&str, &str)] = &[
     ("Moderator", "moderator"),
@@ -235,6 +285,20 @@ impl RoomConfig {
                 "Number of history messages sent to joiners",
                 &self.history_length.to_string(),
             ),
+            Field::new(
+                F_SPLIT_POLICY,
+                FieldKind::ListSingle,
+                Some("While the room is split from its master, local users may"),
+                vec![self.split_policy.as_str().to_owned()],
+            )
+            .with_options(&[
+                ("Do nothing (every request gets an error)", "off"),
+                (
+                    "Chat among themselves (no joins, nick changes or moderation)",
+                    "local-chat",
+                ),
+                ("Chat and join (nick collisions resolved on heal)", "open"),
+            ]),
             Field::new(
                 F_OWNERS,
                 FieldKind::JidMulti,
@@ -376,6 +440,10 @@ impl RoomConfig {
                 .parse::<u32>()
                 .map_err(|_| Error::InvalidField(F_HISTORY.into()))?;
             next.history_length = n.min(bounds.max_history);
+        }
+        if let Some(v) = form.single(F_SPLIT_POLICY) {
+            next.split_policy =
+                SplitPolicy::parse(v).ok_or_else(|| Error::InvalidField(F_SPLIT_POLICY.into()))?;
         }
         let mut affiliations = Vec::new();
         for (var, affiliation) in [
@@ -555,6 +623,7 @@ mod tests {
             name: "n".into(),
             persistent: true,
             password: Some("s".into()),
+            split_policy: SplitPolicy::Open,
             ..RoomConfig::default()
         };
         let form = c.to_form(&[], &[]);
@@ -568,5 +637,32 @@ mod tests {
         let before = c.clone();
         c.apply(&sub, &bounds()).unwrap();
         assert_eq!(c, before);
+    }
+
+    #[test]
+    fn split_policy_defaults_to_local_chat_and_parses_its_values() {
+        assert_eq!(RoomConfig::default().split_policy, SplitPolicy::LocalChat);
+        for p in SplitPolicy::ALL {
+            assert_eq!(SplitPolicy::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(SplitPolicy::parse("LocalChat"), None);
+    }
+
+    /// The master stores configurations as JSON: one stored before the
+    /// split policy existed still loads, and the policy is stored by name.
+    #[test]
+    fn stored_json_without_split_policy_loads_with_the_default() {
+        let mut json = serde_json::to_value(RoomConfig {
+            split_policy: SplitPolicy::Open,
+            ..RoomConfig::default()
+        })
+        .unwrap();
+        assert_eq!(json["split_policy"], "open");
+        json.as_object_mut().unwrap().remove("split_policy");
+        let old: RoomConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(old, RoomConfig::default());
+        let off: RoomConfig = serde_json::from_str(r#"{"split_policy":"off"}"#).unwrap();
+        assert_eq!(off.split_policy, SplitPolicy::Off);
+        assert!(serde_json::from_str::<RoomConfig>(r#"{"split_policy":"sometimes"}"#).is_err());
     }
 }

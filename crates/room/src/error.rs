@@ -17,6 +17,8 @@ pub enum Condition {
     NotAuthorized,
     PolicyViolation,
     RegistrationRequired,
+    /// A server needed to fulfil the request (for dmuc: the room's master,
+    /// or the recipient's domain behind it) cannot be reached for now.
     RemoteServerTimeout,
     ResourceConstraint,
     ServiceUnavailable,

@@ -183,6 +183,11 @@ pub enum Outgoing {
     },
     /// A room message carrying only status codes (e.g. 104).
     Status(Vec<u16>),
+    /// A message from the room itself with a human-readable body, which
+    /// clients show as a room notice (e.g. that the room is split).
+    Notice {
+        text: String,
+    },
     Private {
         from: Nick,
         occupant_id: OccupantId,

@@ -116,6 +116,26 @@ impl StanzaId {
         StanzaId(Arc::from(format!("{epoch:x}-{:x}", seq.0)))
     }
 
+    /// The provisional id of message `seq` of a slave of `domain` split
+    /// from its master since `began`: `split:{domain}:{began:x}:{seq:x}`.
+    ///
+    /// It can never equal an id the master assigns (those are two hex
+    /// numbers joined by `-`, and this one starts with `split:`), nor one
+    /// of another split (the domain and the start of the split tell them
+    /// apart), and it depends only on what the split log records, so a
+    /// restarted peerhost replaying its log gives the same ids again.
+    pub fn provisional(domain: &str, began: Timestamp, seq: Seq) -> Self {
+        StanzaId(Arc::from(format!(
+            "{PROVISIONAL}{domain}:{:x}:{:x}",
+            began.0, seq.0
+        )))
+    }
+
+    /// Whether a split-off slave assigned this id ([`Self::provisional`]).
+    pub fn is_provisional(&self) -> bool {
+        self.0.starts_with(PROVISIONAL)
+    }
+
     /// Wraps an id read back from storage.
     pub fn from_stored(s: String) -> Self {
         StanzaId(Arc::from(s))
@@ -125,6 +145,8 @@ impl StanzaId {
         &self.0
     }
 }
+
+const PROVISIONAL: &str = "split:";
 
 impl fmt::Display for StanzaId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -174,5 +196,21 @@ mod tests {
     #[test]
     fn stanza_ids_differ_across_epochs() {
         assert_ne!(StanzaId::assign(1, Seq(5)), StanzaId::assign(2, Seq(5)));
+    }
+
+    #[test]
+    fn provisional_ids_are_their_own_namespace() {
+        let p = StanzaId::provisional("b.test", Timestamp(0x1000), Seq(0x1a));
+        assert_eq!(p.as_str(), "split:b.test:1000:1a");
+        assert!(p.is_provisional());
+        assert!(!StanzaId::assign(0x1000, Seq(0x1a)).is_provisional());
+        assert_ne!(
+            p,
+            StanzaId::provisional("c.test", Timestamp(0x1000), Seq(0x1a))
+        );
+        assert_ne!(
+            p,
+            StanzaId::provisional("b.test", Timestamp(0x1001), Seq(0x1a))
+        );
     }
 }

@@ -7,13 +7,16 @@
 //! # Layout
 //! - [`ids`]: newtypes that validate once (`Nick`, `OccupantId`, `Seq`, `StanzaId`, `Timestamp`).
 //! - [`affiliation`]: `Affiliation` and `Role`.
-//! - [`config`]: `RoomConfig` and its `muc#roomconfig` form.
+//! - [`config`]: `RoomConfig` (with the room's `SplitPolicy`) and its `muc#roomconfig` form.
 //! - [`form`]: data forms as plain data.
 //! - [`history`]: room messages, subject, discussion history and its limits.
 //! - [`event`]: [`Input`] (parsed stanzas) and [`Action`] (stanzas to send, changes to persist).
 //! - [`room`]: [`Room::handle`], the state machine itself, and its snapshots.
 //! - [`replica`]: slaves applying the master's numbered inputs to a replica,
 //!   and the split of deliveries between master and slaves.
+//! - [`split`]: a slave cut off from its master serves its own domain alone
+//!   under the room's [`SplitPolicy`], logs what happens, and hands the
+//!   log to the master on heal.
 //! - `testing` (feature `testing`): proptest strategies for inputs, shared
 //!   with the crates that carry rooms over a wire.
 //!
@@ -34,13 +37,15 @@ pub mod history;
 pub mod ids;
 pub mod replica;
 pub mod room;
+pub mod split;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use affiliation::{Affiliation, Role};
-pub use config::{AllowPm, ConfigBounds, RoomConfig, Whois};
+pub use config::{AllowPm, ConfigBounds, RoomConfig, SplitPolicy, Whois};
 pub use error::{Condition, Error, ErrorType};
 pub use event::{Action, Input, Outgoing, Persist};
 pub use history::{HistoryRequest, Payload, RoomMessage, Subject};
 pub use ids::{Nick, OccupantId, Seq, StanzaId, Timestamp};
 pub use room::{OccupantSnapshot, RateLimit, Room, RoomSettings, RoomSnapshot, StoredRoom};
+pub use split::{Healed, Split, SplitEvent, SplitStart};

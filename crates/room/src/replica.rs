@@ -58,6 +58,11 @@ impl Replica {
         &self.room
     }
 
+    /// The domain whose users this replica serves.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
     /// The state to persist, for a restart that resumes at [`Self::seq`].
     pub fn snapshot(&self) -> RoomSnapshot {
         self.room.snapshot()

@@ -117,6 +117,16 @@ pub struct Room {
     locked: bool,
     /// Whether the room exists yet: a new room is created by its first join.
     created: bool,
+    /// Who numbers the room's messages.
+    ids: Ids,
+}
+
+/// Whose stanza ids a room assigns: the master's, or a split-off slave's
+/// provisional ones ([`crate::split`]), which never collide with them.
+#[derive(Clone, Debug)]
+enum Ids {
+    Master,
+    Provisional { domain: Arc<str>, began: Timestamp },
 }
 
 /// Accumulates the actions of one input.
@@ -196,6 +206,7 @@ impl Room {
             next_seq: Seq(1),
             locked: false,
             created: false,
+            ids: Ids::Master,
         }
     }
 
@@ -282,8 +293,39 @@ impl Room {
         room
     }
 
+    /// From now on, messages get provisional stanza ids
+    /// ([`StanzaId::provisional`]): the room is a split-off copy.
+    pub(crate) fn number_provisionally(&mut self, domain: &str, began: Timestamp) {
+        self.ids = Ids::Provisional {
+            domain: Arc::from(domain),
+            began,
+        };
+    }
+
+    fn stanza_id(&self, seq: Seq) -> StanzaId {
+        match &self.ids {
+            Ids::Master => StanzaId::assign(self.settings.epoch, seq),
+            Ids::Provisional { domain, began } => StanzaId::provisional(domain, *began, seq),
+        }
+    }
+
     pub fn jid(&self) -> &BareJid {
         &self.jid
+    }
+
+    /// Whether the room exists: created by a first join, not yet ended.
+    pub fn exists(&self) -> bool {
+        self.created
+    }
+
+    /// The nick a joined session occupies.
+    pub fn nick_of(&self, session: &FullJid) -> Option<&Nick> {
+        self.by_session.get(session)
+    }
+
+    /// The sessions of the occupant `nick`, if there is one.
+    pub fn occupant_sessions(&self, nick: &Nick) -> Option<&[FullJid]> {
+        self.occupants.get(nick).map(|o| o.sessions.as_slice())
     }
 
     pub fn config(&self) -> &RoomConfig {
@@ -867,7 +909,7 @@ impl Room {
         self.next_seq = seq.next();
         let message = Arc::new(RoomMessage {
             seq,
-            stanza_id: StanzaId::assign(self.settings.epoch, seq),
+            stanza_id: self.stanza_id(seq),
             occupant_id: occupant.occupant_id.clone(),
             nick,
             sender: occupant.bare.clone(),

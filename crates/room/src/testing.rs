@@ -22,7 +22,7 @@ use crate::event::{AdminFilter, AdminItem, IqRequest, JoinRequest, MessageKind};
 use crate::form::Submission;
 use crate::{
     Affiliation, ConfigBounds, HistoryRequest, Input, Nick, Payload, RateLimit, Role, Room,
-    RoomConfig, RoomSettings, Timestamp,
+    RoomConfig, RoomSettings, SplitPolicy, Timestamp,
 };
 
 /// The sessions inputs come from: two share a domain, one has two sessions.
@@ -156,6 +156,11 @@ fn message_kind() -> impl Strategy<Value = MessageKind> {
     ]
 }
 
+/// Any split policy.
+pub fn split_policy() -> impl Strategy<Value = SplitPolicy> {
+    (0..SplitPolicy::ALL.len()).prop_map(|i| SplitPolicy::ALL[i])
+}
+
 fn role() -> impl Strategy<Value = Role> {
     (0..Role::ALL.len()).prop_map(|i| Role::ALL[i])
 }
@@ -198,6 +203,13 @@ fn submission() -> impl Strategy<Value = Submission> {
             .prop_map(|v| ("muc#roomconfig_whois", vec![v.to_owned()])),
         prop_oneof![Just("anyone"), Just("participants"), Just("none")]
             .prop_map(|v| ("muc#roomconfig_allowpm", vec![v.to_owned()])),
+        prop_oneof![
+            Just("off"),
+            Just("local-chat"),
+            Just("open"),
+            Just("sometimes")
+        ]
+        .prop_map(|v| ("dmuc#roomconfig_splitpolicy", vec![v.to_owned()])),
         (0u32..7).prop_map(|n| ("muc#roomconfig_historylength", vec![n.to_string()])),
         vec(prop_oneof![Just("moderator"), Just("participant")], 0..3).prop_map(|v| (
             "muc#roomconfig_presencebroadcast",

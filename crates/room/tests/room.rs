@@ -881,3 +881,58 @@ fn pings_to_other_occupants_are_relayed() {
         matches!(&sent_to(&pinged, "alice@a.test/pc")[..], [Outgoing::Iq { payload, .. }] if payload.elements()[0].name() == "ping")
     );
 }
+
+/// The split policy is dmuc's own field of the configuration form: listed
+/// with its three options, `local-chat` by default, settable, persisted,
+/// and a bad value refuses the whole submission.
+#[test]
+fn split_policy_is_a_config_form_field() {
+    use dmuc_room::SplitPolicy;
+    use dmuc_room::form::FieldKind;
+
+    const FIELD: &str = "dmuc#roomconfig_splitpolicy";
+    let mut h = Harness::with_owner();
+    let form = |h: &mut Harness| {
+        let actions = h.iq("alice@a.test/pc", IqRequest::ConfigGet);
+        match sent_to(&actions, "alice@a.test/pc")[0] {
+            Outgoing::IqResult {
+                body: IqResponse::ConfigForm(form),
+                ..
+            } => form.fields.iter().find(|f| f.var == FIELD).cloned(),
+            other => panic!("expected the form, got {other:?}"),
+        }
+    };
+    let field = form(&mut h).expect("the form lists the split policy");
+    assert_eq!(field.kind, FieldKind::ListSingle);
+    assert!(field.label.is_some());
+    assert_eq!(field.values, ["local-chat"]);
+    let options: Vec<&str> = field.options.iter().map(|(_, v)| v.as_str()).collect();
+    assert_eq!(options, ["off", "local-chat", "open"]);
+    assert!(field.options.iter().all(|(label, _)| !label.is_empty()));
+
+    h.configure(&[("muc#roomconfig_persistentroom", "1")]);
+    let actions = h.configure(&[(FIELD, "open")]);
+    assert_eq!(h.room.config().split_policy, SplitPolicy::Open);
+    assert!(actions.iter().any(
+        |a| matches!(a, Action::Persist(Persist::Config(c)) if c.split_policy == SplitPolicy::Open)
+    ));
+    assert!(
+        matches!(sent_to(&actions, "alice@a.test/pc")[0], Outgoing::Status(codes) if codes == &vec![104])
+    );
+    assert_eq!(form(&mut h).unwrap().values, ["open"]);
+
+    let refused = h.configure(&[("muc#roomconfig_roomname", "Renamed"), (FIELD, "sometimes")]);
+    assert_eq!(
+        error_condition(sent_to(&refused, "alice@a.test/pc")[0]),
+        Condition::NotAcceptable
+    );
+    assert_eq!(h.room.config().split_policy, SplitPolicy::Open);
+    assert_eq!(
+        h.room.config().name,
+        "",
+        "nothing of a refused form applies"
+    );
+
+    h.configure(&[(FIELD, "off")]);
+    assert_eq!(h.room.config().split_policy, SplitPolicy::Off);
+}

@@ -66,6 +66,13 @@ pub fn build(room: &BareJid, out: &Outgoing) -> Element {
             .a("from", room.to_string())
             .append(muc_user(codes, None))
             .build(),
+        // A groupchat message from the room itself (its bare JID) with a
+        // body: clients show it as a message from the room.
+        Outgoing::Notice { text } => Element::builder("message", NS)
+            .a("type", "groupchat")
+            .a("from", room.to_string())
+            .append(Element::builder("body", NS).append(text.as_str()))
+            .build(),
         Outgoing::Private {
             from,
             occupant_id,
@@ -414,4 +421,30 @@ pub fn multicast(el: Element, to: &[FullJid], server: &BareJid, chunk: usize) ->
 pub fn addressed(mut el: Element, to: &FullJid) -> Element {
     set_attr(&mut el, "to", to.to_string());
     el
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A notice is a groupchat message from the room's bare JID with a
+    /// body and nothing else, which clients show as a room message.
+    #[test]
+    fn a_notice_is_a_groupchat_message_from_the_room() {
+        let room: BareJid = "r@muc.a.test".parse().unwrap();
+        let el = build(
+            &room,
+            &Outgoing::Notice {
+                text: "This room is split from its master & <alone>".into(),
+            },
+        );
+        let to: FullJid = "bob@b.test/x".parse().unwrap();
+        let el = addressed(el, &to);
+        assert_eq!(
+            String::from(&el),
+            "<message xmlns='jabber:component:accept' from='r@muc.a.test' to='bob@b.test/x' \
+             type='groupchat'><body>This room is split from its master &amp; \
+             &lt;alone&gt;</body></message>"
+        );
+    }
 }

@@ -5,7 +5,7 @@
 //! build does not know comes from a newer peer and is an error too.
 
 use dmuc_room::event::MessageKind;
-use dmuc_room::{Affiliation, AllowPm, Role, Whois};
+use dmuc_room::{Affiliation, AllowPm, Role, SplitPolicy, Whois};
 
 use crate::{ProtocolError, pb};
 
@@ -101,6 +101,24 @@ pub(super) fn allow_pm(v: i32, field: &str) -> Result<AllowPm, ProtocolError> {
     }
 }
 
+pub(super) fn split_policy_to_pb(p: SplitPolicy) -> i32 {
+    match p {
+        SplitPolicy::Off => pb::SplitPolicy::Off,
+        SplitPolicy::LocalChat => pb::SplitPolicy::LocalChat,
+        SplitPolicy::Open => pb::SplitPolicy::Open,
+    }
+    .into()
+}
+
+pub(super) fn split_policy(v: i32, field: &str) -> Result<SplitPolicy, ProtocolError> {
+    match known(v, field)? {
+        pb::SplitPolicy::Unspecified => unspecified(field),
+        pb::SplitPolicy::Off => Ok(SplitPolicy::Off),
+        pb::SplitPolicy::LocalChat => Ok(SplitPolicy::LocalChat),
+        pb::SplitPolicy::Open => Ok(SplitPolicy::Open),
+    }
+}
+
 pub(super) fn message_kind_to_pb(k: MessageKind) -> i32 {
     match k {
         MessageKind::Chat => pb::MessageKind::Chat,
@@ -144,6 +162,9 @@ mod tests {
         ] {
             assert_eq!(allow_pm(allow_pm_to_pb(a), "f"), Ok(a));
         }
+        for p in SplitPolicy::ALL {
+            assert_eq!(split_policy(split_policy_to_pb(p), "f"), Ok(p));
+        }
         for k in [
             MessageKind::Chat,
             MessageKind::Normal,
@@ -163,6 +184,14 @@ mod tests {
         assert_eq!(affiliation(0, "a"), Err(unspecified("a")));
         assert_eq!(whois(0, "w"), Err(unspecified("w")));
         assert_eq!(allow_pm(0, "p"), Err(unspecified("p")));
+        assert_eq!(split_policy(0, "s"), Err(unspecified("s")));
+        assert_eq!(
+            split_policy(4, "s"),
+            Err(ProtocolError::UnknownEnum {
+                field: "s".into(),
+                value: 4
+            })
+        );
         assert_eq!(message_kind(0, "k"), Err(unspecified("k")));
         assert_eq!(
             role(99, "r"),

@@ -16,7 +16,8 @@ use dmuc_room::{
 };
 
 use super::enums::{
-    affiliation, affiliation_to_pb, allow_pm, allow_pm_to_pb, role, role_to_pb, whois, whois_to_pb,
+    affiliation, affiliation_to_pb, allow_pm, allow_pm_to_pb, role, role_to_pb, split_policy,
+    split_policy_to_pb, whois, whois_to_pb,
 };
 use super::{bare_jid, full_jid, nick, payload, required, size};
 use crate::error::Within;
@@ -183,6 +184,7 @@ fn config_to_pb(c: &RoomConfig) -> pb::RoomConfig {
             .map(|r| role_to_pb(*r))
             .collect(),
         history_length: c.history_length,
+        split_policy: split_policy_to_pb(c.split_policy),
     }
 }
 
@@ -210,6 +212,7 @@ fn config_from_pb(c: pb::RoomConfig) -> Result<RoomConfig, ProtocolError> {
         get_member_list: roles(c.get_member_list, "get_member_list")?,
         presence_broadcast: roles(c.presence_broadcast, "presence_broadcast")?,
         history_length: c.history_length,
+        split_policy: split_policy(c.split_policy, "split_policy")?,
     })
 }
 
@@ -419,6 +422,24 @@ mod tests {
                 .allow_pm = 9)
             .field(),
             "snapshot.settings.default_config.allow_pm"
+        );
+        assert_eq!(
+            error(|s| s.config.as_mut().unwrap().split_policy = 0),
+            ProtocolError::Unspecified {
+                field: "snapshot.config.split_policy".into()
+            }
+        );
+        assert_eq!(
+            error(|s| s
+                .settings
+                .as_mut()
+                .unwrap()
+                .default_config
+                .as_mut()
+                .unwrap()
+                .split_policy = 7)
+            .field(),
+            "snapshot.settings.default_config.split_policy"
         );
         assert_eq!(
             error(|s| s.config.as_mut().unwrap().presence_broadcast.push(0)).field(),

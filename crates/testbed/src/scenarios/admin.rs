@@ -35,6 +35,7 @@ const FULL_CONFIG_FIELDS: &[&str] = &[
     "muc#roomconfig_getmemberlist",
     "muc#roomconfig_roomowners",
     "muc#roomconfig_roomadmins",
+    "dmuc#roomconfig_splitpolicy",
 ];
 
 /// Expects the result of a muc#admin set.
