@@ -29,6 +29,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many received stanzas are kept for error dumps.
 const SEEN_KEEP: usize = 50;
 /// Interval of [`Client::wait_for_service`] probes.
+/// How long one disco#info of [`Client::wait_for_service`] may go unanswered.
+const SERVICE_ATTEMPT: Duration = Duration::from_secs(2);
 const SERVICE_POLL: Duration = Duration::from_millis(50);
 
 const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
@@ -316,9 +318,28 @@ impl Client {
     pub async fn wait_for_service(&mut self, jid: &str, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let response = self
-                .iq("get", jid, &format!("<query xmlns='{NS_DISCO_INFO}'/>"))
-                .await?;
+            // A query routed to a component session that just died is lost:
+            // ask again rather than wait for it.
+            let id = self.next_id();
+            self.send_raw(&format!(
+                "<iq type='get' to='{}' id='{}'><query xmlns='{NS_DISCO_INFO}'/></iq>",
+                escape(jid),
+                escape(&id)
+            ))
+            .await?;
+            let attempt = SERVICE_ATTEMPT.min(deadline.saturating_duration_since(Instant::now()));
+            let answer = self
+                .expect_within(&format!("disco#info of {jid}"), attempt, |el| {
+                    stanza::is_iq(el)
+                        && stanza::attr(el, "id") == id
+                        && matches!(stanza::stanza_type(el), "result" | "error")
+                })
+                .await;
+            let response = match answer {
+                Ok(response) => response,
+                Err(Error::Timeout { .. }) if Instant::now() < deadline => continue,
+                Err(e) => return Err(e),
+            };
             if stanza::stanza_type(&response) == "result" {
                 return Ok(());
             }
