@@ -29,3 +29,13 @@ VirtualHost "example.org"
 Component "muc-peer.example.org"
     component_secret = "change me" -- the peerhost's [component] secret
     validate_from_addresses = false
+
+-- Optional, on that same domain: hand this domain's users' stanzas for a
+-- remote dmuc service to the local peerhost instead of sending them over
+-- s2s (split mode: the peerhost then forwards them to the master over its
+-- own link, and knows when that link is cut). The peerhost needs a
+-- [[shadow]] entry for the service. Copy deploy/prosody/mod_dmuc_intercept.lua
+-- to plugin_paths.
+VirtualHost "example.org"
+    modules_enabled = { "dmuc_intercept" } -- in addition to your usual modules
+    dmuc_intercept = { ["conference.a.example"] = "muc-peer.example.org" }
