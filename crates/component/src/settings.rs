@@ -50,6 +50,25 @@ impl SettingsError {
     }
 }
 
+/// A domain (a JID without node or resource, e.g. `b.test`) given at
+/// configuration key `key`; the error names the key.
+pub fn domain_jid(value: &str, key: &str) -> Result<BareJid, String> {
+    value
+        .parse::<BareJid>()
+        .ok()
+        .filter(|j| j.node().is_none())
+        .ok_or_else(|| format!("{key}: must be a domain"))
+}
+
+/// An `http://` or `https://` URL given at configuration key `key`.
+pub fn endpoint_url(value: &str, key: &str) -> Result<String, String> {
+    if value.starts_with("http://") || value.starts_with("https://") {
+        Ok(value.to_owned())
+    } else {
+        Err(format!("{key}: must be an http:// or https:// URL"))
+    }
+}
+
 /// `[component]`: how to reach the XMPP server as an external component.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

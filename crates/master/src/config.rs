@@ -52,10 +52,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use dmuc_component::settings::{ComponentSection, LogSection, SECRET_ENV, SettingsError};
+use dmuc_component::settings::{
+    ComponentSection, LogSection, SECRET_ENV, SettingsError, domain_jid, endpoint_url,
+};
 
 use dmuc_protocol::tls::TlsFiles;
-use jid::BareJid;
 
 use crate::Error;
 use crate::peering::PeerTarget;
@@ -141,26 +142,16 @@ impl PeeringSection {
             .iter()
             .enumerate()
             .map(|(i, p)| {
-                let jid = |value: &str, key: &str| {
-                    value
-                        .parse::<BareJid>()
-                        .ok()
-                        .filter(|j| j.node().is_none())
-                        .ok_or_else(|| {
-                            Error::Config(format!("peering.peer[{i}].{key}: must be a domain"))
-                        })
-                };
-                if let Some(url) = &p.endpoint
-                    && !(url.starts_with("http://") || url.starts_with("https://"))
-                {
-                    return Err(Error::Config(format!(
-                        "peering.peer[{i}].endpoint: must be an http:// or https:// URL"
-                    )));
-                }
+                let key = |field: &str| format!("peering.peer[{i}].{field}");
                 Ok(PeerTarget {
-                    domain: jid(&p.domain, "domain")?,
-                    jid: jid(&p.jid, "jid")?,
-                    endpoint: p.endpoint.clone(),
+                    domain: domain_jid(&p.domain, &key("domain")).map_err(Error::Config)?,
+                    jid: domain_jid(&p.jid, &key("jid")).map_err(Error::Config)?,
+                    endpoint: p
+                        .endpoint
+                        .as_deref()
+                        .map(|url| endpoint_url(url, &key("endpoint")))
+                        .transpose()
+                        .map_err(Error::Config)?,
                 })
             })
             .collect()

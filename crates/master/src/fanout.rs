@@ -198,15 +198,7 @@ impl Fanout {
         directory: &Directory,
         effects: &mut Vec<Effect>,
     ) -> Option<Release> {
-        let Input::Presence {
-            from,
-            join: Some(_),
-            ..
-        } = input
-        else {
-            return None;
-        };
-        let domain = from.domain().as_str();
+        let domain = input.joiner()?.domain().as_str();
         if self.domains.contains_key(domain) {
             return None;
         }
@@ -593,35 +585,14 @@ fn has_occupant_from(room: &Room, domain: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use dmuc_room::event::JoinRequest;
-    use dmuc_room::testing::relaxed_settings;
-    use dmuc_room::{Nick, Payload, Timestamp};
+    use dmuc_room::testing::{join, relaxed_settings, say};
+    use dmuc_room::{Payload, Timestamp};
     use tokio::sync::watch;
 
     use super::*;
     use crate::peering::PeerTarget;
 
     const GRACE: Duration = Duration::from_secs(30);
-
-    fn join(who: &str, nick: &str) -> Input {
-        Input::Presence {
-            from: who.parse().unwrap(),
-            nick: Nick::new(nick).unwrap(),
-            join: Some(JoinRequest::default()),
-            payload: Payload::default(),
-        }
-    }
-
-    fn say(who: &str) -> Input {
-        Input::Groupchat {
-            from: who.parse().unwrap(),
-            id: None,
-            subject: None,
-            has_body: true,
-            payload: Payload::default(),
-            size: 1,
-        }
-    }
 
     /// A room task without I/O: a room with alice (a.test), a fanout, and
     /// b.test's peerhost up on session 1.
@@ -752,13 +723,13 @@ mod tests {
     fn what_a_lost_slave_did_not_acknowledge_is_delivered_directly() {
         let mut bed = Bed::new();
         bed.input(join("bob@b.test/1", "bob"));
-        bed.input(say("alice@a.test/1"));
+        bed.input(say("alice@a.test/1", "hi"));
         assert!(bed.news(PeerNews::Ack { session: 1, seq: 2 }).is_empty());
         bed.state.send_replace(LinkState::Down);
         let effects = bed.news(PeerNews::Down { session: 1 });
         // Event 3 (alice's message) was not acknowledged: bob gets it from us.
         assert_eq!(summary(&effects), ["direct:bob@b.test/1"]);
-        let (_, effects) = bed.input(say("alice@a.test/1"));
+        let (_, effects) = bed.input(say("alice@a.test/1", "hi"));
         assert_eq!(summary(&effects), ["direct:bob@b.test/1"]);
     }
 
@@ -766,12 +737,12 @@ mod tests {
     fn a_returning_peerhost_resumes_from_what_it_kept() {
         let mut bed = Bed::new();
         bed.input(join("bob@b.test/1", "bob"));
-        bed.input(say("alice@a.test/1"));
+        bed.input(say("alice@a.test/1", "hi"));
         bed.news(PeerNews::Ack { session: 1, seq: 3 });
         bed.state.send_replace(LinkState::Down);
         bed.news(PeerNews::Down { session: 1 });
-        bed.input(say("alice@a.test/1"));
-        bed.input(say("alice@a.test/1"));
+        bed.input(say("alice@a.test/1", "hi"));
+        bed.input(say("alice@a.test/1", "hi"));
         bed.state.send_replace(LinkState::Up(2));
         let effects = bed.news(PeerNews::Up {
             session: 2,
@@ -779,7 +750,7 @@ mod tests {
         });
         // The events it missed, applied silently: we delivered them.
         assert_eq!(summary(&effects), ["resume>=5", "event4", "event5"]);
-        let (direct, effects) = bed.input(say("alice@a.test/1"));
+        let (direct, effects) = bed.input(say("alice@a.test/1", "hi"));
         assert_eq!(summary(&effects), ["event6"]);
         assert!(!recipients(&direct).contains(&"bob@b.test/1".to_owned()));
     }
@@ -793,11 +764,11 @@ mod tests {
             .set_intercepts(true);
         bed.input(join("bob@b.test/1", "bob"));
         bed.news(PeerNews::Ack { session: 1, seq: 2 });
-        bed.input(say("alice@a.test/1"));
+        bed.input(say("alice@a.test/1", "hi"));
         bed.state.send_replace(LinkState::Down);
         // Its users cannot be reached but through it: nothing direct.
         assert!(bed.news(PeerNews::Down { session: 1 }).is_empty());
-        let (direct, effects) = bed.input(say("alice@a.test/1"));
+        let (direct, effects) = bed.input(say("alice@a.test/1", "hi"));
         assert!(effects.is_empty());
         assert_eq!(recipients(&direct), ["alice@a.test/1"]);
         // Back: it delivers everything after what it acknowledged.
@@ -813,7 +784,7 @@ mod tests {
     fn a_slave_that_cannot_resume_gets_a_snapshot() {
         let mut bed = Bed::new();
         bed.input(join("bob@b.test/1", "bob"));
-        bed.input(say("alice@a.test/1"));
+        bed.input(say("alice@a.test/1", "hi"));
         bed.news(PeerNews::Ack { session: 1, seq: 2 });
         // It lost its state before event 3, which it never delivered: ours now.
         let effects = bed.news(PeerNews::Resync {
@@ -822,7 +793,7 @@ mod tests {
         });
         assert_eq!(summary(&effects), ["direct:bob@b.test/1", "create@3"]);
         // A gap after event 2: the rest follows, its state is good.
-        bed.input(say("alice@a.test/1"));
+        bed.input(say("alice@a.test/1", "hi"));
         let effects = bed.news(PeerNews::Resync {
             session: 1,
             have: 3,

@@ -244,7 +244,7 @@ impl Service {
                 Some(transport) = self.uplinks.recv() => self.on_uplink(transport).await,
                 Some(submitted) = self.submissions.recv() => match submitted {
                     Submitted::Input { room, input } => {
-                        let creates = matches!(&input, Input::Presence { join: Some(_), .. });
+                        let creates = input.joiner().is_some();
                         self.dispatch(room, input, creates).await;
                     }
                     Submitted::Stanza(el) => self.on_stanza(el).await,
@@ -360,15 +360,7 @@ impl Service {
 
     /// The domain of a joiner whose domain may have a peerhost.
     fn joiner_domain(&self, input: &Input) -> Option<BareJid> {
-        let Input::Presence {
-            from,
-            join: Some(_),
-            ..
-        } = input
-        else {
-            return None;
-        };
-        let domain = BareJid::new(from.domain().as_str()).ok()?;
+        let domain = BareJid::new(input.joiner()?.domain().as_str()).ok()?;
         self.joiner_domain_ok(&domain).then_some(domain)
     }
 
@@ -596,7 +588,7 @@ impl Service {
                     self.forget(&room);
                 }
                 for input in leftover {
-                    let creates = matches!(&input, Input::Presence { join: Some(_), .. });
+                    let creates = input.joiner().is_some();
                     Box::pin(self.route_to_room(room.clone(), input, creates)).await;
                 }
             }

@@ -36,7 +36,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use dmuc_component::settings::{ComponentSection, LogSection, SECRET_ENV, SettingsError};
+use dmuc_component::settings::{
+    ComponentSection, LogSection, SECRET_ENV, SettingsError, domain_jid, endpoint_url,
+};
 use jid::BareJid;
 use serde::Deserialize;
 
@@ -123,41 +125,37 @@ impl PeeringSection {
             .iter()
             .enumerate()
             .map(|(i, u)| {
-                let master = u
-                    .master
-                    .parse::<BareJid>()
-                    .ok()
-                    .filter(|j| j.node().is_none())
-                    .ok_or_else(|| {
-                        Error::Config(format!("peering.uplink[{i}].master: must be a domain"))
-                    })?;
-                if !(u.endpoint.starts_with("http://") || u.endpoint.starts_with("https://")) {
-                    return Err(Error::Config(format!(
-                        "peering.uplink[{i}].endpoint: must be an http:// or https:// URL"
-                    )));
-                }
-                Ok(UplinkTarget {
-                    master,
-                    endpoint: u.endpoint.clone(),
-                })
+                uplink_target(
+                    &u.master,
+                    &u.endpoint,
+                    &format!("peering.uplink[{i}].master"),
+                    &format!("peering.uplink[{i}].endpoint"),
+                )
             })
             .collect()
     }
 
     /// The allow-list of masters, checked.
-    /// (See also [`Config::shadowed`].)
     pub fn masters(&self) -> Result<Vec<BareJid>, Error> {
         self.masters
             .iter()
             .enumerate()
-            .map(|(i, m)| {
-                m.parse::<BareJid>()
-                    .ok()
-                    .filter(|j| j.node().is_none())
-                    .ok_or_else(|| Error::Config(format!("peering.masters[{i}]: must be a domain")))
-            })
+            .map(|(i, m)| domain_jid(m, &format!("peering.masters[{i}]")).map_err(Error::Config))
             .collect()
     }
+}
+
+/// A master to dial: its JID and URL, checked; errors name the keys.
+fn uplink_target(
+    master: &str,
+    endpoint: &str,
+    master_key: &str,
+    endpoint_key: &str,
+) -> Result<UplinkTarget, Error> {
+    Ok(UplinkTarget {
+        master: domain_jid(master, master_key).map_err(Error::Config)?,
+        endpoint: endpoint_url(endpoint, endpoint_key).map_err(Error::Config)?,
+    })
 }
 
 /// `[storage]`: where the slaves' state is kept, so that they resume after
@@ -185,14 +183,8 @@ impl Config {
         config.component = config.component.with_env_secret(env_secret);
         config.domain()?;
         config.log.check()?;
-        if let Some(url) = &config.peering.endpoint
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(SettingsError::new(
-                "peering.endpoint",
-                "must be an http:// or https:// URL",
-            )
-            .into());
+        if let Some(url) = &config.peering.endpoint {
+            endpoint_url(url, "peering.endpoint").map_err(Error::Config)?;
         }
         config.peering.tls()?;
         config.peering.masters()?;
@@ -210,23 +202,12 @@ impl Config {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let master = s
-                    .service
-                    .parse::<BareJid>()
-                    .ok()
-                    .filter(|j| j.node().is_none())
-                    .ok_or_else(|| {
-                        Error::Config(format!("shadow[{i}].service: must be a domain"))
-                    })?;
-                if !(s.master.starts_with("http://") || s.master.starts_with("https://")) {
-                    return Err(Error::Config(format!(
-                        "shadow[{i}].master: must be an http:// or https:// URL"
-                    )));
-                }
-                Ok(UplinkTarget {
-                    master,
-                    endpoint: s.master.clone(),
-                })
+                uplink_target(
+                    &s.service,
+                    &s.master,
+                    &format!("shadow[{i}].service"),
+                    &format!("shadow[{i}].master"),
+                )
             })
             .collect()
     }
@@ -283,6 +264,18 @@ mod tests {
         assert!(err(&MINIMAL.replace("/tmp/peerhost.sqlite", "")).contains("storage.path"));
         assert!(err(&MINIMAL.replace("[storage]", "[storage]\nsize = 1")).contains("size"));
         assert!(err(&format!("{MINIMAL}\n[log]\nfilter = \"info,[\"\n")).contains("log.filter"));
+        let peering =
+            |lines: &str| MINIMAL.replace("[peering]\n", &format!("[peering]\n{lines}\n"));
+        assert!(err(&peering("masters = [\"a@b\"]")).contains("peering.masters[0]"));
+        assert!(err(&peering("tls_key = \"/k\"")).contains("peering.tls_cert"));
+        let shadow = "[[shadow]]\nservice = \"conference.a.test\"\nmaster = \"nowhere\"\n";
+        assert!(err(&format!("{MINIMAL}\n{shadow}")).contains("shadow[0].master"));
+        let good = shadow.replace("nowhere", "https://127.0.0.1:7444");
+        let config = Config::parse(&format!("{MINIMAL}\n{good}"), None).unwrap();
+        assert_eq!(
+            config.shadowed().unwrap()[0].master.as_str(),
+            "conference.a.test"
+        );
     }
 
     #[test]

@@ -364,20 +364,10 @@ pub fn stanzas(room: &BareJid, actions: Vec<Action>) -> Vec<Element> {
 
 #[cfg(test)]
 mod tests {
-
-    use dmuc_room::event::JoinRequest;
-    use dmuc_room::{Input, Nick, Payload, Room, Timestamp};
+    use dmuc_room::testing::join;
+    use dmuc_room::{Input, Room, Timestamp};
 
     use super::*;
-
-    fn join(who: &str, nick: &str) -> Input {
-        Input::Presence {
-            from: who.parse().unwrap(),
-            nick: Nick::new(nick).unwrap(),
-            join: Some(JoinRequest::default()),
-            payload: Payload::default(),
-        }
-    }
 
     fn recipients(stanzas: &[Element]) -> Vec<String> {
         stanzas

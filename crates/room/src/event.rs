@@ -63,6 +63,18 @@ pub enum Input {
 }
 
 impl Input {
+    /// The session that asks to join, if this is a join.
+    pub fn joiner(&self) -> Option<&FullJid> {
+        match self {
+            Input::Presence {
+                from,
+                join: Some(_),
+                ..
+            } => Some(from),
+            _ => None,
+        }
+    }
+
     /// The user whose stanza this is; `None` for the service's own inputs.
     pub fn sender(&self) -> Option<&FullJid> {
         match self {

@@ -128,29 +128,8 @@ pub fn master_share(actions: Vec<Action>, served_by_slave: impl Fn(&str) -> bool
 mod tests {
 
     use super::*;
-    use crate::event::JoinRequest;
-    use crate::testing::relaxed_settings;
-    use crate::{Nick, Outgoing, Payload};
-
-    fn join(who: &str, nick: &str) -> Input {
-        Input::Presence {
-            from: who.parse().unwrap(),
-            nick: Nick::new(nick).unwrap(),
-            join: Some(JoinRequest::default()),
-            payload: Payload::default(),
-        }
-    }
-
-    fn say(who: &str) -> Input {
-        Input::Groupchat {
-            from: who.parse().unwrap(),
-            id: None,
-            subject: None,
-            has_body: true,
-            payload: Payload::default(),
-            size: 1,
-        }
-    }
+    use crate::Outgoing;
+    use crate::testing::{join, relaxed_settings, say};
 
     fn recipients(actions: &[Action]) -> Vec<String> {
         actions
@@ -196,11 +175,11 @@ mod tests {
             Applied::Deliver(_)
         ));
         assert_eq!(
-            slave.apply(2, Timestamp(2), say("bob@b.test/1")),
+            slave.apply(2, Timestamp(2), say("bob@b.test/1", "hi")),
             Applied::Duplicate
         );
         assert_eq!(
-            slave.apply(4, Timestamp(3), say("bob@b.test/1")),
+            slave.apply(4, Timestamp(3), say("bob@b.test/1", "hi")),
             Applied::Gap { have: 2 }
         );
         assert_eq!(slave.seq(), 2);
@@ -216,16 +195,17 @@ mod tests {
             Applied::Deliver(vec![])
         );
         assert_eq!(
-            slave.apply(3, Timestamp(3), say("alice@a.test/1")),
+            slave.apply(3, Timestamp(3), say("alice@a.test/1", "hi")),
             Applied::Deliver(vec![])
         );
-        let Applied::Deliver(after) = slave.apply(4, Timestamp(4), say("alice@a.test/1")) else {
+        let Applied::Deliver(after) = slave.apply(4, Timestamp(4), say("alice@a.test/1", "hi"))
+        else {
             panic!("applied");
         };
         assert_eq!(recipients(&after), ["bob@b.test/1"]);
         // The replica kept up: its state matches the master's.
-        master.handle(say("alice@a.test/1"), Timestamp(3));
-        master.handle(say("alice@a.test/1"), Timestamp(4));
+        master.handle(say("alice@a.test/1", "hi"), Timestamp(3));
+        master.handle(say("alice@a.test/1", "hi"), Timestamp(4));
         assert_eq!(slave.room().occupant_count(), master.occupant_count());
     }
 }

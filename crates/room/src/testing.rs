@@ -88,6 +88,29 @@ pub fn relaxed_settings() -> RoomSettings {
     }
 }
 
+/// A join presence from `who` (a full JID) as `nick`.
+pub fn join(who: &str, nick: &str) -> Input {
+    Input::Presence {
+        from: who.parse().expect("a full JID"),
+        nick: Nick::new(nick).expect("a valid nick"),
+        join: Some(JoinRequest::default()),
+        payload: Payload::default(),
+    }
+}
+
+/// A groupchat message from `who` (a full JID) with `body`.
+pub fn say(who: &str, body: &str) -> Input {
+    let xml = format!("<body xmlns='jabber:client'>{body}</body>");
+    Input::Groupchat {
+        from: who.parse().expect("a full JID"),
+        id: None,
+        subject: None,
+        has_body: true,
+        payload: Payload::from_xml(&xml).expect("a body"),
+        size: body.len(),
+    }
+}
+
 /// A new room with [`settings`].
 pub fn room() -> Room {
     Room::new(room_jid(), settings())

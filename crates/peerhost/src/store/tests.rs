@@ -2,8 +2,8 @@
 //! a reopen, and snapshots empty the log.
 
 use dmuc_protocol::{RoomEvent, pb};
-use dmuc_room::event::JoinRequest;
-use dmuc_room::{Input, Nick, Payload, Room, Timestamp};
+use dmuc_room::testing::{join, say};
+use dmuc_room::{Input, Room, Timestamp};
 use jid::BareJid;
 use prost::Message;
 
@@ -11,26 +11,6 @@ use super::*;
 use crate::slave::Dormant;
 
 const MASTER: &str = "conference.a.test";
-
-fn join(who: &str, nick: &str) -> Input {
-    Input::Presence {
-        from: who.parse().unwrap(),
-        nick: Nick::new(nick).unwrap(),
-        join: Some(JoinRequest::default()),
-        payload: Payload::default(),
-    }
-}
-
-fn say(who: &str, body: &str) -> Input {
-    Input::Groupchat {
-        from: who.parse().unwrap(),
-        id: None,
-        subject: None,
-        has_body: true,
-        payload: Payload::from_xml(&format!("<body xmlns='jabber:client'>{body}</body>")).unwrap(),
-        size: body.len(),
-    }
-}
 
 /// A master's room and the events it numbered, as a slave receives them.
 struct MasterRoom {
