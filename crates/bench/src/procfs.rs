@@ -12,6 +12,30 @@ pub fn cpu_ticks(pid: u32) -> std::io::Result<u64> {
     parse_cpu_ticks(&stat).ok_or_else(|| std::io::Error::other(format!("bad /proc/{pid}/stat")))
 }
 
+/// CPU time so far of this process's threads named `name`, in clock
+/// ticks (`/proc/self/task/TID/stat` of each thread whose `comm` is
+/// `name`). Threads that already ended no longer count.
+pub fn own_threads_ticks(name: &str) -> std::io::Result<u64> {
+    let mut sum = 0;
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        let dir = entry?.path();
+        // A thread may end between the listing and the reads.
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() != name {
+            continue;
+        }
+        if let Some(ticks) = std::fs::read_to_string(dir.join("stat"))
+            .ok()
+            .and_then(|stat| parse_cpu_ticks(&stat))
+        {
+            sum += ticks;
+        }
+    }
+    Ok(sum)
+}
+
 /// Peak resident set size (VmHWM of `/proc/PID/status`) in KiB.
 pub fn peak_rss_kib(pid: u32) -> std::io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -116,5 +140,28 @@ mod tests {
         assert!(machine_busy_ticks().is_ok());
         assert!(peak_rss_kib(me).unwrap() > 0);
         assert!(ticks_per_second() > 0);
+    }
+
+    #[test]
+    fn reads_named_threads() {
+        let busy = std::thread::Builder::new()
+            .name("procfs-test".into())
+            .spawn(|| {
+                // Works until its own CPU time shows (a tick is 10 ms).
+                let start = std::time::Instant::now();
+                let mut x = 0u64;
+                while start.elapsed() < std::time::Duration::from_secs(10) {
+                    for _ in 0..100_000 {
+                        x = std::hint::black_box(x.wrapping_add(1));
+                    }
+                    if own_threads_ticks("procfs-test").unwrap() > 0 {
+                        return true;
+                    }
+                }
+                false
+            })
+            .unwrap();
+        assert!(busy.join().unwrap(), "the thread's CPU time shows");
+        assert_eq!(own_threads_ticks("no-such-thread").unwrap(), 0);
     }
 }

@@ -14,9 +14,6 @@ use tokio::time::Instant;
 
 use crate::frame;
 
-/// Recipient domains told apart (a.test, b.test).
-pub const DOMAINS: usize = 2;
-
 /// The marker that opens every benchmark body.
 const MARKER: &[u8] = b"BENCH|";
 
@@ -32,8 +29,8 @@ pub struct Recorder {
     last: Box<[AtomicU64]>,
     /// Per domain of the recipient, per message: first and latest
     /// delivery, µs since `epoch` (first is `u64::MAX` until one arrives).
-    first_by_domain: [Box<[AtomicU64]>; DOMAINS],
-    last_by_domain: [Box<[AtomicU64]>; DOMAINS],
+    first_by_domain: Box<[Box<[AtomicU64]>]>,
+    last_by_domain: Box<[Box<[AtomicU64]>]>,
     deliveries: AtomicU64,
     delivered_bytes: AtomicU64,
     stanzas: AtomicU64,
@@ -57,7 +54,7 @@ pub struct Counters {
 }
 
 /// The fate of one message.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Fate {
     /// How many occupants received it.
     pub deliveries: u32,
@@ -65,22 +62,25 @@ pub struct Fate {
     pub to_last: Duration,
     /// Per recipient domain: to its first and to its last delivery (`None`
     /// if none arrived there).
-    pub by_domain: [Option<(Duration, Duration)>; DOMAINS],
+    pub by_domain: Vec<Option<(Duration, Duration)>>,
 }
 
 impl Recorder {
-    /// Room for messages `0..messages`; time counts from now.
-    pub fn new(messages: usize) -> Self {
+    /// Room for messages `0..messages` to recipients on `domains`
+    /// domains; time counts from now.
+    pub fn new(messages: usize, domains: usize) -> Self {
         let zeros = |_| AtomicU64::new(0);
         Self {
             epoch: Instant::now(),
             counts: (0..messages).map(|_| AtomicU32::new(0)).collect(),
             sent: (0..messages).map(zeros).collect(),
             last: (0..messages).map(zeros).collect(),
-            first_by_domain: std::array::from_fn(|_| {
-                (0..messages).map(|_| AtomicU64::new(u64::MAX)).collect()
-            }),
-            last_by_domain: std::array::from_fn(|_| (0..messages).map(zeros).collect()),
+            first_by_domain: (0..domains)
+                .map(|_| (0..messages).map(|_| AtomicU64::new(u64::MAX)).collect())
+                .collect(),
+            last_by_domain: (0..domains)
+                .map(|_| (0..messages).map(zeros).collect())
+                .collect(),
             deliveries: AtomicU64::new(0),
             delivered_bytes: AtomicU64::new(0),
             stanzas: AtomicU64::new(0),
@@ -95,7 +95,7 @@ impl Recorder {
     }
 
     /// Records a stanza an occupant of domain `domain` (an index below
-    /// [`DOMAINS`]) received at `at`.
+    /// the number of domains) received at `at`.
     pub fn stanza(&self, domain: usize, stanza: &[u8], at: Instant) {
         self.stanzas.fetch_add(1, Relaxed);
         if frame::name(stanza) != b"message" {
@@ -150,15 +150,15 @@ impl Recorder {
         Fate {
             deliveries,
             to_last: since(last),
-            by_domain: std::array::from_fn(|d| {
-                let first = self.first_by_domain[d][seq].load(Relaxed);
-                (first != u64::MAX).then(|| {
-                    (
-                        since(first),
-                        since(self.last_by_domain[d][seq].load(Relaxed)),
-                    )
+            by_domain: self
+                .first_by_domain
+                .iter()
+                .zip(&self.last_by_domain)
+                .map(|(first, last)| {
+                    let first = first[seq].load(Relaxed);
+                    (first != u64::MAX).then(|| (since(first), since(last[seq].load(Relaxed))))
                 })
-            }),
+                .collect(),
         }
     }
 
@@ -183,7 +183,7 @@ mod tests {
 
     #[test]
     fn records_deliveries_from_bodies() {
-        let recorder = Recorder::new(3);
+        let recorder = Recorder::new(3, 2);
         let sent = recorder.epoch + Duration::from_millis(5);
         let body = recorder.body(1, sent);
         assert_eq!(body, "BENCH|1|5000|");

@@ -4,6 +4,8 @@
 use std::fmt::{self, Write as _};
 use std::time::Duration;
 
+use dmuc_testbed::distributed::Crossing;
+
 use crate::conn::JoinTimes;
 use crate::options::System;
 
@@ -61,6 +63,10 @@ pub struct DomainLatency {
 pub struct Measurement {
     /// The system under test.
     pub system: System,
+    /// Its name in reports (`prosody`, `dmuc`, `dmuc+peers`).
+    pub label: &'static str,
+    /// What ran where.
+    pub layout: String,
     /// Its MUC service JID.
     pub service: String,
     /// Room size N.
@@ -95,8 +101,19 @@ pub struct Measurement {
     pub by_domain: Vec<DomainLatency>,
     /// The server processes (both Prosody, and the master for dmuc).
     pub servers: Vec<Usage>,
-    /// The load generator itself.
+    /// The load generator itself, without the counting relays.
     pub generator: Usage,
+    /// CPU of the counting relays (threads of the load generator) in the
+    /// window, if traffic was counted.
+    pub relays: Option<Duration>,
+    /// What crossed between domains (s2s both ways, gRPC both ways) from
+    /// the first send until the room was quiet after the drain, if counted.
+    pub crossing: Option<Crossing>,
+    /// The messages sent in that time (warm-up and window).
+    pub crossed_messages: usize,
+    /// Peerhost domains that nothing was sent to over gRPC during the
+    /// load: the master served them directly (should be empty).
+    pub direct_domains: Vec<String>,
     /// CPU of every other process on the machine in the window (other
     /// work competing for the cores makes the figures unreliable).
     pub others: Duration,
@@ -137,12 +154,28 @@ impl Measurement {
     fn p99_ms(&self) -> Option<f64> {
         self.to_last.map(|p| ms(p.p99))
     }
+
+    /// Bytes that crossed between domains (s2s and gRPC, both ways) per
+    /// room message.
+    pub fn crossing_bytes_per_message(&self) -> Option<f64> {
+        self.per_message(Crossing::bytes)
+    }
+
+    /// s2s stanzas (both ways) per room message.
+    pub fn s2s_stanzas_per_message(&self) -> Option<f64> {
+        self.per_message(|c| c.s2s.stanzas())
+    }
+
+    /// Of what crossed, `count` per room message sent.
+    fn per_message(&self, count: impl Fn(&Crossing) -> u64) -> Option<f64> {
+        Some(count(&self.crossing?) as f64 / self.crossed_messages.max(1) as f64)
+    }
 }
 
 impl fmt::Display for Measurement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let secs = self.window.as_secs_f64();
-        writeln!(f, "== {} ({}) ==", self.system.name(), self.service)?;
+        writeln!(f, "== {}: {} ==", self.label, self.layout)?;
         writeln!(
             f,
             "join:        N-th occupant {:.1} ms to self-presence, {:.1} ms to subject; room of {} filled in {:.1} s",
@@ -205,6 +238,21 @@ impl fmt::Display for Measurement {
             .map(|u| format!("{} {}", u.name, mib(u.peak_rss_kib)))
             .collect();
         writeln!(f, "peak RSS:    {} (VmHWM)", rss.join(", "))?;
+        if let Some(c) = self.crossing {
+            let per = |n: u64| n as f64 / self.crossed_messages.max(1) as f64;
+            writeln!(
+                f,
+                "crossing:    {:.0} B per message (all {} messages, until drained): s2s {:.0} B in {:.1} stanzas, \
+                 gRPC {:.0} B ({:.0} B to peerhosts, {:.0} B back)",
+                per(c.bytes()),
+                self.crossed_messages,
+                per(c.s2s.bytes()),
+                per(c.s2s.stanzas()),
+                per(c.grpc.bytes()),
+                per(c.grpc.bytes_in),
+                per(c.grpc.bytes_out),
+            )?;
+        }
         writeln!(
             f,
             "load generator: CPU {:.0}% of a core ({:.1} µs per delivery), VmHWM {}, worst send lag {:.1} ms",
@@ -213,6 +261,14 @@ impl fmt::Display for Measurement {
             mib(self.generator.peak_rss_kib),
             ms(self.send_lag)
         )?;
+        if let Some(relays) = self.relays {
+            writeln!(
+                f,
+                "counting relays (threads of dmuc-bench, not in server CPU): {:.0}% of a core ({:.1} µs per delivery)",
+                relays.as_secs_f64() / secs * 100.0,
+                relays.as_secs_f64() * 1e6 / self.deliveries.max(1) as f64,
+            )?;
+        }
         writeln!(
             f,
             "other processes on this machine: {:.0}% of a core{}",
@@ -223,6 +279,14 @@ impl fmt::Display for Measurement {
                 ""
             }
         )?;
+        if !self.direct_domains.is_empty() {
+            writeln!(
+                f,
+                "WARNING: the master served {} directly: nothing went to the peerhost over gRPC \
+                 (discovery failed? DMUC_TESTBED_KEEP=1 keeps the master's log)",
+                self.direct_domains.join(", ")
+            )?;
+        }
         if self.malformed > 0 || self.disconnects > 0 {
             writeln!(
                 f,
@@ -242,7 +306,7 @@ pub fn summary(runs: &[Measurement]) -> String {
     let mut out = String::new();
     let mut header = format!("{:<28}", "");
     for m in runs {
-        let _ = write!(header, "{:>12}", m.system.name());
+        let _ = write!(header, "{:>12}", m.label);
     }
     let both = prosody.is_some() && dmuc.is_some();
     if both {
@@ -251,7 +315,7 @@ pub fn summary(runs: &[Measurement]) -> String {
     out.push_str(header.trim_end());
     out.push('\n');
     type Row = (&'static str, fn(&Measurement) -> Option<f64>, usize);
-    let rows: [Row; 11] = [
+    let mut rows: Vec<Row> = vec![
         ("deliveries/s", |m| Some(m.deliveries_per_second()), 0),
         (
             "deliveries per CPU-second",
@@ -292,6 +356,36 @@ pub fn summary(runs: &[Measurement]) -> String {
             0,
         ),
     ];
+    let counted = runs.iter().any(|m| m.crossing.is_some());
+    if counted {
+        rows.extend::<[Row; 5]>([
+            (
+                "crossing bytes/message",
+                Measurement::crossing_bytes_per_message,
+                0,
+            ),
+            (
+                "  s2s bytes/message",
+                |m| m.per_message(|c| c.s2s.bytes()),
+                0,
+            ),
+            (
+                "  gRPC bytes/message",
+                |m| m.per_message(|c| c.grpc.bytes()),
+                0,
+            ),
+            (
+                "s2s stanzas/message",
+                Measurement::s2s_stanzas_per_message,
+                1,
+            ),
+            (
+                "relays' CPU % (in bench)",
+                |m| Some(m.relays?.as_secs_f64() / m.window.as_secs_f64() * 100.0),
+                0,
+            ),
+        ]);
+    }
     for (label, value, decimals) in rows {
         let mut line = format!("{label:<28}");
         for m in runs {
@@ -300,7 +394,7 @@ pub fn summary(runs: &[Measurement]) -> String {
         }
         if let (Some(p), Some(d)) = (prosody, dmuc) {
             let ratio = match (value(d), value(p)) {
-                (Some(d), Some(p)) if p != 0.0 => format!("{:.2}x", d / p),
+                (Some(d), Some(p)) if p != 0.0 => ratio(d / p),
                 _ => "-".into(),
             };
             let _ = write!(line, "{ratio:>14}");
@@ -324,8 +418,44 @@ pub fn summary(runs: &[Measurement]) -> String {
             ),
             _ => writeln!(out, "goal: lower p99 than Prosody: not measurable"),
         };
+        if let (Some(db), Some(pb)) = (
+            d.crossing_bytes_per_message(),
+            p.crossing_bytes_per_message(),
+        ) {
+            let _ = writeln!(
+                out,
+                "goal: fewer bytes crossing domains than Prosody: {db:.0} vs {pb:.0} B per message, {}",
+                if db < pb { "met" } else { "NOT met" }
+            );
+        }
+    }
+    for m in runs.iter().filter(|m| !m.direct_domains.is_empty()) {
+        let _ = writeln!(
+            out,
+            "WARNING: {}: the master served {} directly, not through their peerhosts",
+            m.label,
+            m.direct_domains.join(", ")
+        );
+    }
+    if counted {
+        let _ = writeln!(
+            out,
+            "crossing: s2s into every server and gRPC into every peerhost, both ways, per room \
+             message (warm-up and window, until drained); counted by relays in dmuc-bench (their \
+             CPU, in the window, is in neither the servers' nor the load generator's)"
+        );
     }
     out
+}
+
+/// A ratio with two decimals, or two significant digits below 0.1.
+fn ratio(r: f64) -> String {
+    if r != 0.0 && r.abs() < 0.1 {
+        let decimals = (1.0 - r.abs().log10().floor()) as usize;
+        format!("{r:.decimals$}x")
+    } else {
+        format!("{r:.2}x")
+    }
 }
 
 /// Milliseconds.
@@ -349,5 +479,14 @@ mod tests {
         let p = Percentiles::of(vec![ms(3)]).unwrap();
         assert_eq!((p.p50, p.p99), (ms(3), ms(3)));
         assert!(Percentiles::of(Vec::new()).is_none());
+    }
+
+    #[test]
+    fn ratios_keep_two_significant_digits_when_small() {
+        assert_eq!(ratio(1.234), "1.23x");
+        assert_eq!(ratio(0.5), "0.50x");
+        assert_eq!(ratio(0.0123), "0.012x");
+        assert_eq!(ratio(0.00123), "0.0012x");
+        assert_eq!(ratio(0.0), "0.00x");
     }
 }
