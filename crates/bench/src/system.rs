@@ -250,6 +250,7 @@ async fn start_servers(system: System, options: Options) -> Result<Servers> {
                 extra_toml: master_limits(options.occupants),
                 // As deployed: one stanza per room event, fanned out by the server.
                 multicast: true,
+                ..MasterSetup::default()
             };
             let Some(peerhost) = options.peerhost.as_deref() else {
                 let (testbed, master) =
@@ -258,7 +259,7 @@ async fn start_servers(system: System, options: Options) -> Result<Servers> {
             };
             let peers = PeerhostSetup {
                 log_filter: PEERHOST_LOG.into(),
-                extra_toml: String::new(),
+                ..PeerhostSetup::default()
             };
             let peer_domains: Vec<&str> = options.domains[1..].iter().map(String::as_str).collect();
             let system = distributed::start_distributed(
@@ -270,6 +271,8 @@ async fn start_servers(system: System, options: Options) -> Result<Servers> {
                 &peers,
             )
             .await?;
+            // The processes read their certificates at start: the test PKI
+            // (system.pki) can go with the rest of `system`.
             Ok((system.testbed, Some(system.master), system.peerhosts))
         }
     }
