@@ -14,6 +14,8 @@
 //!   announce is durable.
 //! - [`fanout`]: per room, which domains a slave serves, and what the
 //!   master still owes a domain whose slave has not acknowledged (pure).
+//! - [`tree`]: per room, the shape of the slaves' spanning tree: who
+//!   relays events to whom, by fan-out and link health (pure).
 //! - [`peering`]: discovery of peerhosts, and one task per peerhost keeping
 //!   its gRPC stream (mutual TLS) open.
 //!
@@ -31,6 +33,7 @@ pub mod peering;
 pub mod room_task;
 pub mod service;
 pub mod store;
+pub mod tree;
 
 use std::sync::Arc;
 use std::time::Duration;

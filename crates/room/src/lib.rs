@@ -17,6 +17,9 @@
 //! - [`split`]: a slave cut off from its master serves its own domain alone
 //!   under the room's [`SplitPolicy`], logs what happens, and hands the
 //!   log to the master on heal.
+//! - [`relay`]: spanning trees of slaves: one node's relay of a room's
+//!   events (forward in order to children, deliver exactly once, drop
+//!   duplicates, fetch gaps, reparent, refuse loops).
 //! - `testing` (feature `testing`): proptest strategies for inputs, shared
 //!   with the crates that carry rooms over a wire.
 //!
@@ -35,6 +38,7 @@ pub mod event;
 pub mod form;
 pub mod history;
 pub mod ids;
+pub mod relay;
 pub mod replica;
 pub mod room;
 pub mod split;
