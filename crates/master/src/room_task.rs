@@ -29,10 +29,6 @@ use crate::store::{Commit, Writer};
 /// How many inputs may wait for a busy room before senders wait.
 const INBOX: usize = 1024;
 
-/// Recipients per multicast stanza: far below the server's stanza size
-/// limit (Prosody: 512 KiB on component streams).
-const MULTICAST_CHUNK: usize = 500;
-
 /// What the service keeps of a running room.
 #[derive(Debug)]
 pub struct RoomHandle {
@@ -283,15 +279,13 @@ impl RoomTask {
         let via = self.ctx.multicast.borrow().clone();
         let mut stanzas = Vec::new();
         for action in sends {
-            let Action::Send { to, stanza } = action else {
-                continue;
-            };
-            let el = outbound::build(self.room.jid(), &stanza);
-            match &via {
-                Some(server) if to.len() > 1 => {
-                    stanzas.extend(outbound::multicast(el, &to, server, MULTICAST_CHUNK));
-                }
-                _ => stanzas.extend(to.iter().map(|jid| outbound::addressed(el.clone(), jid))),
+            if let Action::Send { to, stanza } = action {
+                stanzas.extend(outbound::render(
+                    self.room.jid(),
+                    &stanza,
+                    &to,
+                    via.as_ref(),
+                ));
             }
         }
         stanzas

@@ -93,9 +93,6 @@ enum Found {
     Settled { domain: BareJid },
 }
 
-/// The id of the disco#info that asks our server whether it multicasts.
-const MULTICAST_PROBE: &str = "dmuc-multicast-probe";
-
 struct Running {
     handle: RoomHandle,
     /// Who created it, for the rooms-per-user limit (`None`: loaded from storage).
@@ -277,25 +274,13 @@ impl Service {
     /// Asks the server whether it offers XEP-0033 multicast.
     async fn probe_multicast(&self) {
         if let Some(server) = &self.config.multicast_from {
-            let probe = Element::builder("iq", ns::DEFAULT_NS)
-                .a("type", "get")
-                .a("id", MULTICAST_PROBE)
-                .a("from", self.config.domain.to_string())
-                .a("to", server.to_string())
-                .append(Element::builder("query", ns::DISCO_INFO))
-                .build();
-            self.send(probe).await;
+            self.send(outbound::multicast_probe(&self.config.domain, server))
+                .await;
         }
     }
 
     /// The answer to [`Self::probe_multicast`].
-    fn on_multicast_probe(&self, answer: &Element) {
-        let offered = answer.attr("type") == Some("result")
-            && answer.get_child("query", ns::DISCO_INFO).is_some_and(|q| {
-                q.children().any(|f| {
-                    f.is("feature", ns::DISCO_INFO) && f.attr("var") == Some(outbound::NS_ADDRESS)
-                })
-            });
+    fn on_multicast_probe(&self, offered: bool) {
         let via = offered
             .then(|| self.config.multicast_from.clone())
             .flatten();
@@ -304,8 +289,8 @@ impl Service {
     }
 
     async fn on_stanza(&mut self, el: Element) {
-        if el.is("iq", ns::DEFAULT_NS) && el.attr("id") == Some(MULTICAST_PROBE) {
-            return self.on_multicast_probe(&el);
+        if let Some(offered) = outbound::multicast_offered(&el) {
+            return self.on_multicast_probe(offered);
         }
         let Some(el) = self.requests.answer(el) else {
             return;

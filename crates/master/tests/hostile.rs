@@ -235,6 +235,7 @@ async fn a_peerhost_its_domain_does_not_list_is_not_used() {
     let rogue = rogue_component(
         &testbed,
         Advertised {
+            peer_jid: "muc-rogue.c.test".parse().unwrap(),
             domain: "b.test".parse().unwrap(),
             endpoint: Some(format!("https://{addr}")),
         },

@@ -14,6 +14,8 @@ use xmpp_parsers::ns;
 /// What the peerhost advertises.
 #[derive(Clone, Debug)]
 pub struct Advertised {
+    /// The peerhost's own JID (its component).
+    pub peer_jid: BareJid,
     pub domain: BareJid,
     pub endpoint: Option<String>,
 }
@@ -74,6 +76,7 @@ mod tests {
 
     fn advertised() -> Advertised {
         Advertised {
+            peer_jid: "muc-peer.b.test".parse().unwrap(),
             domain: "b.test".parse().unwrap(),
             endpoint: Some("http://127.0.0.1:7443".into()),
         }

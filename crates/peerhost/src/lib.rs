@@ -65,7 +65,7 @@ use dmuc_component::settings::SettingsError;
 use dmuc_component::{Inbound, LinkHandle};
 use dmuc_protocol::pb::peering_server::PeeringServer;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -165,6 +165,7 @@ pub async fn run(
     let link_shutdown = CancellationToken::new();
     let link = dmuc_component::spawn(link_config, link_shutdown.clone())?;
     let advertised = Advertised {
+        peer_jid: peer_jid.clone(),
         domain: domain.clone(),
         endpoint: config.peering.endpoint.clone(),
     };
@@ -194,7 +195,10 @@ pub async fn run(
         shutdown.clone(),
     );
     let shadowed = config.shadowed()?;
-    let service = service.with_intercepts(shadowed.iter().map(|t| t.master.clone()).collect());
+    let (multicast, multicast_rx) = watch::channel(None);
+    let service = service
+        .with_intercepts(shadowed.iter().map(|t| t.master.clone()).collect())
+        .with_multicast(multicast_rx);
     let streams = service.streams();
     let tls = tls.map(Arc::new);
     let mut uplinks = config.peering.uplinks()?;
@@ -212,6 +216,7 @@ pub async fn run(
         advertised,
         service.clone(),
         shadowed.into_iter().map(|t| t.master).collect(),
+        multicast,
     ));
     let mut builder = Server::builder();
     if let Some(tls) = &tls {
@@ -265,12 +270,29 @@ async fn answer_inbound(
     advertised: Advertised,
     service: PeeringService,
     shadowed: Vec<BareJid>,
+    multicast: watch::Sender<Option<BareJid>>,
 ) {
     while let Some(event) = inbound.recv().await {
         match event {
-            Inbound::Connected { stream_id, .. } => info!(%stream_id, "component connected"),
+            Inbound::Connected { stream_id, .. } => {
+                info!(%stream_id, "component connected");
+                // Does our server fan out XEP-0033 multicasts for us?
+                let probe = outbound::multicast_probe(&advertised.peer_jid, &advertised.domain);
+                if link.send(probe).await.is_err() {
+                    break;
+                }
+            }
             Inbound::Disconnected { reason, retry_in } => {
-                warn!(error = %reason, ?retry_in, "component disconnected")
+                warn!(error = %reason, ?retry_in, "component disconnected");
+                // The server may come back without the module.
+                multicast.send_replace(None);
+            }
+            Inbound::Stanza(el) if outbound::multicast_offered(&el).is_some() => {
+                let via = outbound::multicast_offered(&el)
+                    .unwrap_or(false)
+                    .then(|| advertised.domain.clone());
+                info!(via = ?via.as_ref().map(|j| j.to_string()), "XEP-0033 multicast");
+                multicast.send_replace(via);
             }
             Inbound::Stanza(el) => {
                 if let Some(master) = shadowed_service(&el, &shadowed) {

@@ -26,7 +26,7 @@ use dmuc_room::replica::{Applied, Replica};
 use dmuc_stanza::outbound;
 use jid::BareJid;
 use minidom::Element;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -57,6 +57,8 @@ pub struct Outlets {
     pub link: LinkHandle,
     pub up: Upstream,
     pub store: Writer,
+    /// The local server, when it expands XEP-0033 multicasts for us.
+    pub multicast: watch::Receiver<Option<BareJid>>,
 }
 
 /// What the stream tells a running slave, in order with its events.
@@ -294,7 +296,8 @@ impl SlaveTask {
             Applied::Deliver(actions) => {
                 self.outlets.store.event(&self.room, seq, encoded).await;
                 self.logged += 1;
-                for stanza in stanzas(&self.room, actions) {
+                let via = self.outlets.multicast.borrow().clone();
+                for stanza in stanzas(&self.room, actions, via.as_ref()) {
                     if self.outlets.link.send(stanza).await.is_err() {
                         warn!("component link closed: slave stops");
                         return false;
@@ -348,15 +351,15 @@ impl SlaveTask {
     }
 }
 
-/// The stanzas a replica's actions stand for, one per recipient. The
+/// The stanzas a replica's actions stand for: through the local server's
+/// multicast (`via`) when it offers it, else one per recipient. The
 /// replica keeps only sends to its own domain's users, so this is the whole
 /// of what the slave delivers.
-pub fn stanzas(room: &BareJid, actions: Vec<Action>) -> Vec<Element> {
+pub fn stanzas(room: &BareJid, actions: Vec<Action>, via: Option<&BareJid>) -> Vec<Element> {
     let mut out = Vec::new();
     for action in actions {
         if let Action::Send { to, stanza } = action {
-            let el = outbound::build(room, &stanza);
-            out.extend(to.iter().map(|jid| outbound::addressed(el.clone(), jid)));
+            out.extend(outbound::render(room, &stanza, &to, via));
         }
     }
     out
@@ -394,7 +397,7 @@ mod tests {
             let Applied::Deliver(actions) = slave.apply(seq as u64 + 2, Timestamp(2), input) else {
                 panic!("applied");
             };
-            delivered.extend(stanzas(&room, actions));
+            delivered.extend(stanzas(&room, actions, None));
         }
         // Bob's join sequence (alice, himself, subject), then carol's and
         // dave's presences to him; nothing to a.test, c.test or sub.b.test.

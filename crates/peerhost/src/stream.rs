@@ -36,7 +36,7 @@ use dmuc_protocol::{ProtocolError, RoomEvent, SUPPORTED_VERSIONS, SlaveStart, fe
 use jid::BareJid;
 use minidom::Element;
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -67,6 +67,8 @@ pub struct PeeringService {
     policy: Arc<MasterPolicy>,
     /// Masters whose service this domain's traffic is intercepted for.
     intercepts: Arc<Vec<BareJid>>,
+    /// The local server, when it expands XEP-0033 multicasts for slaves.
+    multicast: watch::Receiver<Option<BareJid>>,
 }
 
 /// Which masters the peerhost serves.
@@ -105,6 +107,7 @@ impl PeeringService {
     ) -> Self {
         PeeringService {
             intercepts: Arc::new(Vec::new()),
+            multicast: watch::channel(None).1,
             policy: Arc::new(policy),
             peer_jid,
             domain,
@@ -114,6 +117,12 @@ impl PeeringService {
             streams: TaskTracker::new(),
             masters: Masters::default(),
         }
+    }
+
+    /// Lets slaves multicast through the server `multicast` names.
+    pub fn with_multicast(mut self, multicast: watch::Receiver<Option<BareJid>>) -> Self {
+        self.multicast = multicast;
+        self
     }
 
     /// Says, in `Welcome`, that this domain's traffic for these masters'
@@ -604,6 +613,7 @@ impl StreamState<'_> {
             link: self.service.link.clone(),
             up: self.up.clone(),
             store: self.service.store.writer().clone(),
+            multicast: self.service.multicast.clone(),
         }
     }
 }

@@ -394,6 +394,55 @@ fn field_type(kind: FieldKind) -> FieldType {
     }
 }
 
+/// Recipients per multicast stanza: far below a server's stanza size limit
+/// (Prosody: 512 KiB on component streams).
+pub const MULTICAST_CHUNK: usize = 500;
+
+/// The id of the disco#info that asks a server whether it multicasts.
+pub const MULTICAST_PROBE: &str = "dmuc-multicast-probe";
+
+/// Asks `server` (from the component `from`) whether it offers XEP-0033
+/// multicast; [`multicast_offered`] reads the answer.
+pub fn multicast_probe(from: &BareJid, server: &BareJid) -> Element {
+    Element::builder("iq", ns::DEFAULT_NS)
+        .a("type", "get")
+        .a("id", MULTICAST_PROBE)
+        .a("from", from.to_string())
+        .a("to", server.to_string())
+        .append(Element::builder("query", ns::DISCO_INFO))
+        .build()
+}
+
+/// If `el` answers a [`multicast_probe`]: whether the server multicasts.
+pub fn multicast_offered(el: &Element) -> Option<bool> {
+    if !el.is("iq", ns::DEFAULT_NS) || el.attr("id") != Some(MULTICAST_PROBE) {
+        return None;
+    }
+    Some(
+        el.attr("type") == Some("result")
+            && el.get_child("query", ns::DISCO_INFO).is_some_and(|q| {
+                q.children()
+                    .any(|f| f.is("feature", ns::DISCO_INFO) && f.attr("var") == Some(NS_ADDRESS))
+            }),
+    )
+}
+
+/// The stanzas for `to` standing for `stanza` from `room`: one multicast
+/// (per [`MULTICAST_CHUNK`] recipients) through `via` when there are
+/// several recipients and a server to expand it, else one stanza each.
+pub fn render(
+    room: &BareJid,
+    stanza: &Outgoing,
+    to: &[FullJid],
+    via: Option<&BareJid>,
+) -> Vec<Element> {
+    let el = build(room, stanza);
+    match via {
+        Some(server) if to.len() > 1 => multicast(el, to, server, MULTICAST_CHUNK),
+        _ => to.iter().map(|jid| addressed(el.clone(), jid)).collect(),
+    }
+}
+
 /// One stanza for many recipients through the XEP-0033 multicast service
 /// `server` (bcc addresses: each recipient gets a copy without the list),
 /// `chunk` recipients per stanza.

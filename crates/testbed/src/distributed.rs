@@ -195,6 +195,8 @@ pub async fn start_distributed(
             d.intercept
                 .push((DMUC_SERVICE.into(), peerhost_jid(domain)));
         }
+        // As deployed: slaves multicast through their server (XEP-0033).
+        d.multicast_senders.push(peerhost_jid(domain));
     }
     let counted = options.counted;
     let pki = tempfile::Builder::new()
