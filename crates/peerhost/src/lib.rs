@@ -37,6 +37,13 @@
 //! master answers with `Resume` and the missing events, or a new
 //! `CreateSlave`, or `DestroySlave`.
 //!
+//! # Interception
+//! With `[[shadow]]` and `deploy/prosody/mod_dmuc_intercept.lua` on its
+//! server, the domain's users' stanzas for a remote service arrive here
+//! instead of going over s2s; they go up the master's stream as `Forward`
+//! frames (or get `remote-server-timeout` while it is down), and the
+//! peerhost dials that master itself ([`uplink`]).
+//!
 //! # Trust
 //! With `[peering] tls_cert` the listener requires mutual TLS: a master's
 //! certificate must chain to `tls_ca` (or the system's roots) and be valid

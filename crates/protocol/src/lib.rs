@@ -1,13 +1,19 @@
-//! The contract between a dmuc master and its peerhosts: the gRPC service
-//! `dmuc.peering.v1.Peering` (generated from `proto/` at the workspace root)
-//! and the conversions between its messages and `dmuc_room` types.
+//! The contract between a dmuc master and its peerhosts: the gRPC services
+//! `dmuc.peering.v1.Peering` (served by peerhosts, dialled by masters) and
+//! `dmuc.peering.v1.Uplink` (served by masters, for peerhosts that dial out:
+//! the same stream with the call reversed), generated from `proto/` at the
+//! workspace root; the conversions between their messages and `dmuc_room`
+//! types; and mutual TLS for both ([`tls`]).
 //!
 //! The master replicates each room to the peerhosts that serve some of its
 //! occupants: one [`pb::CreateSlave`] with a [`dmuc_room::RoomSnapshot`],
 //! then every [`dmuc_room::Input`] the master's room handled, numbered, with
 //! the time the master used. A slave feeds them to its replica and delivers
-//! only the stanzas for its own domain. The `.proto` file documents every
-//! frame and field; it is the reference for anyone writing another peer.
+//! only the stanzas for its own domain. Up the stream go acks, resyncs, and
+//! the stanzas of the peerhost's own users that it intercepted
+//! ([`pb::Forward`]) or submits ([`pb::Submit`]). The `.proto` file
+//! documents every frame and field; it is the reference for anyone writing
+//! another peer.
 //!
 //! # Layout
 //! - [`pb`]: the generated messages, client (`pb::peering_client`) and
