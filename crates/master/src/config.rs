@@ -36,6 +36,7 @@
 //! missing_ttl_secs = 300         # how long "no peerhost" is believed
 //! discovery_timeout_ms = 5000    # a joiner waits at most this (twice) the first time
 //! slave_grace_secs = 30          # a slave outlives its domain's last occupant
+//! keepalive_secs = 10            # probe peer streams; a dead one is noticed within twice this
 //! tls_cert = "/etc/dmuc/master.crt"   # mutual TLS towards peerhosts: this
 //! tls_key = "/etc/dmuc/master.key"    #   service's certificate (valid for its JID)
 //! tls_ca = "/etc/dmuc/peers-ca.crt"   #   and the peerhosts' roots (default: system)
@@ -88,6 +89,7 @@ pub struct PeeringSection {
     pub missing_ttl_secs: u64,
     pub discovery_timeout_ms: u64,
     pub slave_grace_secs: u64,
+    pub keepalive_secs: u64,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_ca: Option<PathBuf>,
@@ -105,6 +107,7 @@ impl Default for PeeringSection {
             missing_ttl_secs: 300,
             discovery_timeout_ms: 5000,
             slave_grace_secs: 30,
+            keepalive_secs: 10,
             tls_cert: None,
             tls_key: None,
             tls_ca: None,
@@ -278,6 +281,9 @@ impl Config {
         }
         if l.max_message_bytes < 512 {
             return bad("limits.max_message_bytes", "must be at least 512");
+        }
+        if self.peering.keepalive_secs == 0 {
+            return bad("peering.keepalive_secs", "must be positive");
         }
         if self.peering.discovery_timeout_ms == 0 {
             return bad("peering.discovery_timeout_ms", "must be positive");

@@ -162,6 +162,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 static_peers: config.peering.targets()?,
                 tls,
                 allow_plaintext: config.peering.allow_plaintext,
+                keepalive: Duration::from_secs(config.peering.keepalive_secs),
             },
         },
         link.handle,

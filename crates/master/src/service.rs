@@ -76,6 +76,8 @@ pub struct PeeringOptions {
     pub tls: Option<Arc<LoadedTls>>,
     /// Whether plaintext (`http://`) peerhosts may be used.
     pub allow_plaintext: bool,
+    /// How often peer streams are probed (see `PeerContext::keepalive`).
+    pub keepalive: Duration,
 }
 
 /// Where the service hears of peerhosts that dial in.
@@ -159,6 +161,7 @@ impl Service {
             tls: config.peering.tls.clone(),
             allow_plaintext: config.peering.allow_plaintext,
             submissions: submitted,
+            keepalive: config.peering.keepalive,
         });
         let mut known = HashMap::new();
         for target in &config.peering.static_peers {

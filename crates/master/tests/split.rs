@@ -107,3 +107,66 @@ async fn a_split_off_domain_catches_up_on_heal() {
             .unwrap();
     }
 }
+
+/// A link that goes silent (packets dropped, no connection closed) is
+/// noticed by keepalives, within about twice `keepalive_secs`, and heals
+/// like a cut one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_cut_is_noticed_by_keepalives() {
+    let master = env!("CARGO_BIN_EXE_dmuc-master");
+    let options = TestbedOptions::new()
+        .with_domain(DomainOptions::new("a.test"))
+        .with_domain(DomainOptions::new("b.test"))
+        .counted();
+    let system = distributed::start_distributed(
+        master,
+        distributed::peerhost_binary(master).unwrap(),
+        options,
+        &MasterSetup {
+            peering_toml: "keepalive_secs = 1\n".into(),
+            ..MasterSetup::default()
+        },
+        &["b.test"],
+        &PeerhostSetup {
+            intercept: true,
+            peering_toml: "keepalive_secs = 1\n".into(),
+            ..PeerhostSetup::default()
+        },
+    )
+    .await
+    .unwrap();
+    system
+        .master
+        .wait_for_log("peerhost stream up", WAIT)
+        .await
+        .unwrap();
+    let t = &system.testbed;
+    let mut alice = t.client("a.test", "alice").await.unwrap();
+    alice.create_instant_room(ROOM, "alice").await.unwrap();
+    let mut bob = t.client("b.test", "bob").await.unwrap();
+    bob.join(ROOM, "bob").await.unwrap();
+
+    let uplink = system.peerhosts[0].uplink_relay.as_ref().unwrap();
+    let stalled = std::time::Instant::now();
+    uplink.stall();
+    system
+        .master
+        .wait_for_log("split: the slave's events wait for it", WAIT)
+        .await
+        .unwrap();
+    let detected = stalled.elapsed();
+    println!("split noticed {detected:?} after the link went silent (keepalive 1 s)");
+    // Twice the keepalive, with room for a busy machine.
+    assert!(detected < Duration::from_secs(6), "{detected:?}");
+    alice.say(ROOM, "while silent").await.unwrap();
+
+    uplink.heal();
+    system
+        .master
+        .wait_for_log("resuming slave domain=b.test", WAIT)
+        .await
+        .unwrap();
+    next_is(&mut bob, "while silent").await;
+    bob.expect_none_pending("a message twice", groupchat)
+        .unwrap();
+}

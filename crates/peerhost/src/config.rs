@@ -13,6 +13,7 @@
 //! tls_key = "/etc/dmuc/peerhost.key"     #   valid for its JID, and the roots masters'
 //! tls_ca = "/etc/dmuc/masters-ca.crt"    #   certificates chain to (default: system)
 //! masters = ["conference.a.test"]        # masters served (default: any)
+//! keepalive_secs = 10            # HTTP/2 pings; a dead stream is noticed within twice this
 //!
 //! [[peering.uplink]]             # a master this peerhost dials itself
 //! master = "conference.a.test"
@@ -96,6 +97,14 @@ pub struct PeeringSection {
     /// Masters this peerhost dials itself (`[[peering.uplink]]`).
     #[serde(default)]
     pub uplink: Vec<UplinkSection>,
+    /// HTTP/2 pings on every stream this often; a dead stream (its master
+    /// gone, or the link silently cut) is noticed within twice this.
+    #[serde(default = "default_keepalive_secs")]
+    pub keepalive_secs: u64,
+}
+
+fn default_keepalive_secs() -> u64 {
+    10
 }
 
 /// `[[peering.uplink]]`: a master to dial.
@@ -187,6 +196,9 @@ impl Config {
             endpoint_url(url, "peering.endpoint").map_err(Error::Config)?;
         }
         config.peering.tls()?;
+        if config.peering.keepalive_secs == 0 {
+            return Err(SettingsError::new("peering.keepalive_secs", "must be positive").into());
+        }
         config.peering.masters()?;
         config.peering.uplinks()?;
         config.shadowed()?;

@@ -214,8 +214,15 @@ pub async fn run(
             uplinks.push(target.clone());
         }
     }
+    let keepalive = Duration::from_secs(config.peering.keepalive_secs);
     for target in uplinks {
-        uplink::spawn(service.clone(), target, tls.clone(), shutdown.clone());
+        uplink::spawn(
+            service.clone(),
+            target,
+            tls.clone(),
+            keepalive,
+            shutdown.clone(),
+        );
     }
     let inbound = tokio::spawn(answer_inbound(
         link_inbound,
@@ -225,7 +232,9 @@ pub async fn run(
         shadowed.into_iter().map(|t| t.master).collect(),
         multicast,
     ));
-    let mut builder = Server::builder();
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive));
     if let Some(tls) = &tls {
         builder = builder.tls_config(dmuc_protocol::tls::server_config(tls))?;
     }

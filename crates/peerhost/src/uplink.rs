@@ -47,17 +47,19 @@ pub fn spawn(
     service: PeeringService,
     target: UplinkTarget,
     tls: Option<Arc<LoadedTls>>,
+    keepalive: Duration,
     shutdown: CancellationToken,
 ) {
     let span = info_span!("uplink", master = %target.master);
     let streams = service.streams();
-    streams.spawn(run(service, target, tls, shutdown).instrument(span));
+    streams.spawn(run(service, target, tls, keepalive, shutdown).instrument(span));
 }
 
 async fn run(
     service: PeeringService,
     target: UplinkTarget,
     tls: Option<Arc<LoadedTls>>,
+    keepalive: Duration,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(BackoffConfig::default());
@@ -65,7 +67,7 @@ async fn run(
         let started = Instant::now();
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
-            outcome = attach(&service, &target, tls.as_deref()) => outcome,
+            outcome = attach(&service, &target, tls.as_deref(), keepalive) => outcome,
         };
         if shutdown.is_cancelled() {
             return;
@@ -88,12 +90,16 @@ async fn attach(
     service: &PeeringService,
     target: &UplinkTarget,
     tls: Option<&LoadedTls>,
+    keepalive: Duration,
 ) -> Result<(), String> {
     let url = &target.endpoint;
     let mut endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| format!("endpoint {url:?}: {e}"))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(keepalive)
+        .keep_alive_timeout(keepalive)
+        .keep_alive_while_idle(true);
     let names = if url.starts_with("https://") {
         let Some(tls) = tls else {
             return Err("https endpoint, but no [peering] tls_cert configured".into());

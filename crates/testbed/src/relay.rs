@@ -65,6 +65,14 @@ impl std::ops::Add for Traffic {
     }
 }
 
+/// The state of a relayed link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Up,
+    Cut,
+    Stalled,
+}
+
 #[derive(Debug, Default)]
 struct Counters {
     connections: AtomicU64,
@@ -77,9 +85,8 @@ struct Counters {
 pub struct Relay {
     listen: SocketAddr,
     counters: Arc<Counters>,
-    /// While `true`, the link is cut: connections are dropped and new ones
-    /// refused (accepted, then closed at once).
-    cut: tokio::sync::watch::Sender<bool>,
+    /// Whether the link is up, cut or silently stalled.
+    link: tokio::sync::watch::Sender<Link>,
     task: JoinHandle<()>,
 }
 
@@ -90,12 +97,12 @@ impl Relay {
             .await
             .map_err(Error::io(format!("relay: binding {listen}")))?;
         let counters = Arc::new(Counters::default());
-        let (cut, cut_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(accept(listener, target, counters.clone(), cut_rx));
+        let (link, link_rx) = tokio::sync::watch::channel(Link::Up);
+        let task = tokio::spawn(accept(listener, target, counters.clone(), link_rx));
         Ok(Relay {
             listen,
             counters,
-            cut,
+            link,
             task,
         })
     }
@@ -103,12 +110,18 @@ impl Relay {
     /// Cuts the link: every connection through the relay is dropped (both
     /// ends see it close) and new ones are closed as soon as accepted.
     pub fn cut(&self) {
-        self.cut.send_replace(true);
+        self.link.send_replace(Link::Cut);
+    }
+
+    /// Stalls the link silently, as a network that drops every packet:
+    /// connections stay open, nothing passes either way (it waits).
+    pub fn stall(&self) {
+        self.link.send_replace(Link::Stalled);
     }
 
     /// Heals the link: connections are relayed again.
     pub fn heal(&self) {
-        self.cut.send_replace(false);
+        self.link.send_replace(Link::Up);
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -139,7 +152,7 @@ async fn accept(
     listener: TcpListener,
     target: SocketAddr,
     counters: Arc<Counters>,
-    mut cut: tokio::sync::watch::Receiver<bool>,
+    mut link: tokio::sync::watch::Receiver<Link>,
 ) {
     let mut pipes = tokio::task::JoinSet::new();
     loop {
@@ -148,17 +161,17 @@ async fn accept(
                 Ok((client, _)) => client,
                 Err(_) => break,
             },
-            changed = cut.changed() => {
+            changed = link.changed() => {
                 if changed.is_err() {
                     break;
                 }
-                if *cut.borrow_and_update() {
+                if *link.borrow_and_update() == Link::Cut {
                     pipes.abort_all();
                 }
                 continue;
             }
         };
-        if *cut.borrow() {
+        if *link.borrow() == Link::Cut {
             drop(client);
             continue;
         }
@@ -169,8 +182,20 @@ async fn accept(
         counters.connections.fetch_add(1, Ordering::SeqCst);
         let (client_read, client_write) = client.into_split();
         let (server_read, server_write) = server.into_split();
-        pipes.spawn(pipe(client_read, server_write, counters.clone(), 0));
-        pipes.spawn(pipe(server_read, client_write, counters.clone(), 1));
+        pipes.spawn(pipe(
+            client_read,
+            server_write,
+            counters.clone(),
+            link.clone(),
+            0,
+        ));
+        pipes.spawn(pipe(
+            server_read,
+            client_write,
+            counters.clone(),
+            link.clone(),
+            1,
+        ));
     }
 }
 
@@ -178,11 +203,16 @@ async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     counters: Arc<Counters>,
+    mut link: tokio::sync::watch::Receiver<Link>,
     way: usize,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut scanner = StanzaScanner::default();
     loop {
+        // A stalled link holds everything where it is.
+        if link.wait_for(|l| *l != Link::Stalled).await.is_err() {
+            break;
+        }
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
@@ -192,6 +222,9 @@ async fn pipe(
         counters.bytes[way].fetch_add(n as u64, Ordering::SeqCst);
         let stanzas = scanner.feed(&buf[..n]);
         counters.stanzas[way].fetch_add(stanzas, Ordering::SeqCst);
+        if link.wait_for(|l| *l != Link::Stalled).await.is_err() {
+            break;
+        }
         if to.write_all(&buf[..n]).await.is_err() {
             break;
         }

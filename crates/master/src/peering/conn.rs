@@ -39,9 +39,6 @@ use super::{News, PeerHandle, PeerNews, PeerTarget, ToPeer};
 const QUEUE: usize = 4096;
 /// Events per `EventBatch` at most.
 const MAX_BATCH: usize = 512;
-/// A stream idle this long gets a keepalive; one unanswered for as long
-/// again ends it.
-const KEEPALIVE: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a stream may take to close on shutdown.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -59,6 +56,9 @@ pub struct PeerContext {
     pub allow_plaintext: bool,
     /// Where accepted submissions go (to the service).
     pub submissions: mpsc::UnboundedSender<Submitted>,
+    /// A stream gets a keepalive this often; one unanswered by the next
+    /// ends it (a split is noticed within twice this).
+    pub keepalive: Duration,
 }
 
 /// What a peerhost submitted for one of its domain's users, checked: the
@@ -300,7 +300,8 @@ impl Conn {
                 .await;
         }
 
-        let mut keepalive = tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
+        let every = self.context.keepalive;
+        let mut keepalive = tokio::time::interval_at(Instant::now() + every, every);
         let mut outstanding: Option<u64> = None;
         let mut batch: Vec<pb::Event> = Vec::new();
         loop {
@@ -381,8 +382,8 @@ impl Conn {
             .map_err(|e| format!("endpoint {url:?}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEPALIVE)
-            .keep_alive_timeout(KEEPALIVE);
+            .http2_keep_alive_interval(self.context.keepalive)
+            .keep_alive_timeout(self.context.keepalive);
         if url.starts_with("https://") {
             let Some(tls) = &self.context.tls else {
                 return Err("https endpoint, but no [peering] tls_cert configured".into());
