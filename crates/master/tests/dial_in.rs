@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dmuc_testbed::distributed::{self, PeerhostSetup};
 use dmuc_testbed::scenarios::MasterSetup;
-use dmuc_testbed::{DomainOptions, TestbedOptions, stanza};
+use dmuc_testbed::stanza;
 
 const ROOM: &str = "dialin@conference.a.test";
 const WAIT: Duration = Duration::from_secs(15);
@@ -16,14 +16,8 @@ const WAIT: Duration = Duration::from_secs(15);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peerhost_that_dials_in_serves_its_domain() {
     let master = env!("CARGO_BIN_EXE_dmuc-master");
-    let options = TestbedOptions::new()
-        .with_domain(DomainOptions::new("a.test"))
-        .with_domain(DomainOptions::new("b.test"))
-        .counted();
-    let mut system = distributed::start_distributed(
+    let mut system = distributed::start_counted(
         master,
-        distributed::peerhost_binary(master).unwrap(),
-        options,
         &MasterSetup::default(),
         &["b.test"],
         &PeerhostSetup {

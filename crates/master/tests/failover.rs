@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dmuc_testbed::distributed::{self, Distributed, PeerhostSetup};
 use dmuc_testbed::scenarios::MasterSetup;
-use dmuc_testbed::{Client, DomainOptions, Element, TestbedOptions, stanza};
+use dmuc_testbed::{Client, Element, stanza};
 
 const ROOM: &str = "failover@conference.a.test";
 /// Messages in each phase: slave up, peerhost dead, peerhost back.
@@ -37,14 +37,8 @@ async fn exchange(sender: &mut Client, all: &mut [&mut Client], i: usize) {
 
 async fn system() -> Distributed {
     let master = env!("CARGO_BIN_EXE_dmuc-master");
-    let options = TestbedOptions::new()
-        .with_domain(DomainOptions::new("a.test"))
-        .with_domain(DomainOptions::new("b.test"))
-        .counted();
-    distributed::start_distributed(
+    distributed::start_counted(
         master,
-        distributed::peerhost_binary(master).expect("dmuc-peerhost built"),
-        options,
         &MasterSetup {
             // One sender, many messages: no flood control.
             extra_toml: "[limits]\nrate_per_second = 0\n".into(),

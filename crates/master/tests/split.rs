@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use dmuc_testbed::distributed::{self, PeerhostSetup};
 use dmuc_testbed::scenarios::MasterSetup;
-use dmuc_testbed::{Client, DomainOptions, Element, TestbedOptions, stanza};
+use dmuc_testbed::{Client, Element, stanza};
 
 const ROOM: &str = "split@conference.a.test";
 const WAIT: Duration = Duration::from_secs(20);
@@ -30,14 +30,8 @@ async fn next_is(client: &mut Client, body: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_off_domain_catches_up_on_heal() {
     let master = env!("CARGO_BIN_EXE_dmuc-master");
-    let options = TestbedOptions::new()
-        .with_domain(DomainOptions::new("a.test"))
-        .with_domain(DomainOptions::new("b.test"))
-        .counted();
-    let system = distributed::start_distributed(
+    let system = distributed::start_counted(
         master,
-        distributed::peerhost_binary(master).unwrap(),
-        options,
         &MasterSetup::default(),
         &["b.test"],
         &PeerhostSetup {
@@ -114,14 +108,8 @@ async fn a_split_off_domain_catches_up_on_heal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_cut_is_noticed_by_keepalives() {
     let master = env!("CARGO_BIN_EXE_dmuc-master");
-    let options = TestbedOptions::new()
-        .with_domain(DomainOptions::new("a.test"))
-        .with_domain(DomainOptions::new("b.test"))
-        .counted();
-    let system = distributed::start_distributed(
+    let system = distributed::start_counted(
         master,
-        distributed::peerhost_binary(master).unwrap(),
-        options,
         &MasterSetup {
             peering_toml: "keepalive_secs = 1\n".into(),
             ..MasterSetup::default()

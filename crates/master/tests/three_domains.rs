@@ -11,21 +11,14 @@ use std::time::Duration;
 use dmuc_testbed::distributed::{self, Distributed, PeerhostSetup};
 use dmuc_testbed::scenarios::MasterSetup;
 use dmuc_testbed::stanza::{self, NS_SID};
-use dmuc_testbed::{Client, DomainOptions, Element, TestbedOptions, occupant_jid};
+use dmuc_testbed::{Client, Element, occupant_jid};
 
 const ROOM: &str = "three@conference.a.test";
 
 async fn system() -> Distributed {
     let master = env!("CARGO_BIN_EXE_dmuc-master");
-    let options = TestbedOptions::new()
-        .with_domain(DomainOptions::new("a.test"))
-        .with_domain(DomainOptions::new("b.test"))
-        .with_domain(DomainOptions::new("c.test"))
-        .counted();
-    distributed::start_distributed(
+    distributed::start_counted(
         master,
-        distributed::peerhost_binary(master).expect("dmuc-peerhost built"),
-        options,
         &MasterSetup {
             peering_toml: "slave_grace_secs = 1\n".into(),
             ..MasterSetup::default()

@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::pki::{IssuedCert, TestCa};
 use crate::process::{MasterConfig, MasterProcess};
-use crate::prosody::{ExternalComponent, Testbed, TestbedOptions};
+use crate::prosody::{DomainOptions, ExternalComponent, Testbed, TestbedOptions};
 use crate::relay::{Relay, Traffic};
 use crate::scenarios::{DMUC_SERVICE, MasterSetup, start_dmuc_testbed};
 
@@ -287,6 +287,30 @@ pub async fn start_distributed(
         ca,
         pki,
     })
+}
+
+/// The usual system of an end-to-end test: `a.test` with the master
+/// (`master_binary`), a peerhost (the binary built next to it) on each of
+/// `peer_domains`, every s2s and gRPC link counted.
+pub async fn start_counted(
+    master_binary: &str,
+    master: &MasterSetup,
+    peer_domains: &[&str],
+    peers: &PeerhostSetup,
+) -> Result<Distributed> {
+    let options = peer_domains.iter().fold(
+        TestbedOptions::new().with_domain(DomainOptions::new("a.test")),
+        |options, domain| options.with_domain(DomainOptions::new(*domain)),
+    );
+    start_distributed(
+        master_binary,
+        peerhost_binary(master_binary)?,
+        options.counted(),
+        master,
+        peer_domains,
+        peers,
+    )
+    .await
 }
 
 async fn wait_for_peerhost(testbed: &Testbed, domain: &str) -> Result<()> {
