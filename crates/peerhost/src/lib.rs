@@ -19,6 +19,9 @@
 //!   `crates/peerhost/migrations/`.
 //! - [`uplink`]: masters the peerhost dials itself (`[[peering.uplink]]`),
 //!   served like streams they opened.
+//! - [`shadow`]: interception (`[[shadow]]`): routes this domain's users'
+//!   stanzas for a remote service up its master's stream, or, while the
+//!   stream is down, to the room's split slave.
 //! - [`disco`]: what the peerhost answers at its own JID: disco#info with
 //!   the dmuc feature, its endpoint and served domain, and pings.
 //!
@@ -37,12 +40,28 @@
 //! master answers with `Resume` and the missing events, or a new
 //! `CreateSlave`, or `DestroySlave`.
 //!
-//! # Interception
+//! # Interception and split mode
 //! With `[[shadow]]` and `deploy/prosody/mod_dmuc_intercept.lua` on its
 //! server, the domain's users' stanzas for a remote service arrive here
 //! instead of going over s2s; they go up the master's stream as `Forward`
-//! frames (or get `remote-server-timeout` while it is down), and the
-//! peerhost dials that master itself ([`uplink`]).
+//! frames, and the peerhost dials that master itself ([`uplink`]).
+//!
+//! When that stream ends (the link is cut, or the master died), the
+//! master's slaves *split*: each goes on serving the local users of its
+//! room alone, under the room's split policy (`dmuc_room::split`), and
+//! stores what they do (the split's log) before they see it. A peerhost
+//! restarted meanwhile restores its splits from the store. When the
+//! master's next stream starts, each split ends ("whole again"), and its
+//! log goes to the master as `Submit`s of merge inputs, before anything
+//! else the domain's users send; the master merges them into the room and
+//! confirms with `SplitMerged`, and only then is the split's log deleted
+//! (a split submitted but not confirmed is submitted again; the master
+//! ignores what it already merged).
+//!
+//! ```text
+//!  stream ends ─▶ slaves split ─▶ local stanza ─▶ Split::handle ─▶ split log (SQLite) ─▶ local users
+//!  next stream ─▶ Split::end ─▶ "whole again" ─▶ Submit(merge 0..n) ─▶ master ─▶ SplitMerged ─▶ log deleted
+//! ```
 //!
 //! # Trust
 //! With `[peering] tls_cert` the listener requires mutual TLS: a master's
@@ -60,6 +79,7 @@
 
 pub mod config;
 pub mod disco;
+pub mod shadow;
 pub mod slave;
 pub mod store;
 pub mod stream;
@@ -78,7 +98,6 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tracing::{debug, info, warn};
 
-use dmuc_room::Condition;
 use dmuc_stanza::outbound;
 use jid::BareJid;
 use minidom::Element;
@@ -204,8 +223,8 @@ pub async fn run(
     let shadowed = config.shadowed()?;
     let (multicast, multicast_rx) = watch::channel(None);
     let service = service
-        .with_intercepts(shadowed.iter().map(|t| t.master.clone()).collect())
-        .with_multicast(multicast_rx);
+        .with_multicast(multicast_rx)
+        .with_intercepts(shadowed.iter().map(|t| t.master.clone()).collect());
     let streams = service.streams();
     let tls = tls.map(Arc::new);
     let mut uplinks = config.peering.uplinks()?;
@@ -313,17 +332,8 @@ async fn answer_inbound(
             Inbound::Stanza(el) => {
                 if let Some(master) = shadowed_service(&el, &shadowed) {
                     // A local user's stanza to a remote service, handed to
-                    // us by our server: up to that service's master.
-                    if let Err(el) = service.forward(master, el).await
-                        && let Some(reply) = outbound::error_reply(
-                            &el,
-                            Condition::RemoteServerTimeout,
-                            Some("The room's service cannot be reached"),
-                        )
-                        && link.send(reply).await.is_err()
-                    {
-                        break;
-                    }
+                    // us by our server (see `shadow`).
+                    service.intercepted(master, el).await;
                     continue;
                 }
                 debug!(

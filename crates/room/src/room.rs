@@ -323,6 +323,13 @@ impl Room {
         self.by_session.get(session)
     }
 
+    /// The nick and presence of a joined session.
+    pub fn session_presence(&self, session: &FullJid) -> Option<(&Nick, &Payload)> {
+        let nick = self.by_session.get(session)?;
+        let occupant = self.occupants.get(nick)?;
+        Some((nick, &occupant.presence))
+    }
+
     /// The sessions of the occupant `nick`, if there is one.
     pub fn occupant_sessions(&self, nick: &Nick) -> Option<&[FullJid]> {
         self.occupants.get(nick).map(|o| o.sessions.as_slice())
