@@ -565,6 +565,8 @@ impl StreamState<'_> {
                 }
                 Ok(())
             }
+            // Merges are not submitted yet: nothing to confirm.
+            Some(master_frame::Frame::Merged(_)) => Ok(()),
             None => Err(ProtocolError::Missing {
                 field: "frame".into(),
             }
