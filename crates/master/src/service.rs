@@ -654,7 +654,8 @@ fn refusal(input: &Input, condition: Condition, text: &'static str) -> Option<(F
         Input::Leave { .. }
         | Input::Bounced { .. }
         | Input::IqResponse { .. }
-        | Input::Shutdown => return None,
+        | Input::Shutdown
+        | Input::Merge(_) => return None,
     };
     Some((
         from.clone(),

@@ -260,6 +260,8 @@ impl Split {
         }
         let me = self.room.nick_of(from);
         match input {
+            // The master's business, never a user's stanza.
+            Input::Merge(_) => Verdict::Ignore,
             // Leaving always works, and answers complete exchanges.
             Input::Leave { .. } | Input::Bounced { .. } | Input::IqResponse { .. } => Verdict::Room,
             // XEP-0410: answered, so that clients stay in the room.
@@ -414,7 +416,8 @@ fn refusal(input: &Input, condition: Condition, text: &'static str) -> Vec<Actio
         Input::Leave { .. }
         | Input::Bounced { .. }
         | Input::IqResponse { .. }
-        | Input::Shutdown => {
+        | Input::Shutdown
+        | Input::Merge(_) => {
             return Vec::new();
         }
     };

@@ -45,7 +45,8 @@ pub fn build(room: &BareJid, out: &Outgoing) -> Element {
     match out {
         Outgoing::Presence(p) => presence(room, p),
         Outgoing::Groupchat(m) => groupchat(room, m, false),
-        Outgoing::History(m) => groupchat(room, m, true),
+        // A merged message was sent before: like history, it carries its time.
+        Outgoing::History(m) | Outgoing::Merged(m) => groupchat(room, m, true),
         Outgoing::Subject { subject, delayed } => {
             let (from, text) = match subject {
                 Some(s) => (from_attr(room, s.nick.as_ref()), s.text.as_str()),
