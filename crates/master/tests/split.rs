@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dmuc_testbed::distributed::{self, Distributed, PeerhostSetup};
 use dmuc_testbed::scenarios::MasterSetup;
-use dmuc_testbed::{Client, Element, muc, stanza};
+use dmuc_testbed::{Client, Element, JoinOptions, occupant_jid, stanza};
 
 const ROOM: &str = "split@conference.a.test";
 const WAIT: Duration = Duration::from_secs(20);
@@ -104,7 +104,7 @@ async fn self_ping_ok(client: &mut Client, nick: &str) {
     let answer = client
         .iq(
             "get",
-            &muc::occupant_jid(ROOM, nick),
+            &occupant_jid(ROOM, nick),
             "<ping xmlns='urn:xmpp:ping'/>",
         )
         .await
@@ -164,13 +164,13 @@ async fn local_chat_goes_on_during_a_cut_and_everyone_gets_everything_once() {
     // No takeovers: no joins, nick changes or moderation during the split.
     let mut dan = t.client("b.test", "dan").await.unwrap();
     let refused = dan
-        .join_refused(ROOM, "dan", &muc::JoinOptions::default())
+        .join_refused(ROOM, "dan", &JoinOptions::default())
         .await
         .unwrap();
     assert!(stanza::is_error(&refused, "not-allowed"), "{refused:?}");
     bob.send_raw(&format!(
         "<presence to='{}'/>",
-        muc::occupant_jid(ROOM, "robert")
+        occupant_jid(ROOM, "robert")
     ))
     .await
     .unwrap();
@@ -319,7 +319,7 @@ async fn open_admits_local_joins_and_renames_on_a_nick_collision() {
     // Both dans are in the room, and each can talk.
     dan_b.say(ROOM, "still here").await.unwrap();
     let got = next_is(&mut alice, "still here").await;
-    assert_eq!(stanza::from(&got), muc::occupant_jid(ROOM, &new_nick));
+    assert_eq!(stanza::from(&got), occupant_jid(ROOM, &new_nick));
     dan_a.say(ROOM, "me too").await.unwrap();
     next_is(&mut dan_b, "me too").await;
 }

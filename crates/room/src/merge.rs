@@ -45,7 +45,8 @@
 //!   speak now, and the message takes its nick from the sender's newest
 //!   message in the history, or else its localpart. Subject changes are
 //!   not merged (splits refuse them); neither is flood control applied.
-//! - `Presence` of an occupant under its nick: a status change.
+//! - `Presence` of an occupant under its nick: a status change, if it
+//!   changes anything (a split ends with every local session's presence).
 //! - `Presence` joining: the session is seated without the join sequence
 //!   (it has the room from its split) and announced. A nick held by another
 //!   user is renamed, never kicked: the first free of `nick (domain)`,
@@ -226,7 +227,15 @@ impl Room {
                 payload,
             } => match self.nick_of(&from) {
                 Some(current) if *current == nick => {
-                    self.on_presence(&mut effect, from, nick, None, payload, now);
+                    // A split ends with each local session's presence
+                    // (`Healed::present`): one that did not change is
+                    // nothing new.
+                    let unchanged = self
+                        .session_presence(&from)
+                        .is_some_and(|(_, current)| *current == payload);
+                    if !unchanged {
+                        self.on_presence(&mut effect, from, nick, None, payload, now);
+                    }
                 }
                 // A nick change (splits refuse them), or not a join.
                 Some(_) => {}
