@@ -585,3 +585,60 @@ fn multicast_through_the_server() {
         Ok(())
     });
 }
+
+/// `[metrics] listen` serves the Prometheus text format: after a join, one
+/// room is active and stanzas went both ways through the component link.
+#[test]
+fn metrics_endpoint_counts_rooms_and_stanzas() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn scrape(addr: std::net::SocketAddr) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("metrics endpoint");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+            .await
+            .expect("request sent");
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .await
+            .expect("answer read");
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        answer
+    }
+    /// The value of the unlabelled series `name`.
+    fn value(text: &str, name: &str) -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
+    run(async || {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let bed = Bed::start(&format!(
+            "[rooms]\nlock_new_rooms = false\n\n[metrics]\nlisten = \"{addr}\"\n"
+        ))
+        .await?;
+        let before = scrape(addr).await;
+        assert_eq!(value(&before, "dmuc_rooms_active"), 0, "{before}");
+        let mut bob = bed.client("b.test", "bob").await?;
+        bob.join(&room("metered"), "bob").await?;
+        let after = scrape(addr).await;
+        assert!(
+            after.contains("# TYPE dmuc_rooms_active gauge\n"),
+            "{after}"
+        );
+        assert_eq!(value(&after, "dmuc_rooms_active"), 1, "{after}");
+        for counter in ["dmuc_stanzas_in_total", "dmuc_stanzas_out_total"] {
+            assert!(
+                value(&after, counter) > value(&before, counter),
+                "{counter} grew: {before}\n{after}"
+            );
+        }
+        Ok(())
+    });
+}
