@@ -304,6 +304,7 @@ mod tests {
     fn the_deployed_example_is_valid() {
         let c = Config::parse(include_str!("../../../deploy/peerhost.example.toml"), None).unwrap();
         assert_eq!(c.component.jid, "muc-peer.example.org");
+        assert!(c.metrics.listen.is_some_and(|a| a.ip().is_loopback()));
     }
 
     #[test]
