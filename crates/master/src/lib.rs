@@ -38,6 +38,7 @@ pub mod tree;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dmuc_component::metrics::{LinkMetrics, Metrics};
 use dmuc_room::{ConfigBounds, RateLimit, RoomConfig, RoomSettings};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -100,7 +101,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         }),
     };
     let rooms = store.load_rooms(limits.max_history as usize).await?;
-    let link_config = config.component.to_link_config()?;
+    let metrics = Metrics::new();
+    let metrics_endpoint = config.metrics.serve(&metrics, &shutdown).await?;
+    let mut link_config = config.component.to_link_config()?;
+    link_config.metrics = LinkMetrics::register(&metrics);
     let domain = link_config.jid.clone();
     info!(%domain, epoch, rooms = rooms.len(), "starting");
 
@@ -152,6 +156,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             max_rooms_per_user: limits.max_rooms_per_user,
             multicast_from,
             epoch,
+            metrics,
             peering: PeeringOptions {
                 home,
                 discovery: config.peering.discovery,
@@ -177,6 +182,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     // Every room has flushed; now the link may flush and close.
     link_shutdown.cancel();
     let _ = link.task.await;
+    if let Some(endpoint) = metrics_endpoint {
+        let _ = endpoint.await;
+    }
     store.close().await;
     info!("stopped");
     Ok(())

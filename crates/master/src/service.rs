@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use dmuc_component::metrics::{Gauge, Metrics};
 use dmuc_component::{Inbound, InvalidStanza, LinkHandle};
 use dmuc_protocol::tls::LoadedTls;
 use dmuc_room::event::StanzaKind;
@@ -55,6 +56,8 @@ pub struct ServiceConfig {
     pub multicast_from: Option<BareJid>,
     /// The epoch of this run (see `RoomContext::epoch`).
     pub epoch: u64,
+    /// Where the service and its peer tasks register their metrics.
+    pub metrics: Metrics,
     pub peering: PeeringOptions,
 }
 
@@ -105,6 +108,8 @@ struct Running {
 pub struct Service {
     config: ServiceConfig,
     rooms: HashMap<BareJid, Running>,
+    /// `dmuc_rooms_active`: `rooms.len()`.
+    rooms_active: Gauge,
     listings: BTreeMap<BareJid, Listing>,
     created_by: HashMap<BareJid, usize>,
     ctx: RoomContext,
@@ -162,7 +167,11 @@ impl Service {
             allow_plaintext: config.peering.allow_plaintext,
             submissions: submitted,
             keepalive: config.peering.keepalive,
+            metrics: config.metrics.clone(),
         });
+        let rooms_active = config
+            .metrics
+            .gauge("dmuc_rooms_active", "Rooms with a running room task");
         let mut known = HashMap::new();
         for target in &config.peering.static_peers {
             directory.insert(conn::spawn(
@@ -194,6 +203,7 @@ impl Service {
             uplinks: uplinks.0,
             unvouched: HashMap::new(),
             rooms: HashMap::new(),
+            rooms_active,
             listings: BTreeMap::new(),
             created_by: HashMap::new(),
             multicast,
@@ -228,6 +238,7 @@ impl Service {
             *self.created_by.entry(c.clone()).or_default() += 1;
         }
         self.rooms.insert(jid, Running { handle, creator });
+        self.rooms_active.set(self.rooms.len() as i64);
     }
 
     /// Serves until `shutdown`, then tells every occupant (332) and waits for
@@ -542,7 +553,9 @@ impl Service {
     }
 
     fn forget(&mut self, room: &BareJid) {
-        if let Some(running) = self.rooms.remove(room)
+        let removed = self.rooms.remove(room);
+        self.rooms_active.set(self.rooms.len() as i64);
+        if let Some(running) = removed
             && let Some(creator) = running.creator
             && let Some(n) = self.created_by.get_mut(&creator)
         {

@@ -88,6 +88,7 @@ pub mod uplink;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dmuc_component::metrics::{Gauge, LinkMetrics, Metrics};
 use dmuc_component::settings::SettingsError;
 use dmuc_component::{Inbound, LinkHandle};
 use dmuc_protocol::pb::peering_server::PeeringServer;
@@ -115,6 +116,9 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 
 /// How long open streams get to end after shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How often `dmuc_slaves` is read from the store.
+const SLAVES_SAMPLE: Duration = Duration::from_secs(5);
 
 /// Errors of the peerhost.
 #[derive(Debug, thiserror::Error)]
@@ -174,7 +178,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let domain = config.domain()?;
-    let link_config = config.component.to_link_config()?;
+    let metrics = Metrics::new();
+    let metrics_endpoint = config.metrics.serve(&metrics, &shutdown).await?;
+    let mut link_config = config.component.to_link_config()?;
+    link_config.metrics = LinkMetrics::register(&metrics);
     let peer_jid = link_config.jid.clone();
     let listen = listener.local_addr().ok();
     info!(%peer_jid, %domain, ?listen, storage = %config.storage.path.display(), "starting");
@@ -187,6 +194,16 @@ pub async fn run(
         masters = masters.len(),
         "stored slaves, resumed when their masters connect"
     );
+
+    // Counted from the store, so that the stream and slave tasks need not
+    // know about metrics; only worth the queries when someone scrapes.
+    let slaves_sampler = metrics_endpoint.is_some().then(|| {
+        let slaves = metrics.gauge(
+            "dmuc_slaves",
+            "Slaves stored on this peerhost (running, or waiting for their master)",
+        );
+        tokio::spawn(sample_slaves(store.clone(), slaves, shutdown.clone()))
+    });
 
     let link_shutdown = CancellationToken::new();
     let link = dmuc_component::spawn(link_config, link_shutdown.clone())?;
@@ -281,14 +298,37 @@ pub async fn run(
     {
         warn!("slaves still busy after the grace period");
     }
+    if let Some(sampler) = slaves_sampler {
+        let _ = sampler.await;
+    }
     // What the slaves saved is queued: write it before going.
     store.close().await;
     // Every slave has handed over its stanzas; now the link may flush.
     link_shutdown.cancel();
     let _ = link.task.await;
     let _ = inbound.await;
+    if let Some(endpoint) = metrics_endpoint {
+        let _ = endpoint.await;
+    }
     info!("stopped");
     served.map_err(Error::from)
+}
+
+/// Keeps `slaves` (`dmuc_slaves`) at the number of stored slaves until `shutdown`.
+async fn sample_slaves(store: Store, slaves: Gauge, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(SLAVES_SAMPLE);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = every.tick() => {}
+        }
+        match store.count_slaves().await {
+            Ok(n) => slaves.set(i64::try_from(n).unwrap_or(i64::MAX)),
+            Err(e) => debug!(error = %e, "cannot count the stored slaves"),
+        }
+    }
 }
 
 /// The intercepted service `el` is addressed to, if any.

@@ -169,6 +169,14 @@ impl Store {
             .collect()
     }
 
+    /// How many slaves are stored (running, or waiting for their master).
+    pub async fn count_slaves(&self) -> Result<u64, Error> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM slaves")
+            .fetch_one(&self.pool)
+            .await?;
+        from_db(n, "count")
+    }
+
     /// The stored slaves of `master`'s rooms, ordered by room; a room whose
     /// snapshot cannot be read back is left out (and logged), a log that
     /// cannot is cut before the bad event.

@@ -174,12 +174,14 @@ async fn deleted_rooms_are_forgotten() {
         .map(|r| r.room.to_string())
         .collect();
     assert_eq!(rooms, ["kitchen@conference.a.test", "room@muc.c.test"]);
+    assert_eq!(store.count_slaves().await.unwrap(), 2);
 
     writer.delete_master(&master()).await;
     writer.flush().await.unwrap();
     let rooms = store.rooms().await.unwrap();
     assert_eq!(rooms.len(), 1);
     assert_eq!(rooms[0].master.as_str(), "muc.c.test");
+    assert_eq!(store.count_slaves().await.unwrap(), 1);
     store.close().await;
 }
 
