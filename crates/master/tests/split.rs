@@ -312,7 +312,9 @@ async fn open_admits_local_joins_and_renames_on_a_nick_collision() {
     assert!(stanza::has_status(&renamed, 110), "{renamed:?}");
     // a.test sees him join under the new nick, and his message.
     alice
-        .expect_presence_from(ROOM, &new_nick, |el| stanza::stanza_type(el) != "unavailable")
+        .expect_presence_from(ROOM, &new_nick, |el| {
+            stanza::stanza_type(el) != "unavailable"
+        })
         .await
         .unwrap();
     next_is(&mut alice, "hello from b").await;

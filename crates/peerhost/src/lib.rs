@@ -239,9 +239,10 @@ pub async fn run(
     );
     let shadowed = config.shadowed()?;
     let (multicast, multicast_rx) = watch::channel(None);
-    let service = service
-        .with_multicast(multicast_rx)
-        .with_intercepts(shadowed.iter().map(|t| t.master.clone()).collect());
+    let service = service.with_multicast(multicast_rx).with_intercepts(
+        shadowed.iter().map(|t| t.master.clone()).collect(),
+        &metrics,
+    );
     let streams = service.streams();
     let tls = tls.map(Arc::new);
     let mut uplinks = config.peering.uplinks()?;

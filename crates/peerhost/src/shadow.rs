@@ -12,6 +12,9 @@
 //!   stream ends ─ Down{slaves}  Take ◀─ next stream (heals them, submits their splits) ─ Up{up}
 //! ```
 //!
+//! Metrics, per master: `dmuc_split_rooms`, `dmuc_splits_total`,
+//! `dmuc_heals_total`, `dmuc_split_submissions_total` ([`SplitMetrics`]).
+//!
 //! Between `Take` and `Up` (while the new stream submits what the splits
 //! did) stanzas wait in a queue, so that a user's stanzas reach the master
 //! in the order the user sent them.
@@ -19,6 +22,7 @@
 use std::collections::HashMap;
 
 use dmuc_component::LinkHandle;
+use dmuc_component::metrics::{Counter, Gauge, Metrics};
 use dmuc_protocol::pb::{self, peer_frame};
 use dmuc_room::Condition;
 use dmuc_room::split::Split;
@@ -40,6 +44,48 @@ const QUEUE: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct Shadow {
     tx: mpsc::Sender<Msg>,
+    metrics: SplitMetrics,
+}
+
+/// Splits and heals of one master's rooms, for operators.
+#[derive(Debug, Clone)]
+pub struct SplitMetrics {
+    /// Rooms split now.
+    rooms: Gauge,
+    /// Times the master's stream went down with rooms here.
+    splits: Counter,
+    /// Times a new stream of the master ended the splits.
+    heals: Counter,
+    /// Split-era inputs submitted to the master on heal.
+    submitted: Counter,
+}
+
+impl SplitMetrics {
+    pub fn register(metrics: &Metrics, master: &BareJid) -> SplitMetrics {
+        let label = [("master", master.as_str())];
+        SplitMetrics {
+            rooms: metrics.gauge_with(
+                "dmuc_split_rooms",
+                "Rooms whose slave is split from its master now",
+                &label,
+            ),
+            splits: metrics.counter_with(
+                "dmuc_splits_total",
+                "Times the master's stream went down while it had slaves here (they split)",
+                &label,
+            ),
+            heals: metrics.counter_with(
+                "dmuc_heals_total",
+                "Times a new stream of the master ended its slaves' splits",
+                &label,
+            ),
+            submitted: metrics.counter_with(
+                "dmuc_split_submissions_total",
+                "Split-era inputs submitted to the master on heal",
+                &label,
+            ),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -61,6 +107,7 @@ impl Shadow {
         domain: BareJid,
         store: Store,
         outlets: Outlets,
+        metrics: SplitMetrics,
         shutdown: CancellationToken,
     ) -> Shadow {
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -74,9 +121,15 @@ impl Shadow {
             up: None,
             waiting: None,
             split: HashMap::new(),
+            metrics: metrics.clone(),
         };
         tokio::spawn(router.run(rx, shutdown).instrument(span));
-        Shadow { tx }
+        Shadow { tx, metrics }
+    }
+
+    /// Counts split-era inputs submitted to the master.
+    pub fn submitted(&self, count: usize) {
+        self.metrics.submitted.inc_by(count as u64);
     }
 
     /// Routes one intercepted stanza.
@@ -124,6 +177,7 @@ struct Router {
     waiting: Option<Vec<Element>>,
     /// The master's slaves while its stream is down.
     split: HashMap<BareJid, Slave>,
+    metrics: SplitMetrics,
 }
 
 impl Router {
@@ -149,15 +203,21 @@ impl Router {
                     }
                     if !slaves.is_empty() {
                         info!(rooms = slaves.len(), "the master's stream is down: split");
+                        self.metrics.splits.inc();
                     }
                     for (room, slave) in slaves {
                         if slave.split().await {
                             self.split.insert(room, slave);
                         }
                     }
+                    self.metrics.rooms.set(self.split.len() as i64);
                 }
                 Msg::Take(reply) => {
                     self.waiting = Some(Vec::new());
+                    if !self.split.is_empty() {
+                        self.metrics.heals.inc();
+                    }
+                    self.metrics.rooms.set(0);
                     let _ = reply.send(std::mem::take(&mut self.split));
                 }
                 Msg::Up(up) => {
@@ -177,7 +237,11 @@ impl Router {
 
     /// Splits that were going on when the peerhost stopped go on.
     async fn restore(&mut self) {
-        let splits = match self.store.load_splits(&self.master, self.domain.as_str()).await {
+        let splits = match self
+            .store
+            .load_splits(&self.master, self.domain.as_str())
+            .await
+        {
             Ok(splits) => splits,
             Err(e) => {
                 error!(error = %e, "cannot load stored splits");
@@ -209,6 +273,7 @@ impl Router {
             let slave = Slave::restore_split(dormant, split, self.outlets.clone());
             self.split.insert(room, slave);
         }
+        self.metrics.rooms.set(self.split.len() as i64);
     }
 
     async fn route(&mut self, stanza: Element) {
@@ -245,7 +310,10 @@ impl Router {
     }
 
     async fn unreachable(&self, stanza: &Element) {
-        debug!(to = stanza.attr("to"), "the room's service cannot be reached");
+        debug!(
+            to = stanza.attr("to"),
+            "the room's service cannot be reached"
+        );
         if let Some(reply) = outbound::error_reply(
             stanza,
             Condition::RemoteServerTimeout,
@@ -260,5 +328,5 @@ impl Router {
 fn room_of(stanza: &Element) -> Option<BareJid> {
     let to: Jid = stanza.attr("to")?.parse().ok()?;
     let node = to.node()?;
-    Some(BareJid::from_parts(Some(node), &to.domain()))
+    Some(BareJid::from_parts(Some(node), to.domain()))
 }

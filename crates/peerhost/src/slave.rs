@@ -627,7 +627,7 @@ fn now() -> Timestamp {
 
 /// The MUC service a room belongs to.
 fn service_of(room: &BareJid) -> BareJid {
-    BareJid::from_parts(None, &room.domain())
+    BareJid::from_parts(None, room.domain())
 }
 
 /// The stanzas a replica's actions stand for: through the local server's

@@ -45,9 +45,10 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::shadow::Shadow;
+use crate::shadow::{Shadow, SplitMetrics};
 use crate::slave::{Dormant, HealedSplit, Outlets, Slave};
 use crate::store::Store;
+use dmuc_component::metrics::Metrics;
 
 /// Frames waiting for the master to read them.
 const OUTBOUND: usize = 256;
@@ -132,7 +133,7 @@ impl PeeringService {
     /// (`[[shadow]]`): says so in `Welcome`, and starts their routers
     /// (which bring back the splits stored for them). Call after
     /// [`Self::with_multicast`].
-    pub fn with_intercepts(mut self, masters: Vec<BareJid>) -> Self {
+    pub fn with_intercepts(mut self, masters: Vec<BareJid>, metrics: &Metrics) -> Self {
         let shadows = masters
             .into_iter()
             .map(|master| {
@@ -141,6 +142,7 @@ impl PeeringService {
                     self.domain.clone(),
                     self.store.clone(),
                     self.outlets(Upstream::detached()),
+                    SplitMetrics::register(metrics, &master),
                     self.shutdown.clone(),
                 );
                 (master, shadow)
@@ -382,6 +384,9 @@ pub(crate) async fn serve(
         stream.end(shadow).await;
         drop(held);
         return;
+    }
+    if let Some(shadow) = &shadow {
+        shadow.submitted(healed.iter().map(|h| h.submissions.len()).sum());
     }
     stream.submit(healed).await;
     if let Some(shadow) = &shadow {
@@ -721,7 +726,11 @@ impl StreamState<'_> {
             }
         } else if let Some(dormant) = self.dormant.remove(&room) {
             info!(room = %room, seq = dormant.seq(), deliver_after, "slave resumed");
-            let slave = Slave::resume(dormant, deliver_after, self.service.outlets(self.up.clone()));
+            let slave = Slave::resume(
+                dormant,
+                deliver_after,
+                self.service.outlets(self.up.clone()),
+            );
             self.slaves.insert(room, slave);
         } else {
             debug!(room = %room, "resume of a room without state");
@@ -746,7 +755,6 @@ impl StreamState<'_> {
             self.up.resync(&room, 0).await;
         }
     }
-
 }
 
 /// The room a frame names, which must be a room's bare JID.

@@ -262,7 +262,10 @@ fn begin_and_end_notify_the_local_occupants() {
             other => panic!("not a rejoin: {other:?}"),
         })
         .collect();
-    assert_eq!(present, [(BOB.to_owned(), "bob"), (CAROL.to_owned(), "carol")]);
+    assert_eq!(
+        present,
+        [(BOB.to_owned(), "bob"), (CAROL.to_owned(), "carol")]
+    );
 }
 
 #[test]

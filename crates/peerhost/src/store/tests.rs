@@ -232,9 +232,18 @@ async fn a_split_and_its_log_load_after_a_reopen_until_merged() {
     // Deleting the slave leaves the split; the master's confirmation ends it.
     store.writer().delete(lounge.jid()).await;
     store.writer().flush().await.unwrap();
-    assert_eq!(store.load_splits(&master(), "b.test").await.unwrap().len(), 1);
+    assert_eq!(
+        store.load_splits(&master(), "b.test").await.unwrap().len(),
+        1
+    );
     store.writer().split_merged(lounge.jid(), began).await;
     store.writer().flush().await.unwrap();
-    assert!(store.load_splits(&master(), "b.test").await.unwrap().is_empty());
+    assert!(
+        store
+            .load_splits(&master(), "b.test")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     store.close().await;
 }

@@ -139,7 +139,13 @@ impl Writer {
     }
 
     /// Queues entry `index` of the log of the split of `room` that began at `began`.
-    pub async fn split_event(&self, room: &BareJid, began: Timestamp, index: u64, event: SplitEvent) {
+    pub async fn split_event(
+        &self,
+        room: &BareJid,
+        began: Timestamp,
+        index: u64,
+        event: SplitEvent,
+    ) {
         let room = room.clone();
         self.queue(Write::SplitEvent {
             room,
