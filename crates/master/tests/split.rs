@@ -212,6 +212,9 @@ async fn local_chat_goes_on_during_a_cut_and_everyone_gets_everything_once() {
     }
     next_is(&mut alice, "after b").await;
     next_is(&mut bob, "after").await;
+    // Still in the room, now as the master sees it.
+    self_ping_ok(&mut bob, "bob").await;
+    self_ping_ok(&mut bea, "bea").await;
     // Nothing came twice, nobody left.
     for client in [&alice, &bob, &bea, &carol] {
         client.expect_none_pending("a message twice", said).unwrap();
