@@ -26,6 +26,20 @@
 //!        └──────────── stanzas, once durable ◀────┤                           ▼
 //!                                                 └─ events, once durable ─▶ peer task ══gRPC══▶ peerhost
 //! ```
+//!
+//! # What peerhosts send up
+//! A peerhost speaks for its own domain's users only: it forwards stanzas
+//! it intercepted (`Forward`) and submits parsed inputs (`Submit`); the
+//! peer task checks the sender's domain and hands them to the service,
+//! which routes them like stanzas from the server. After a split, the
+//! peerhost submits what its users did meanwhile as merges
+//! (`dmuc_room::Merge`, index 0, 1, ... of the split): the peer task also
+//! checks that the split is the peerhost's own domain's and did not begin
+//! in the future, and clamps its times; a merge never creates a room nor
+//! waits for discovery. The room takes each merge once, in order
+//! (`dmuc_room::merge`), and its task answers the peerhost with
+//! `SplitMerged` once the merge is durable, duplicates and refused gaps
+//! included; the service answers at once for a room that does not exist.
 
 pub mod config;
 pub mod fanout;

@@ -254,8 +254,12 @@ impl Service {
                 Some(found) = self.found.recv() => self.on_found(found).await,
                 Some(transport) = self.uplinks.recv() => self.on_uplink(transport).await,
                 Some(submitted) = self.submissions.recv() => match submitted {
+                    // A merge never waits for discovery: its peerhost is connected.
+                    Submitted::Input { room, input: input @ Input::Merge(_) } => {
+                        self.route_to_room(room, input, false).await;
+                    }
                     Submitted::Input { room, input } => {
-                        let creates = input.joiner().is_some();
+                        let creates = creates(&input);
                         self.dispatch(room, input, creates).await;
                     }
                     Submitted::Stanza(el) => self.on_stanza(el).await,
@@ -526,6 +530,13 @@ impl Service {
             },
             None => input,
         };
+        if let Input::Merge(merge) = &input {
+            info!(%room, domain = %merge.domain, index = merge.index, "merge for a room that does not exist: confirmed");
+            let directory = &self.ctx.directory;
+            return directory
+                .confirm_merge(&room, &merge.domain, merge.began, merge.index + 1)
+                .await;
+        }
         let creator = match &input {
             Input::Presence { from, .. } if creates => from.to_bare(),
             _ => {
@@ -589,7 +600,7 @@ impl Service {
                     self.forget(&room);
                 }
                 for input in leftover {
-                    let creates = input.joiner().is_some();
+                    let creates = creates(&input);
                     Box::pin(self.route_to_room(room.clone(), input, creates)).await;
                 }
             }
@@ -650,6 +661,12 @@ impl Service {
             warn!(error = %e, "component link closed; reply dropped");
         }
     }
+}
+
+/// Whether `input` creates its room if it does not exist: a join, but
+/// not a merged one (a room that ended during a split stays ended).
+fn creates(input: &Input) -> bool {
+    input.joiner().is_some() && !matches!(input, Input::Merge(_))
 }
 
 /// The error answer from `room` to `input` (none for inputs that must not

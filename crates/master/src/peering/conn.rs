@@ -469,7 +469,8 @@ impl Conn {
     }
 
     /// A stanza a peerhost submits: accepted only from its own domain's
-    /// users.
+    /// users; a merge, only of its own domain's split, which did not begin
+    /// in the future (its time is clamped into `[began, now]`).
     fn on_submit(&self, submit: pb::Submit) {
         let room = submit
             .room
@@ -477,7 +478,7 @@ impl Conn {
             .ok()
             .filter(|r| r.node().is_some());
         let input = submit.input.map(Input::try_from);
-        let (Some(room), Some(Ok(input))) = (room, input) else {
+        let (Some(room), Some(Ok(mut input))) = (room, input) else {
             warn!(room = %submit.room, "malformed submission rejected");
             return;
         };
@@ -489,6 +490,16 @@ impl Conn {
                 "submission for a user of another domain rejected"
             );
             return;
+        }
+        if let Input::Merge(merge) = &mut input {
+            if merge.domain != self.target.domain.as_str() {
+                return warn!(%room, domain = %merge.domain, "merge of another domain's split rejected");
+            }
+            let now = crate::room_task::now();
+            if merge.began > now {
+                return warn!(%room, began = merge.began.millis(), "merge of a split from the future rejected");
+            }
+            merge.at = merge.at.clamp(merge.began, now);
         }
         let _ = self
             .context
@@ -537,6 +548,9 @@ impl Conn {
             ToPeer::Frame { session: s, frame } => (s == session).then_some(pb::MasterFrame {
                 frame: Some(*frame),
             }),
+            ToPeer::Merged(merged) => Some(pb::MasterFrame {
+                frame: Some(master_frame::Frame::Merged(merged)),
+            }),
             msg => {
                 self.register(msg, LinkState::Up(session));
                 None
@@ -567,6 +581,9 @@ impl Conn {
                 self.rooms.remove(&room);
             }
             ToPeer::Event { .. } | ToPeer::Frame { .. } => {}
+            ToPeer::Merged(merged) => {
+                debug!(room = %merged.room, "no stream: merge confirmation dropped");
+            }
         }
     }
 
