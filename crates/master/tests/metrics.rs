@@ -57,8 +57,12 @@ async fn wait_for(addr: SocketAddr, series: &str, want: i64) -> String {
     }
 }
 
+/// An occupant's message (not a notice from the room itself).
 fn groupchat(el: &Element) -> bool {
-    stanza::is_message(el) && stanza::stanza_type(el) == "groupchat" && stanza::body(el).is_some()
+    stanza::is_message(el)
+        && stanza::stanza_type(el) == "groupchat"
+        && stanza::body(el).is_some()
+        && stanza::resource(stanza::from(el)).is_some()
 }
 
 async fn next_is(client: &mut Client, body: &str) {
@@ -142,8 +146,30 @@ async fn a_split_and_heal_show_in_the_metrics() {
     uplink.stall();
     let split = wait_for(master_addr, UP, 0).await;
     assert_eq!(value(&split, DOWNS), Some(1), "{split}");
+    // The peerhost's side: b.test's slave is split.
+    const SPLIT_ROOMS: &str = "dmuc_split_rooms{master=\"conference.a.test\"}";
+    let peer = wait_for(peer_addr, SPLIT_ROOMS, 1).await;
+    assert_eq!(
+        value(&peer, "dmuc_splits_total{master=\"conference.a.test\"}"),
+        Some(1),
+        "{peer}"
+    );
     alice.say(ROOM, "while split").await.unwrap();
     uplink.heal();
     wait_for(master_addr, UP, 1).await;
     next_is(&mut bob, "while split").await;
+    let healed = wait_for(peer_addr, SPLIT_ROOMS, 0).await;
+    assert_eq!(
+        value(&healed, "dmuc_heals_total{master=\"conference.a.test\"}"),
+        Some(1),
+        "{healed}"
+    );
+    // Bob's presence, at least, went to the master with the heal.
+    assert!(
+        value(
+            &healed,
+            "dmuc_split_submissions_total{master=\"conference.a.test\"}"
+        ) >= Some(1),
+        "{healed}"
+    );
 }
