@@ -163,6 +163,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 tls,
                 allow_plaintext: config.peering.allow_plaintext,
                 keepalive: Duration::from_secs(config.peering.keepalive_secs),
+                trees: (config.peering.max_fanout > 0).then(|| {
+                    Arc::new(tree::TreeSetup {
+                        max_fanout: config.peering.max_fanout,
+                        signer: dmuc_protocol::signing::Signer::generate(),
+                    })
+                }),
             },
         },
         link.handle,

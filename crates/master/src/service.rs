@@ -78,6 +78,8 @@ pub struct PeeringOptions {
     pub allow_plaintext: bool,
     /// How often peer streams are probed (see `PeerContext::keepalive`).
     pub keepalive: Duration,
+    /// Rooms' slaves relay to each other (`[peering] max_fanout`).
+    pub trees: Option<Arc<crate::tree::TreeSetup>>,
 }
 
 /// Where the service hears of peerhosts that dial in.
@@ -181,6 +183,7 @@ impl Service {
                 directory,
                 epoch: config.epoch,
                 slave_grace: config.peering.slave_grace,
+                trees: config.peering.trees.clone(),
             },
             config,
             requests: Requests::default(),

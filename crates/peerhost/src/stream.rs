@@ -44,6 +44,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::relay::{Hub, Relayed};
 use crate::slave::{Dormant, Outlets, Slave};
 use crate::store::Store;
 
@@ -69,6 +70,8 @@ pub struct PeeringService {
     intercepts: Arc<Vec<BareJid>>,
     /// The local server, when it expands XEP-0033 multicasts for slaves.
     multicast: watch::Receiver<Option<BareJid>>,
+    /// The slaves' places in their rooms' spanning trees.
+    relay: Hub,
 }
 
 /// Which masters the peerhost serves.
@@ -106,6 +109,7 @@ impl PeeringService {
         shutdown: CancellationToken,
     ) -> Self {
         PeeringService {
+            relay: Hub::new(peer_jid.clone(), None, HashMap::new()),
             intercepts: Arc::new(Vec::new()),
             multicast: watch::channel(None).1,
             policy: Arc::new(policy),
@@ -122,6 +126,12 @@ impl PeeringService {
     /// Lets slaves multicast through the server `multicast` names.
     pub fn with_multicast(mut self, multicast: watch::Receiver<Option<BareJid>>) -> Self {
         self.multicast = multicast;
+        self
+    }
+
+    /// Lets slaves relay to each other through `hub` (spanning trees).
+    pub fn with_relay(mut self, hub: Hub) -> Self {
+        self.relay = hub;
         self
     }
 
@@ -338,7 +348,10 @@ pub(crate) async fn serve(
     else {
         return;
     };
+    // Events this peerhost's parents relay, in rooms' trees.
+    let (relayed, mut from_parents) = mpsc::channel::<Relayed>(OUTBOUND);
     let mut stream = StreamState {
+        relayed,
         service: &service,
         up,
         master,
@@ -362,6 +375,10 @@ pub(crate) async fn serve(
             biased;
             _ = end.cancelled() => break,
             m = inbound.message() => m,
+            Some(r) = from_parents.recv() => {
+                stream.relayed(r).await;
+                continue;
+            }
         };
         let frame = match message {
             Ok(Some(frame)) => frame,
@@ -382,6 +399,7 @@ pub(crate) async fn serve(
     }
     // Nothing more goes to the master; the slaves finish and save.
     end.cancel();
+    service.relay.end_stream(&stream.master);
     for (_, slave) in stream.slaves.drain() {
         slave.stop().await;
     }
@@ -460,6 +478,8 @@ async fn welcome(
 /// One accepted stream: its terms, its master and its slaves.
 struct StreamState<'a> {
     service: &'a PeeringService,
+    /// Where this stream's rooms' parents relay events (see [`Hub::assign`]).
+    relayed: mpsc::Sender<Relayed>,
     up: Upstream,
     /// The master's domain: its rooms are `name@master`.
     master: BareJid,
@@ -531,6 +551,7 @@ impl StreamState<'_> {
                 self.dormant.remove(&room);
                 self.resync_asked.remove(&room);
                 info!(room = %room, seq = start.seq, deliver_after = start.deliver_after, "slave created");
+                self.service.relay.started(&room, start.seq);
                 let slave = Slave::create(start, &self.service.domain, self.outlets());
                 self.slaves.insert(room, slave);
                 Ok(())
@@ -556,6 +577,7 @@ impl StreamState<'_> {
                     slave.discard().await;
                 }
                 self.service.store.writer().delete(&room).await;
+                self.service.relay.forget(&room);
                 info!(room = %room, "slave destroyed");
                 Ok(())
             }
@@ -565,11 +587,41 @@ impl StreamState<'_> {
                 }
                 Ok(())
             }
+            Some(master_frame::Frame::Signed(batch)) => {
+                for signed in batch.events {
+                    let event = dmuc_protocol::signing::decode(&signed)?;
+                    let encoded = signed.event.clone();
+                    let event = RoomEvent::try_from(event)?;
+                    self.service
+                        .relay
+                        .publish(&event.room, event.seq, Arc::new(signed));
+                    self.route(event, encoded).await;
+                }
+                Ok(())
+            }
+            Some(master_frame::Frame::Assign(assign)) => {
+                self.service
+                    .relay
+                    .assign(&self.master, assign, self.relayed.clone())?;
+                Ok(())
+            }
             None => Err(ProtocolError::Missing {
                 field: "frame".into(),
             }
             .into()),
         }
+    }
+
+    /// An event a parent relayed (checked against the master's key): for
+    /// the slave, and for this node's own children.
+    async fn relayed(&mut self, relayed: Relayed) {
+        let Relayed {
+            event,
+            encoded,
+            signed,
+        } = relayed;
+        self.service.relay.publish(&event.room, event.seq, signed);
+        self.route(event, encoded).await;
     }
 
     /// The master's answer to a `Resync` from `room`'s stored or stalled

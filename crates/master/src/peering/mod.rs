@@ -138,6 +138,12 @@ pub enum ToPeer {
         session: u64,
         event: Arc<pb::Event>,
     },
+    /// An event signed by the master (its room runs a spanning tree),
+    /// batched likewise.
+    Signed {
+        session: u64,
+        event: Arc<pb::SignedEvent>,
+    },
 }
 
 /// News from the peerhost of `domain`.
