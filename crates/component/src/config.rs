@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use jid::BareJid;
 
+use crate::metrics::LinkMetrics;
+
 /// How to reach and authenticate to the XMPP server, and how the link behaves.
 ///
 /// [`LinkConfig::new`] fills in defaults suited to a component on the same
@@ -41,6 +43,8 @@ pub struct LinkConfig {
     /// On shutdown, how long to keep writing queued stanzas before sending
     /// `</stream:stream>` anyway.
     pub shutdown_grace: Duration,
+    /// Stanzas in and out, counted; by default in no registry.
+    pub metrics: LinkMetrics,
 }
 
 impl LinkConfig {
@@ -58,6 +62,7 @@ impl LinkConfig {
             inbound_capacity: 4 * 1024,
             max_batch: 512,
             shutdown_grace: Duration::from_secs(5),
+            metrics: LinkMetrics::default(),
         }
     }
 
@@ -123,6 +128,7 @@ impl fmt::Debug for LinkConfig {
             .field("inbound_capacity", &self.inbound_capacity)
             .field("max_batch", &self.max_batch)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("metrics", &self.metrics)
             .finish()
     }
 }

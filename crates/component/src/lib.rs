@@ -91,14 +91,19 @@
 //!   task + batching writer), keepalive pings, graceful close.
 //! * [`error`]: the crate's [`Error`].
 //! * [`settings`]: what both dmuc binaries read and do alike: the
-//!   `[component]` and `[log]` TOML sections, `EX_USAGE`, tracing set-up,
-//!   the `--config FILE` argument and the SIGINT/SIGTERM shutdown signal.
+//!   `[component]`, `[log]` and `[metrics]` TOML sections, `EX_USAGE`,
+//!   tracing set-up, the `--config FILE` argument and the SIGINT/SIGTERM
+//!   shutdown signal.
+//! * [`metrics`]: counters and gauges for operators, and the Prometheus
+//!   endpoint (`GET /metrics`) both binaries serve; the link counts its
+//!   stanzas in [`LinkConfig::metrics`].
 
 pub mod config;
 mod connect;
 pub mod error;
 mod incoming;
 mod link;
+pub mod metrics;
 pub mod settings;
 
 use std::net::SocketAddr;

@@ -32,6 +32,7 @@ use crate::config::{Backoff, KeepaliveConfig, LinkConfig};
 use crate::connect::{self, Xs};
 use crate::error::Error;
 use crate::incoming::{Incoming, InvalidStanza};
+use crate::metrics::Counter;
 
 /// Ids of our keepalive pings; replies carrying them are consumed here.
 const KEEPALIVE_ID_PREFIX: &str = "dmuc-keepalive-";
@@ -195,6 +196,7 @@ impl<'c> Session<'c> {
                 inbound.clone(),
                 ping_tx,
                 self.config.keepalive.clone(),
+                self.config.metrics.stanzas_in.clone(),
             )
             .in_current_span(),
         );
@@ -230,6 +232,7 @@ impl<'c> Session<'c> {
                     return End::Lost(reason);
                 }
                 trace!(count = batch.len(), "batch flushed");
+                self.config.metrics.stanzas_out.inc_by(batch.len() as u64);
                 batch.clear();
                 is_retry = false;
             }
@@ -270,6 +273,7 @@ impl<'c> Session<'c> {
                     break;
                 }
                 self.stream.write_batch(batch).await?;
+                self.config.metrics.stanzas_out.inc_by(batch.len() as u64);
             }
             self.stream.close().await
         };
@@ -332,6 +336,7 @@ async fn read_loop(
     inbound: mpsc::Sender<Inbound>,
     ping: mpsc::Sender<()>,
     keepalive: KeepaliveConfig,
+    stanzas_in: Counter,
 ) -> Error {
     let mut caller_gone = false;
     loop {
@@ -344,6 +349,7 @@ async fn read_loop(
                     debug!(name = el.name(), "ignoring stream-level element");
                     continue;
                 }
+                stanzas_in.inc();
                 if is_keepalive_reply(&el) {
                     trace!(id = el.attr("id"), "keepalive reply");
                     continue;
@@ -351,6 +357,7 @@ async fn read_loop(
                 Inbound::Stanza(el)
             }
             Some(Ok(Incoming::Invalid(inv))) => {
+                stanzas_in.inc();
                 warn!(name = %inv.name, from = ?inv.from, id = ?inv.id, reason = %inv.reason, "undeliverable inbound stanza");
                 Inbound::Invalid(inv)
             }

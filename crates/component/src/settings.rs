@@ -1,7 +1,7 @@
 //! What every dmuc binary (each one an external component of its server)
-//! reads and does the same way: the `[component]` and `[log]` sections of
-//! its TOML configuration, the `EX_USAGE` exit code, tracing set-up and the
-//! SIGINT/SIGTERM shutdown signal.
+//! reads and does the same way: the `[component]`, `[log]` and `[metrics]`
+//! sections of its TOML configuration, the `EX_USAGE` exit code, tracing
+//! set-up and the SIGINT/SIGTERM shutdown signal.
 //!
 //! ```toml
 //! [component]
@@ -11,19 +11,25 @@
 //!
 //! [log]
 //! filter = "info"                # RUST_LOG overrides it
+//!
+//! [metrics]                      # optional; without it, no endpoint
+//! listen = "127.0.0.1:9464"      # Prometheus: GET /metrics
 //! ```
 //!
-//! A binary embeds [`ComponentSection`] and [`LogSection`] in its own
+//! A binary embeds [`ComponentSection`], [`LogSection`] and
+//! [`MetricsSection`] in its own
 //! `Config`, applies [`ComponentSection::with_env_secret`] after parsing and
 //! calls their `check()`; errors are [`SettingsError`]s naming the key.
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 
 use jid::BareJid;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::LinkConfig;
+use crate::metrics::{self, Metrics};
 
 /// Environment variable that overrides `[component] secret`.
 pub const SECRET_ENV: &str = "DMUC_COMPONENT_SECRET";
@@ -166,6 +172,35 @@ impl LogSection {
     }
 }
 
+/// `[metrics]`: where to serve the Prometheus endpoint (see
+/// [`crate::metrics`]); absent (or without `listen`): nowhere.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `ip:port` to listen on, e.g. `127.0.0.1:9464`.
+    pub listen: Option<SocketAddr>,
+}
+
+impl MetricsSection {
+    /// Binds `listen`, if set, and serves `metrics` there until `shutdown`;
+    /// returns the serving task. A failed bind names the key.
+    pub async fn serve(
+        &self,
+        metrics: &Metrics,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<tokio::task::JoinHandle<()>>, SettingsError> {
+        let Some(addr) = self.listen else {
+            return Ok(None);
+        };
+        let (_, task) = metrics::spawn_endpoint(addr, metrics.clone(), shutdown.clone())
+            .await
+            .map_err(|e| {
+                SettingsError::new("metrics.listen", format!("cannot listen on {addr}: {e}"))
+            })?;
+        Ok(Some(task))
+    }
+}
+
 /// The `FILE` of `NAME --config FILE`, or the usage message to print
 /// (then exit with [`EX_USAGE`]).
 pub fn config_arg(
@@ -281,6 +316,48 @@ mod tests {
         assert_eq!(s.secret, "file");
         let link = s.to_link_config().unwrap();
         assert_eq!(link.jid.to_string(), "muc-peer.b.test");
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct WithMetrics {
+        #[serde(default)]
+        metrics: MetricsSection,
+    }
+
+    #[test]
+    fn metrics_section_is_optional() {
+        let parse = |text: &str| toml::from_str::<WithMetrics>(text).map(|c| c.metrics.listen);
+        assert_eq!(parse("").unwrap(), None);
+        assert_eq!(parse("[metrics]\n").unwrap(), None);
+        assert_eq!(
+            parse("[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap(),
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(
+            parse("[metrics]\nlisten = \"[::1]:9464\"\n").unwrap(),
+            Some("[::1]:9464".parse().unwrap())
+        );
+        assert!(parse("[metrics]\nlisten = \"localhost\"\n").is_err());
+        assert!(parse("[metrics]\nport = 9464\n").is_err());
+    }
+
+    #[tokio::test]
+    async fn metrics_bind_errors_name_the_key() {
+        let shutdown = CancellationToken::new();
+        let none = MetricsSection::default();
+        assert!(
+            none.serve(&Metrics::new(), &shutdown)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let section = MetricsSection {
+            listen: Some(taken.local_addr().unwrap()),
+        };
+        let err = section.serve(&Metrics::new(), &shutdown).await.unwrap_err();
+        assert_eq!(err.key, "metrics.listen");
     }
 
     #[test]

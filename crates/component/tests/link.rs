@@ -377,3 +377,37 @@ async fn invalid_config_is_rejected_up_front() {
         Err(Error::Config(_))
     ));
 }
+
+#[tokio::test]
+async fn stanzas_in_and_out_are_counted() {
+    use dmuc_component::metrics::{LinkMetrics, Metrics};
+    let metrics = Metrics::new();
+    let mut server = FakeServer::bind("s").await;
+    let mut config = config(server.addr(), "s");
+    config.metrics = LinkMetrics::register(&metrics);
+    let counters = config.metrics.clone();
+    let mut link = spawn(config, CancellationToken::new()).unwrap();
+    let mut conn = accept(&mut server).await;
+    expect_connected(&mut link).await;
+    for n in 0..3 {
+        let mut xml = Vec::new();
+        message(n).write_to(&mut xml).unwrap();
+        conn.send_raw(&String::from_utf8(xml).unwrap()).await;
+        expect_stanza(&mut link).await;
+    }
+    assert_eq!(counters.stanzas_in.get(), 3);
+    for n in 0..5 {
+        link.handle.send(message(n)).await.unwrap();
+        recv(&mut conn).await;
+    }
+    // Counted once the flush returns, which may be just after the server read it.
+    let deadline = Instant::now() + STUCK;
+    while counters.stanzas_out.get() < 5 {
+        assert!(Instant::now() < deadline, "outbound stanzas not counted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(counters.stanzas_out.get(), 5);
+    let text = metrics.render();
+    assert!(text.contains("dmuc_stanzas_in_total 3\n"), "{text}");
+    assert!(text.contains("dmuc_stanzas_out_total 5\n"), "{text}");
+}

@@ -13,6 +13,9 @@
 //! [log]
 //! filter = "info"                # RUST_LOG overrides it
 //!
+//! [metrics]                      # optional; without it, no endpoint
+//! listen = "127.0.0.1:9464"      # Prometheus: GET /metrics
+//!
 //! [limits]                       # every key optional
 //! max_message_bytes = 16384
 //! max_occupants = 1000           # upper bound of muc#roomconfig_maxusers
@@ -56,7 +59,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use dmuc_component::settings::{
-    ComponentSection, LogSection, SECRET_ENV, SettingsError, domain_jid, endpoint_url,
+    ComponentSection, LogSection, MetricsSection, SECRET_ENV, SettingsError, domain_jid,
+    endpoint_url,
 };
 
 use dmuc_protocol::tls::TlsFiles;
@@ -72,6 +76,8 @@ pub struct Config {
     pub storage: StorageSection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -334,6 +340,15 @@ mod tests {
         assert_eq!(c.limits.default_history, 20);
         assert!(c.rooms.lock_new_rooms);
         assert_eq!(c.storage.durability, Durability::Normal);
+        assert_eq!(c.metrics.listen, None);
+        let c = Config::parse(
+            &format!("{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:9464\"\n"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        let err = Config::parse(&format!("{MINIMAL}\n[metrics]\nlisten = \"9464\"\n"), None);
+        assert!(err.unwrap_err().to_string().contains("listen"));
     }
 
     #[test]
@@ -371,6 +386,7 @@ mod tests {
     fn the_deployed_example_is_valid() {
         let c = Config::parse(include_str!("../../../deploy/master.example.toml"), None).unwrap();
         assert_eq!(c.component.jid, "conference.example.org");
+        assert!(c.metrics.listen.is_some_and(|a| a.ip().is_loopback()));
     }
 
     #[test]

@@ -867,6 +867,7 @@ mod tests {
                     master_frame::Frame::Destroy(_) => "destroy".into(),
                     other => format!("{other:?}"),
                 },
+                Effect::Peer(_, ToPeer::Merged(m)) => format!("merged<{}", m.next_index),
             })
             .collect()
     }

@@ -26,6 +26,20 @@
 //!        └──────────── stanzas, once durable ◀────┤                           ▼
 //!                                                 └─ events, once durable ─▶ peer task ══gRPC══▶ peerhost
 //! ```
+//!
+//! # What peerhosts send up
+//! A peerhost speaks for its own domain's users only: it forwards stanzas
+//! it intercepted (`Forward`) and submits parsed inputs (`Submit`); the
+//! peer task checks the sender's domain and hands them to the service,
+//! which routes them like stanzas from the server. After a split, the
+//! peerhost submits what its users did meanwhile as merges
+//! (`dmuc_room::Merge`, index 0, 1, ... of the split): the peer task also
+//! checks that the split is the peerhost's own domain's and did not begin
+//! in the future, and clamps its times; a merge never creates a room nor
+//! waits for discovery. The room takes each merge once, in order
+//! (`dmuc_room::merge`), and its task answers the peerhost with
+//! `SplitMerged` once the merge is durable, duplicates and refused gaps
+//! included; the service answers at once for a room that does not exist.
 
 pub mod config;
 pub mod fanout;
@@ -38,6 +52,7 @@ pub mod tree;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dmuc_component::metrics::{LinkMetrics, Metrics};
 use dmuc_room::{ConfigBounds, RateLimit, RoomConfig, RoomSettings};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -100,7 +115,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
         }),
     };
     let rooms = store.load_rooms(limits.max_history as usize).await?;
-    let link_config = config.component.to_link_config()?;
+    let metrics = Metrics::new();
+    let metrics_endpoint = config.metrics.serve(&metrics, &shutdown).await?;
+    let mut link_config = config.component.to_link_config()?;
+    link_config.metrics = LinkMetrics::register(&metrics);
     let domain = link_config.jid.clone();
     info!(%domain, epoch, rooms = rooms.len(), "starting");
 
@@ -152,6 +170,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             max_rooms_per_user: limits.max_rooms_per_user,
             multicast_from,
             epoch,
+            metrics,
             peering: PeeringOptions {
                 home,
                 discovery: config.peering.discovery,
@@ -183,6 +202,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
     // Every room has flushed; now the link may flush and close.
     link_shutdown.cancel();
     let _ = link.task.await;
+    if let Some(endpoint) = metrics_endpoint {
+        let _ = endpoint.await;
+    }
     store.close().await;
     info!("stopped");
     Ok(())

@@ -6,7 +6,8 @@
 //!                        └▶ Send..   ─▶ pending queue ──────────┴▶ link (once durable)
 //! ```
 //! A reflected message is therefore always durable: what any occupant saw
-//! survives a crash of the master. A stanza for several recipients goes out
+//! survives a crash of the master. So is a merged split's input before the
+//! master confirms it to the peerhost (`SplitMerged`). A stanza for several recipients goes out
 //! once, through the server's XEP-0033 multicast, when the server offers it.
 
 use std::collections::VecDeque;
@@ -122,6 +123,12 @@ struct Pending {
 enum Item {
     Stanzas(Vec<Element>),
     Step(Release),
+    /// Tell `domain`'s peerhost how far its split is merged.
+    Merged {
+        domain: String,
+        began: Timestamp,
+        next_index: u64,
+    },
 }
 
 struct RoomTask {
@@ -236,10 +243,22 @@ impl RoomTask {
         let mut changes: Vec<Persist> = Vec::new();
         let mut sends = Vec::new();
         let mut closed = false;
+        let mut merged = None;
         for action in direct {
             match action {
                 Action::Persist(change) => changes.push(change),
                 Action::Close => closed = true,
+                Action::Merged {
+                    domain,
+                    began,
+                    next_index,
+                } => {
+                    merged = Some(Item::Merged {
+                        domain,
+                        began,
+                        next_index,
+                    })
+                }
                 send => sends.push(send),
             }
         }
@@ -254,6 +273,8 @@ impl RoomTask {
         if closed {
             items.extend(self.fanout.close().into_iter().map(Item::Step));
         }
+        // Confirmed once what the merge changed is durable.
+        items.extend(merged);
         let commit = if changes.is_empty() {
             None
         } else {
@@ -303,6 +324,17 @@ impl RoomTask {
                 Item::Step(step) => {
                     let effects = self.fanout.release(step);
                     self.perform(effects).await;
+                }
+                Item::Merged {
+                    domain,
+                    began,
+                    next_index,
+                } => {
+                    let room = self.room.jid();
+                    let directory = &self.ctx.directory;
+                    directory
+                        .confirm_merge(room, &domain, began, next_index)
+                        .await;
                 }
             }
         }

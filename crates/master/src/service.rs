@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use dmuc_component::metrics::{Gauge, Metrics};
 use dmuc_component::{Inbound, InvalidStanza, LinkHandle};
 use dmuc_protocol::tls::LoadedTls;
 use dmuc_room::event::StanzaKind;
@@ -55,6 +56,8 @@ pub struct ServiceConfig {
     pub multicast_from: Option<BareJid>,
     /// The epoch of this run (see `RoomContext::epoch`).
     pub epoch: u64,
+    /// Where the service and its peer tasks register their metrics.
+    pub metrics: Metrics,
     pub peering: PeeringOptions,
 }
 
@@ -107,6 +110,8 @@ struct Running {
 pub struct Service {
     config: ServiceConfig,
     rooms: HashMap<BareJid, Running>,
+    /// `dmuc_rooms_active`: `rooms.len()`.
+    rooms_active: Gauge,
     listings: BTreeMap<BareJid, Listing>,
     created_by: HashMap<BareJid, usize>,
     ctx: RoomContext,
@@ -164,7 +169,11 @@ impl Service {
             allow_plaintext: config.peering.allow_plaintext,
             submissions: submitted,
             keepalive: config.peering.keepalive,
+            metrics: config.metrics.clone(),
         });
+        let rooms_active = config
+            .metrics
+            .gauge("dmuc_rooms_active", "Rooms with a running room task");
         let mut known = HashMap::new();
         for target in &config.peering.static_peers {
             directory.insert(conn::spawn(
@@ -197,6 +206,7 @@ impl Service {
             uplinks: uplinks.0,
             unvouched: HashMap::new(),
             rooms: HashMap::new(),
+            rooms_active,
             listings: BTreeMap::new(),
             created_by: HashMap::new(),
             multicast,
@@ -231,6 +241,7 @@ impl Service {
             *self.created_by.entry(c.clone()).or_default() += 1;
         }
         self.rooms.insert(jid, Running { handle, creator });
+        self.rooms_active.set(self.rooms.len() as i64);
     }
 
     /// Serves until `shutdown`, then tells every occupant (332) and waits for
@@ -246,8 +257,12 @@ impl Service {
                 Some(found) = self.found.recv() => self.on_found(found).await,
                 Some(transport) = self.uplinks.recv() => self.on_uplink(transport).await,
                 Some(submitted) = self.submissions.recv() => match submitted {
+                    // A merge never waits for discovery: its peerhost is connected.
+                    Submitted::Input { room, input: input @ Input::Merge(_) } => {
+                        self.route_to_room(room, input, false).await;
+                    }
                     Submitted::Input { room, input } => {
-                        let creates = input.joiner().is_some();
+                        let creates = creates(&input);
                         self.dispatch(room, input, creates).await;
                     }
                     Submitted::Stanza(el) => self.on_stanza(el).await,
@@ -518,6 +533,13 @@ impl Service {
             },
             None => input,
         };
+        if let Input::Merge(merge) = &input {
+            info!(%room, domain = %merge.domain, index = merge.index, "merge for a room that does not exist: confirmed");
+            let directory = &self.ctx.directory;
+            return directory
+                .confirm_merge(&room, &merge.domain, merge.began, merge.index + 1)
+                .await;
+        }
         let creator = match &input {
             Input::Presence { from, .. } if creates => from.to_bare(),
             _ => {
@@ -545,7 +567,9 @@ impl Service {
     }
 
     fn forget(&mut self, room: &BareJid) {
-        if let Some(running) = self.rooms.remove(room)
+        let removed = self.rooms.remove(room);
+        self.rooms_active.set(self.rooms.len() as i64);
+        if let Some(running) = removed
             && let Some(creator) = running.creator
             && let Some(n) = self.created_by.get_mut(&creator)
         {
@@ -579,7 +603,7 @@ impl Service {
                     self.forget(&room);
                 }
                 for input in leftover {
-                    let creates = input.joiner().is_some();
+                    let creates = creates(&input);
                     Box::pin(self.route_to_room(room.clone(), input, creates)).await;
                 }
             }
@@ -642,6 +666,12 @@ impl Service {
     }
 }
 
+/// Whether `input` creates its room if it does not exist: a join, but
+/// not a merged one (a room that ended during a split stays ended).
+fn creates(input: &Input) -> bool {
+    input.joiner().is_some() && !matches!(input, Input::Merge(_))
+}
+
 /// The error answer from `room` to `input` (none for inputs that must not
 /// be answered, such as unavailable presence).
 fn refusal(input: &Input, condition: Condition, text: &'static str) -> Option<(FullJid, Outgoing)> {
@@ -657,7 +687,8 @@ fn refusal(input: &Input, condition: Condition, text: &'static str) -> Option<(F
         Input::Leave { .. }
         | Input::Bounced { .. }
         | Input::IqResponse { .. }
-        | Input::Shutdown => return None,
+        | Input::Shutdown
+        | Input::Merge(_) => return None,
     };
     Some((
         from.clone(),

@@ -28,6 +28,9 @@
 //!
 //! [log]
 //! filter = "info"                # RUST_LOG overrides it
+//!
+//! [metrics]                      # optional; without it, no endpoint
+//! listen = "127.0.0.1:9465"      # Prometheus: GET /metrics
 //! ```
 //!
 //! The component must be declared on the domain's server with
@@ -38,7 +41,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use dmuc_component::settings::{
-    ComponentSection, LogSection, SECRET_ENV, SettingsError, domain_jid, endpoint_url,
+    ComponentSection, LogSection, MetricsSection, SECRET_ENV, SettingsError, domain_jid,
+    endpoint_url,
 };
 use jid::BareJid;
 use serde::Deserialize;
@@ -56,6 +60,8 @@ pub struct Config {
     pub storage: StorageSection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
     /// Remote MUC services whose traffic from this domain's users the
     /// peerhost intercepts (`[[shadow]]`).
     #[serde(default)]
@@ -266,6 +272,10 @@ mod tests {
         assert_eq!(c.domain().unwrap().to_string(), "b.test");
         assert_eq!(c.peering.listen.port(), 7443);
         assert_eq!(c.storage.path, Path::new("/tmp/peerhost.sqlite"));
+        assert_eq!(c.metrics.listen, None);
+        let with = format!("{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:9465\"\n");
+        let c = Config::parse(&with, None).unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9465".parse().unwrap()));
     }
 
     #[test]
@@ -299,6 +309,7 @@ mod tests {
     fn the_deployed_example_is_valid() {
         let c = Config::parse(include_str!("../../../deploy/peerhost.example.toml"), None).unwrap();
         assert_eq!(c.component.jid, "muc-peer.example.org");
+        assert!(c.metrics.listen.is_some_and(|a| a.ip().is_loopback()));
     }
 
     #[test]

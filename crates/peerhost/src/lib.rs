@@ -22,6 +22,9 @@
 //! - [`relay`]: spanning trees: this peerhost's slaves relaying the
 //!   master's (signed) events to other peerhosts' slaves, and following a
 //!   parent peerhost when the master assigns one.
+//! - [`shadow`]: interception (`[[shadow]]`): routes this domain's users'
+//!   stanzas for a remote service up its master's stream, or, while the
+//!   stream is down, to the room's split slave.
 //! - [`disco`]: what the peerhost answers at its own JID: disco#info with
 //!   the dmuc feature, its endpoint and served domain, and pings.
 //!
@@ -40,12 +43,28 @@
 //! master answers with `Resume` and the missing events, or a new
 //! `CreateSlave`, or `DestroySlave`.
 //!
-//! # Interception
+//! # Interception and split mode
 //! With `[[shadow]]` and `deploy/prosody/mod_dmuc_intercept.lua` on its
 //! server, the domain's users' stanzas for a remote service arrive here
 //! instead of going over s2s; they go up the master's stream as `Forward`
-//! frames (or get `remote-server-timeout` while it is down), and the
-//! peerhost dials that master itself ([`uplink`]).
+//! frames, and the peerhost dials that master itself ([`uplink`]).
+//!
+//! When that stream ends (the link is cut, or the master died), the
+//! master's slaves *split*: each goes on serving the local users of its
+//! room alone, under the room's split policy (`dmuc_room::split`), and
+//! stores what they do (the split's log) before they see it. A peerhost
+//! restarted meanwhile restores its splits from the store. When the
+//! master's next stream starts, each split ends ("whole again"), and its
+//! log goes to the master as `Submit`s of merge inputs, before anything
+//! else the domain's users send; the master merges them into the room and
+//! confirms with `SplitMerged`, and only then is the split's log deleted
+//! (a split submitted but not confirmed is submitted again; the master
+//! ignores what it already merged).
+//!
+//! ```text
+//!  stream ends ─▶ slaves split ─▶ local stanza ─▶ Split::handle ─▶ split log (SQLite) ─▶ local users
+//!  next stream ─▶ Split::end ─▶ "whole again" ─▶ Submit(merge 0..n) ─▶ master ─▶ SplitMerged ─▶ log deleted
+//! ```
 //!
 //! # Trust
 //! With `[peering] tls_cert` the listener requires mutual TLS: a master's
@@ -64,6 +83,7 @@
 pub mod config;
 pub mod disco;
 pub mod relay;
+pub mod shadow;
 pub mod slave;
 pub mod store;
 pub mod stream;
@@ -72,6 +92,7 @@ pub mod uplink;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dmuc_component::metrics::{Gauge, LinkMetrics, Metrics};
 use dmuc_component::settings::SettingsError;
 use dmuc_component::{Inbound, LinkHandle};
 use dmuc_protocol::pb::peering_server::PeeringServer;
@@ -83,7 +104,6 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tracing::{debug, info, warn};
 
-use dmuc_room::Condition;
 use dmuc_stanza::outbound;
 use jid::BareJid;
 use minidom::Element;
@@ -101,6 +121,9 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
 
 /// How long open streams get to end after shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How often `dmuc_slaves` is read from the store.
+const SLAVES_SAMPLE: Duration = Duration::from_secs(5);
 
 /// Errors of the peerhost.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +183,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let domain = config.domain()?;
-    let link_config = config.component.to_link_config()?;
+    let metrics = Metrics::new();
+    let metrics_endpoint = config.metrics.serve(&metrics, &shutdown).await?;
+    let mut link_config = config.component.to_link_config()?;
+    link_config.metrics = LinkMetrics::register(&metrics);
     let peer_jid = link_config.jid.clone();
     let listen = listener.local_addr().ok();
     info!(%peer_jid, %domain, ?listen, storage = %config.storage.path.display(), "starting");
@@ -173,6 +199,16 @@ pub async fn run(
         masters = masters.len(),
         "stored slaves, resumed when their masters connect"
     );
+
+    // Counted from the store, so that the stream and slave tasks need not
+    // know about metrics; only worth the queries when someone scrapes.
+    let slaves_sampler = metrics_endpoint.is_some().then(|| {
+        let slaves = metrics.gauge(
+            "dmuc_slaves",
+            "Slaves stored on this peerhost (running, or waiting for their master)",
+        );
+        tokio::spawn(sample_slaves(store.clone(), slaves, shutdown.clone()))
+    });
 
     let link_shutdown = CancellationToken::new();
     let link = dmuc_component::spawn(link_config, link_shutdown.clone())?;
@@ -208,9 +244,10 @@ pub async fn run(
     );
     let shadowed = config.shadowed()?;
     let (multicast, multicast_rx) = watch::channel(None);
-    let service = service
-        .with_intercepts(shadowed.iter().map(|t| t.master.clone()).collect())
-        .with_multicast(multicast_rx);
+    let service = service.with_multicast(multicast_rx).with_intercepts(
+        shadowed.iter().map(|t| t.master.clone()).collect(),
+        &metrics,
+    );
     let tls = tls.map(Arc::new);
     let hub = relay::Hub::new(peer_jid, tls.clone(), config.peering.routes.clone());
     let service = service.with_relay(hub.clone());
@@ -270,14 +307,37 @@ pub async fn run(
     {
         warn!("slaves still busy after the grace period");
     }
+    if let Some(sampler) = slaves_sampler {
+        let _ = sampler.await;
+    }
     // What the slaves saved is queued: write it before going.
     store.close().await;
     // Every slave has handed over its stanzas; now the link may flush.
     link_shutdown.cancel();
     let _ = link.task.await;
     let _ = inbound.await;
+    if let Some(endpoint) = metrics_endpoint {
+        let _ = endpoint.await;
+    }
     info!("stopped");
     served.map_err(Error::from)
+}
+
+/// Keeps `slaves` (`dmuc_slaves`) at the number of stored slaves until `shutdown`.
+async fn sample_slaves(store: Store, slaves: Gauge, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(SLAVES_SAMPLE);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = every.tick() => {}
+        }
+        match store.count_slaves().await {
+            Ok(n) => slaves.set(i64::try_from(n).unwrap_or(i64::MAX)),
+            Err(e) => debug!(error = %e, "cannot count the stored slaves"),
+        }
+    }
 }
 
 /// The intercepted service `el` is addressed to, if any.
@@ -321,17 +381,8 @@ async fn answer_inbound(
             Inbound::Stanza(el) => {
                 if let Some(master) = shadowed_service(&el, &shadowed) {
                     // A local user's stanza to a remote service, handed to
-                    // us by our server: up to that service's master.
-                    if let Err(el) = service.forward(master, el).await
-                        && let Some(reply) = outbound::error_reply(
-                            &el,
-                            Condition::RemoteServerTimeout,
-                            Some("The room's service cannot be reached"),
-                        )
-                        && link.send(reply).await.is_err()
-                    {
-                        break;
-                    }
+                    // us by our server (see `shadow`).
+                    service.intercepted(master, el).await;
                     continue;
                 }
                 debug!(

@@ -21,14 +21,18 @@ use std::time::Duration;
 use dmuc_component::LinkHandle;
 use dmuc_protocol::pb::{self, peer_frame};
 use dmuc_protocol::{RoomEvent, SlaveStart};
-use dmuc_room::Action;
-use dmuc_room::replica::{Applied, Replica};
+use std::collections::HashSet;
+
+use dmuc_room::replica::{Applied, Replica, local_only};
+use dmuc_room::split::{Healed, Split, SplitEvent, SplitStart};
+use dmuc_room::{Action, Input, Timestamp};
+use dmuc_stanza::inbound::{self, Routed};
 use dmuc_stanza::outbound;
-use jid::BareJid;
+use jid::{BareJid, FullJid};
 use minidom::Element;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::store::{StoredSlave, Writer};
 use crate::stream::Upstream;
@@ -36,6 +40,10 @@ use crate::stream::Upstream;
 /// How many events may wait for a busy slave before the stream waits (and,
 /// through HTTP/2 flow control, the master).
 const INBOX: usize = 1024;
+
+/// The largest stanza a split accepts from a local user (the master's
+/// default limit; the master applies its own to what is merged).
+const MAX_STANZA_BYTES: usize = 16 * 1024;
 
 /// A slave acknowledges at the latest after this many events, even when
 /// more are waiting.
@@ -75,6 +83,49 @@ enum Command {
     Resume { deliver_after: u64 },
     /// Stop without saving: the slave is replaced or destroyed.
     Discard,
+    /// The master's stream ended and this domain's traffic is intercepted:
+    /// serve the local users alone (a split).
+    Split,
+    /// A local user's stanza to the room, intercepted while split.
+    Local(Element),
+    /// A new stream of the master: end the split, if any, and answer with
+    /// what it submits; frames go to `up` from now on.
+    Reattach {
+        up: Upstream,
+        healed: oneshot::Sender<(u64, Option<HealedSplit>)>,
+    },
+    /// The master confirmed the merge of the split that began at `began`.
+    Merged { began: Timestamp },
+}
+
+/// A split that ended: what its slave submits to the master.
+#[derive(Debug)]
+pub struct HealedSplit {
+    pub room: BareJid,
+    /// Names the split, with the peerhost's domain.
+    pub began: Timestamp,
+    /// In local order; entry `i` is submitted with index `i`.
+    pub submissions: Vec<SplitEvent>,
+}
+
+impl HealedSplit {
+    /// What a stored split submits (one healed before the peerhost restarted).
+    pub fn from_stored(start: SplitStart, log: Vec<SplitEvent>) -> HealedSplit {
+        let room = start.snapshot.jid.clone();
+        let began = start.began;
+        HealedSplit {
+            room,
+            began,
+            submissions: submissions(Split::restore(start, log).end()),
+        }
+    }
+}
+
+/// What a healed split submits, in order: what happened, then who is there.
+fn submissions(healed: Healed) -> Vec<SplitEvent> {
+    let mut submissions = healed.submissions;
+    submissions.extend(healed.present);
+    submissions
 }
 
 /// What the stream keeps of a running slave.
@@ -158,7 +209,25 @@ impl Slave {
         Slave::spawn(dormant, outlets, Start::Resumed { deliver_after })
     }
 
+    /// Starts the task owning a stored replica that was split from its
+    /// master when the peerhost stopped: it goes on serving local users
+    /// from the split's stored log (see [`Split::restore`]).
+    pub fn restore_split(dormant: Dormant, split: Split, outlets: Outlets) -> Slave {
+        info!(room = %dormant.room(), began = split.start().began.millis(),
+            logged = split.log().len(), "split restored");
+        Slave::spawn_split(dormant, Some(split), outlets, Start::Split)
+    }
+
     fn spawn(dormant: Dormant, outlets: Outlets, start: Start) -> Slave {
+        Slave::spawn_split(dormant, None, outlets, start)
+    }
+
+    fn spawn_split(
+        dormant: Dormant,
+        split: Option<Split>,
+        outlets: Outlets,
+        start: Start,
+    ) -> Slave {
         let room = dormant.room().clone();
         let (inbox, rx) = mpsc::channel(INBOX);
         let span = info_span!("slave", room = %room);
@@ -168,6 +237,8 @@ impl Slave {
             deliver_after: dormant.deliver_after,
             logged: dormant.logged,
             stalled: false,
+            split,
+            healing: None,
             outlets,
         };
         let task = tokio::spawn(task.run(rx, start).instrument(span));
@@ -189,6 +260,40 @@ impl Slave {
             .send(Command::Resume { deliver_after })
             .await
             .is_ok()
+    }
+
+    /// Tells the slave that its stream is gone: it serves local users alone.
+    pub async fn split(&self) -> bool {
+        self.inbox.send(Command::Split).await.is_ok()
+    }
+
+    /// Hands the slave a local user's intercepted stanza (while split);
+    /// gives it back if the slave has stopped.
+    pub async fn local(&self, stanza: Element) -> Result<(), Element> {
+        self.inbox
+            .send(Command::Local(stanza))
+            .await
+            .map_err(|e| match e.0 {
+                Command::Local(stanza) => stanza,
+                _ => unreachable!("sent a Local"),
+            })
+    }
+
+    /// Attaches the slave to a new stream of its master: it ends its split,
+    /// if any. Answers the replica's last event and what the split submits;
+    /// `None` if the slave has stopped.
+    pub async fn reattach(&self, up: Upstream) -> Option<(u64, Option<HealedSplit>)> {
+        let (healed, answer) = oneshot::channel();
+        self.inbox
+            .send(Command::Reattach { up, healed })
+            .await
+            .ok()?;
+        answer.await.ok()
+    }
+
+    /// Tells the slave that the master merged its split that began at `began`.
+    pub async fn merged(&self, began: Timestamp) {
+        let _ = self.inbox.send(Command::Merged { began }).await;
     }
 
     /// Lets the slave finish the events already queued and save its state,
@@ -214,6 +319,8 @@ enum Start {
     Created,
     /// From stored state, on the master's `Resume`.
     Resumed { deliver_after: u64 },
+    /// From stored state, in the split it was in when the peerhost stopped.
+    Split,
 }
 
 struct SlaveTask {
@@ -226,7 +333,26 @@ struct SlaveTask {
     /// After a gap the slave applies nothing until the master resumes or
     /// replaces it.
     stalled: bool,
+    /// While the master cannot be reached: the room local users see.
+    split: Option<Split>,
+    /// After a split, until the master has merged it.
+    healing: Option<Healing>,
     outlets: Outlets,
+}
+
+/// A slave between the end of its split and the master's merge of it.
+///
+/// The master's events of the split era follow the replica's state from
+/// before the split, in which local users who left during the split are
+/// still there: they get nothing more. Only the sessions that were in the
+/// split room at its end receive those events, until the master's merge
+/// (which brings the replica up to date) is confirmed.
+#[derive(Debug)]
+struct Healing {
+    began: Timestamp,
+    /// The index of the split's last submission.
+    last: u64,
+    sessions: HashSet<FullJid>,
 }
 
 impl SlaveTask {
@@ -240,6 +366,7 @@ impl SlaveTask {
         match start {
             Start::Created => self.save().await,
             Start::Resumed { deliver_after } => self.resumed(deliver_after).await,
+            Start::Split => {}
         }
         let mut acked = self.replica.seq();
         loop {
@@ -265,6 +392,27 @@ impl SlaveTask {
                     debug!(seq = self.replica.seq(), "slave discarded");
                     return;
                 }
+                Some(Command::Split) => {
+                    if !self.begin_split().await {
+                        return;
+                    }
+                }
+                Some(Command::Local(stanza)) => {
+                    if !self.local(stanza).await {
+                        return;
+                    }
+                }
+                Some(Command::Reattach { up, healed }) => {
+                    self.outlets.up = up;
+                    acked = self.replica.seq();
+                    let _ = healed.send((acked, self.heal().await));
+                }
+                Some(Command::Merged { began }) => {
+                    if self.healing.as_ref().is_some_and(|h| h.began == began) {
+                        debug!(began = began.millis(), "healed");
+                        self.healing = None;
+                    }
+                }
                 None => break,
             }
             let seq = self.replica.seq();
@@ -273,10 +421,11 @@ impl SlaveTask {
                     room: self.room.to_string(),
                     seq,
                 });
-                if !self.outlets.up.send(ack).await {
-                    break;
+                // A stream that has ended hands the slave on (to a split,
+                // or a stop): the next stream resumes from what is stored.
+                if self.outlets.up.send(ack).await {
+                    acked = seq;
                 }
-                acked = seq;
             }
         }
         if self.logged > 0 {
@@ -292,16 +441,20 @@ impl SlaveTask {
             return true;
         }
         let seq = event.seq;
+        let merged = self.ends_healing(&event.input);
         match self.replica.apply(seq, event.now, event.input) {
-            Applied::Deliver(actions) => {
+            Applied::Deliver(mut actions) => {
                 self.outlets.store.event(&self.room, seq, encoded).await;
                 self.logged += 1;
-                let via = self.outlets.multicast.borrow().clone();
-                for stanza in stanzas(&self.room, actions, via.as_ref()) {
-                    if self.outlets.link.send(stanza).await.is_err() {
-                        warn!("component link closed: slave stops");
-                        return false;
-                    }
+                if let Some(healing) = &self.healing {
+                    actions = local_only(actions, |jid| healing.sessions.contains(jid));
+                }
+                if merged {
+                    info!(seq, "the master's merge of the split has arrived");
+                    self.healing = None;
+                }
+                if !self.send(actions).await {
+                    return false;
                 }
                 if self.logged >= SNAPSHOT_EVERY {
                     self.save().await;
@@ -315,6 +468,123 @@ impl SlaveTask {
             }
         }
         true
+    }
+
+    /// Whether `input` is the master's merge of the last submission of the
+    /// split this slave is healing from.
+    fn ends_healing(&self, input: &Input) -> bool {
+        let (Some(healing), Input::Merge(merge)) = (&self.healing, input) else {
+            return false;
+        };
+        merge.domain == self.replica.domain()
+            && merge.began == healing.began
+            && merge.index == healing.last
+    }
+
+    /// Delivers stanzas to local users; `false` once the link has closed.
+    async fn send(&self, actions: Vec<Action>) -> bool {
+        let via = self.outlets.multicast.borrow().clone();
+        for stanza in stanzas(&self.room, actions, via.as_ref()) {
+            if self.outlets.link.send(stanza).await.is_err() {
+                warn!("component link closed: slave stops");
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The master's stream is gone: the room goes on for local users under
+    /// its split policy. The replica is stored first: the split's log
+    /// starts from it.
+    async fn begin_split(&mut self) -> bool {
+        if self.split.is_some() {
+            return true;
+        }
+        self.save().await;
+        let (split, actions) = Split::begin(&self.replica, now());
+        info!(
+            seq = split.start().seq,
+            began = split.start().began.millis(),
+            policy = ?split.policy(),
+            "split: serving local users alone"
+        );
+        self.outlets.store.split_begin(split.start()).await;
+        self.split = Some(split);
+        self.durable_then_send(actions).await
+    }
+
+    /// A local user's stanza during the split: handled by the split room,
+    /// which logs what it lets change the room; the log is stored before
+    /// anyone is told (what users saw survives a crash).
+    async fn local(&mut self, stanza: Element) -> bool {
+        let Some(split) = &mut self.split else {
+            // Not split (any more): the router sends stanzas up the stream.
+            debug!("intercepted stanza for a slave that is not split: dropped");
+            return true;
+        };
+        let actions = match inbound::route(stanza, &service_of(&self.room), MAX_STANZA_BYTES) {
+            Routed::Room { room, input, .. } if room == self.room => {
+                let before = split.log().len();
+                let actions = split.handle(input, now());
+                let began = split.start().began;
+                for (index, event) in split.log().iter().enumerate().skip(before) {
+                    self.outlets
+                        .store
+                        .split_event(&self.room, began, index as u64, event.clone())
+                        .await;
+                }
+                actions
+            }
+            Routed::Reply(reply) => {
+                return self.outlets.link.send(reply).await.is_ok();
+            }
+            Routed::Room { .. } | Routed::Service { .. } | Routed::Drop(_) => return true,
+        };
+        self.durable_then_send(actions).await
+    }
+
+    /// Waits for what is queued for the store to commit, then sends.
+    async fn durable_then_send(&self, actions: Vec<Action>) -> bool {
+        if let Err(e) = self.outlets.store.flush().await {
+            error!(error = %e, "split log not stored: local users are not told");
+            return true;
+        }
+        self.send(actions).await
+    }
+
+    /// Ends the split, if any: local users are told the room is whole, and
+    /// the split's submissions are handed back for the master.
+    async fn heal(&mut self) -> Option<HealedSplit> {
+        let split = self.split.take()?;
+        let began = split.start().began;
+        let sessions: HashSet<FullJid> = split
+            .room()
+            .sessions()
+            .filter(|s| s.domain().as_str() == self.replica.domain())
+            .cloned()
+            .collect();
+        let mut healed = split.end();
+        let actions = std::mem::take(&mut healed.actions);
+        let submissions = submissions(healed);
+        info!(
+            began = began.millis(),
+            submissions = submissions.len(),
+            "split healed: submitting it to the master"
+        );
+        self.outlets.store.split_healed(&self.room, began).await;
+        if let Some(last) = submissions.len().checked_sub(1) {
+            self.healing = Some(Healing {
+                began,
+                last: last as u64,
+                sessions,
+            });
+        }
+        self.send(actions).await;
+        Some(HealedSplit {
+            room: self.room.clone(),
+            began,
+            submissions,
+        })
     }
 
     /// The master resumes this slave from its state.
@@ -349,6 +619,15 @@ impl SlaveTask {
             .await;
         self.logged = 0;
     }
+}
+
+fn now() -> Timestamp {
+    Timestamp(crate::store::writer::now_millis())
+}
+
+/// The MUC service a room belongs to.
+fn service_of(room: &BareJid) -> BareJid {
+    BareJid::from_parts(None, room.domain())
 }
 
 /// The stanzas a replica's actions stand for: through the local server's

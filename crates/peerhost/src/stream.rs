@@ -33,6 +33,7 @@ use dmuc_protocol::pb::peering_server::Peering;
 use dmuc_protocol::pb::{self, master_frame, peer_frame};
 use dmuc_protocol::tls;
 use dmuc_protocol::{ProtocolError, RoomEvent, SUPPORTED_VERSIONS, SlaveStart, feature, negotiate};
+use dmuc_room::{Input, Merge, Timestamp};
 use jid::BareJid;
 use minidom::Element;
 use prost::Message;
@@ -45,8 +46,10 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::relay::{Hub, Relayed};
-use crate::slave::{Dormant, Outlets, Slave};
+use crate::shadow::{Shadow, SplitMetrics};
+use crate::slave::{Dormant, HealedSplit, Outlets, Slave};
 use crate::store::Store;
+use dmuc_component::metrics::Metrics;
 
 /// Frames waiting for the master to read them.
 const OUTBOUND: usize = 256;
@@ -66,8 +69,9 @@ pub struct PeeringService {
     streams: TaskTracker,
     masters: Masters,
     policy: Arc<MasterPolicy>,
-    /// Masters whose service this domain's traffic is intercepted for.
-    intercepts: Arc<Vec<BareJid>>,
+    /// The routers of the masters whose service this domain's traffic is
+    /// intercepted for.
+    shadows: Arc<HashMap<BareJid, Shadow>>,
     /// The local server, when it expands XEP-0033 multicasts for slaves.
     multicast: watch::Receiver<Option<BareJid>>,
     /// The slaves' places in their rooms' spanning trees.
@@ -110,7 +114,7 @@ impl PeeringService {
     ) -> Self {
         PeeringService {
             relay: Hub::new(peer_jid.clone(), None, HashMap::new()),
-            intercepts: Arc::new(Vec::new()),
+            shadows: Arc::new(HashMap::new()),
             multicast: watch::channel(None).1,
             policy: Arc::new(policy),
             peer_jid,
@@ -135,26 +139,45 @@ impl PeeringService {
         self
     }
 
-    /// Says, in `Welcome`, that this domain's traffic for these masters'
-    /// services is intercepted (`[[shadow]]`).
-    pub fn with_intercepts(mut self, masters: Vec<BareJid>) -> Self {
-        self.intercepts = Arc::new(masters);
+    /// Intercepts this domain's traffic for these masters' services
+    /// (`[[shadow]]`): says so in `Welcome`, and starts their routers
+    /// (which bring back the splits stored for them). Call after
+    /// [`Self::with_multicast`].
+    pub fn with_intercepts(mut self, masters: Vec<BareJid>, metrics: &Metrics) -> Self {
+        let shadows = masters
+            .into_iter()
+            .map(|master| {
+                let shadow = Shadow::spawn(
+                    master.clone(),
+                    self.domain.clone(),
+                    self.store.clone(),
+                    self.outlets(Upstream::detached()),
+                    SplitMetrics::register(metrics, &master),
+                    self.shutdown.clone(),
+                );
+                (master, shadow)
+            })
+            .collect();
+        self.shadows = Arc::new(shadows);
         self
     }
 
-    /// Sends a stanza one of this domain's users addressed to `master`'s
-    /// service up the master's stream; gives it back if no stream is up.
-    pub async fn forward(&self, master: &BareJid, stanza: Element) -> Result<(), Element> {
-        let Some(up) = self.masters.upstream(master) else {
-            return Err(stanza);
-        };
-        let frame = peer_frame::Frame::Forward(pb::Forward {
-            stanza: String::from(&stanza),
-        });
-        if up.send(frame).await {
-            Ok(())
-        } else {
-            Err(stanza)
+    /// Routes a stanza one of this domain's users addressed to `master`'s
+    /// service (intercepted): up the master's stream, or to the room's
+    /// split slave while the stream is down.
+    pub async fn intercepted(&self, master: &BareJid, stanza: Element) {
+        if let Some(shadow) = self.shadows.get(master) {
+            shadow.stanza(stanza).await;
+        }
+    }
+
+    /// Where a slave sends its stanzas, frames and state.
+    fn outlets(&self, up: Upstream) -> Outlets {
+        Outlets {
+            link: self.link.clone(),
+            up,
+            store: self.store.writer().clone(),
+            multicast: self.multicast.clone(),
         }
     }
 
@@ -206,6 +229,18 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// An upstream of no stream: every send fails (a slave restored split).
+    pub fn detached() -> Upstream {
+        let end = CancellationToken::new();
+        end.cancel();
+        Upstream {
+            frames: mpsc::channel(1).0,
+            resync: false,
+            keepalive_echo: false,
+            end,
+        }
+    }
+
     /// Sends a frame; `false` once the stream is gone or ending. A master
     /// that has stopped reading cannot hold up a slave that is stopping.
     pub async fn send(&self, frame: peer_frame::Frame) -> bool {
@@ -242,9 +277,6 @@ impl Upstream {
 #[derive(Debug, Clone, Default)]
 struct Masters {
     serving: Arc<Mutex<HashMap<BareJid, Lease>>>,
-    /// The welcomed stream of each master, by lease, for intercepted
-    /// stanzas to go up.
-    upstreams: Arc<Mutex<HashMap<BareJid, (u64, Upstream)>>>,
     next_id: Arc<AtomicU64>,
 }
 
@@ -258,15 +290,6 @@ struct Lease {
 }
 
 impl Masters {
-    /// The welcomed stream of `master`, if one is up.
-    fn upstream(&self, master: &BareJid) -> Option<Upstream> {
-        let upstreams = self
-            .upstreams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        upstreams.get(master).map(|(_, up)| up.clone())
-    }
-
     /// Makes the stream ending on `end` the one serving `master`: ends the
     /// stream that served it before and waits until its slaves have stopped.
     async fn take(&self, master: &BareJid, end: &CancellationToken) -> Held {
@@ -318,17 +341,6 @@ impl Drop for Held {
             serving.remove(&self.master);
         }
         drop(serving);
-        let mut upstreams = self
-            .masters
-            .upstreams
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if upstreams
-            .get(&self.master)
-            .is_some_and(|(id, _)| *id == self.lease.id)
-        {
-            upstreams.remove(&self.master);
-        }
         self.lease.released.cancel();
     }
 }
@@ -350,6 +362,7 @@ pub(crate) async fn serve(
     };
     // Events this peerhost's parents relay, in rooms' trees.
     let (relayed, mut from_parents) = mpsc::channel::<Relayed>(OUTBOUND);
+    let shadow = service.shadows.get(&master).cloned();
     let mut stream = StreamState {
         relayed,
         service: &service,
@@ -358,18 +371,40 @@ pub(crate) async fn serve(
         slaves: HashMap::new(),
         dormant: HashMap::new(),
         resync_asked: HashSet::new(),
+        submitted: HashMap::new(),
     };
-    welcome.resumable = stream.resume_stored().await;
-    welcome.intercepts = service.intercepts.contains(&stream.master);
+    // Slaves that were split (the master's traffic is intercepted) come
+    // back first: they end their splits, which go to the master next.
+    let mut healed = Vec::new();
+    if let Some(shadow) = &shadow {
+        healed = stream.stored_splits().await;
+        let mut split = shadow.take().await;
+        for (room, slave) in split.drain() {
+            if let Some((seq, split)) = slave.reattach(stream.up.clone()).await {
+                welcome.resumable.push(pb::Resumable {
+                    room: room.to_string(),
+                    seq,
+                });
+                healed.extend(split);
+                stream.slaves.insert(room, slave);
+            }
+        }
+    }
+    let stored = stream.resume_stored().await;
+    welcome.resumable.extend(stored);
+    welcome.intercepts = shadow.is_some();
     if !stream.up.send(peer_frame::Frame::Welcome(welcome)).await {
+        stream.end(shadow).await;
+        drop(held);
         return;
     }
-    service
-        .masters
-        .upstreams
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(stream.master.clone(), (held.lease.id, stream.up.clone()));
+    if let Some(shadow) = &shadow {
+        shadow.submitted(healed.iter().map(|h| h.submissions.len()).sum());
+    }
+    stream.submit(healed).await;
+    if let Some(shadow) = &shadow {
+        shadow.up(stream.up.clone()).await;
+    }
     loop {
         let message = tokio::select! {
             biased;
@@ -397,12 +432,10 @@ pub(crate) async fn serve(
             break;
         }
     }
-    // Nothing more goes to the master; the slaves finish and save.
+    // Nothing more goes to the master.
     end.cancel();
     service.relay.end_stream(&stream.master);
-    for (_, slave) in stream.slaves.drain() {
-        slave.stop().await;
-    }
+    stream.end(shadow).await;
     // Only now may a newer stream of the master load what they stored.
     drop(held);
     debug!("stream ended");
@@ -489,9 +522,90 @@ struct StreamState<'a> {
     /// Rooms without a slave whose events already drew a `Resync`: asked
     /// once until the master creates the slave.
     resync_asked: HashSet<BareJid>,
+    /// Splits submitted on this stream and not yet confirmed merged, with
+    /// how many submissions each.
+    submitted: HashMap<(BareJid, Timestamp), u64>,
 }
 
 impl StreamState<'_> {
+    /// The stream has ended: its slaves split if the master's traffic is
+    /// intercepted (unless the peerhost is shutting down); otherwise they
+    /// finish and save.
+    async fn end(&mut self, shadow: Option<Shadow>) {
+        let slaves = std::mem::take(&mut self.slaves);
+        match shadow {
+            Some(shadow) if !self.service.shutdown.is_cancelled() => shadow.down(slaves).await,
+            _ => {
+                for (_, slave) in slaves {
+                    slave.stop().await;
+                }
+            }
+        }
+    }
+
+    /// Splits submitted before (the peerhost stopped, or the stream broke,
+    /// before the master confirmed their merge): submitted again, from the
+    /// store. The master ignores what it has already merged.
+    async fn stored_splits(&self) -> Vec<HealedSplit> {
+        let store = &self.service.store;
+        let loaded = match store.writer().flush().await {
+            Ok(()) => {
+                store
+                    .load_splits(&self.master, self.service.domain.as_str())
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match loaded {
+            Ok(splits) => splits
+                .into_iter()
+                .filter(|s| s.healed)
+                .map(|s| HealedSplit::from_stored(s.start, s.log))
+                .collect(),
+            Err(e) => {
+                error!(error = %e, "cannot load stored splits");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Submits what the splits did, each split in its local order.
+    async fn submit(&mut self, healed: Vec<HealedSplit>) {
+        let domain = self.service.domain.as_str();
+        for split in healed {
+            info!(room = %split.room, began = split.began.millis(),
+                submissions = split.submissions.len(), "submitting a split");
+            if split.submissions.is_empty() {
+                self.service
+                    .store
+                    .writer()
+                    .split_merged(&split.room, split.began)
+                    .await;
+                continue;
+            }
+            let count = split.submissions.len() as u64;
+            self.submitted
+                .insert((split.room.clone(), split.began), count);
+            for (index, event) in split.submissions.into_iter().enumerate() {
+                let merge = Merge {
+                    domain: domain.to_owned(),
+                    began: split.began,
+                    index: index as u64,
+                    at: event.now,
+                    local_id: event.local_id,
+                    input: event.input,
+                };
+                let frame = peer_frame::Frame::Submit(pb::Submit {
+                    room: split.room.to_string(),
+                    input: Some(pb::Input::from(&Input::Merge(Box::new(merge)))),
+                });
+                if !self.up.send(frame).await {
+                    return;
+                }
+            }
+        }
+    }
+
     /// Before `Welcome`: the master's stored slaves become dormant, to be
     /// listed in `Welcome.resumable` so that the master answers each
     /// (`Resume`, `CreateSlave` or `DestroySlave`). Without "resync" agreed
@@ -516,6 +630,9 @@ impl StreamState<'_> {
         };
         let mut resumable = Vec::new();
         for stored in stored {
+            if self.slaves.contains_key(&stored.snapshot.jid) {
+                continue; // Its split slave is running.
+            }
             let dormant = Dormant::load(stored, self.service.domain.as_str());
             let room = dormant.room().clone();
             info!(room = %room, seq = dormant.seq(), "stored slave: offering to resume");
@@ -552,7 +669,11 @@ impl StreamState<'_> {
                 self.resync_asked.remove(&room);
                 info!(room = %room, seq = start.seq, deliver_after = start.deliver_after, "slave created");
                 self.service.relay.started(&room, start.seq);
-                let slave = Slave::create(start, &self.service.domain, self.outlets());
+                let slave = Slave::create(
+                    start,
+                    &self.service.domain,
+                    self.service.outlets(self.up.clone()),
+                );
                 self.slaves.insert(room, slave);
                 Ok(())
             }
@@ -605,6 +726,12 @@ impl StreamState<'_> {
                     .assign(&self.master, assign, self.relayed.clone())?;
                 Ok(())
             }
+            Some(master_frame::Frame::Merged(merged)) => {
+                let room = frame_room(&merged.room, "merged.room")?;
+                self.merged(room, Timestamp(merged.began_ms), merged.next_index)
+                    .await;
+                Ok(())
+            }
             None => Err(ProtocolError::Missing {
                 field: "frame".into(),
             }
@@ -624,6 +751,24 @@ impl StreamState<'_> {
         self.route(event, encoded).await;
     }
 
+    /// The master's confirmation that a split is merged below `next_index`:
+    /// once that is all of it, the split is forgotten.
+    async fn merged(&mut self, room: BareJid, began: Timestamp, next_index: u64) {
+        let Some(&count) = self.submitted.get(&(room.clone(), began)) else {
+            debug!(room = %room, began = began.millis(), "confirmation of a split not submitted here");
+            return;
+        };
+        if next_index < count {
+            return;
+        }
+        self.submitted.remove(&(room.clone(), began));
+        info!(room = %room, began = began.millis(), "split merged by the master");
+        self.service.store.writer().split_merged(&room, began).await;
+        if let Some(slave) = self.slaves.get(&room) {
+            slave.merged(began).await;
+        }
+    }
+
     /// The master's answer to a `Resync` from `room`'s stored or stalled
     /// state: that state goes on. A room with neither asks again from nothing.
     async fn resume(&mut self, room: BareJid, deliver_after: u64) {
@@ -633,7 +778,11 @@ impl StreamState<'_> {
             }
         } else if let Some(dormant) = self.dormant.remove(&room) {
             info!(room = %room, seq = dormant.seq(), deliver_after, "slave resumed");
-            let slave = Slave::resume(dormant, deliver_after, self.outlets());
+            let slave = Slave::resume(
+                dormant,
+                deliver_after,
+                self.service.outlets(self.up.clone()),
+            );
             self.slaves.insert(room, slave);
         } else {
             debug!(room = %room, "resume of a room without state");
@@ -656,16 +805,6 @@ impl StreamState<'_> {
         } else if self.resync_asked.insert(room.clone()) {
             debug!(room = %room, seq = event.seq, "event for a room without a slave");
             self.up.resync(&room, 0).await;
-        }
-    }
-
-    /// Where a new slave of this stream sends its stanzas, frames and state.
-    fn outlets(&self) -> Outlets {
-        Outlets {
-            link: self.service.link.clone(),
-            up: self.up.clone(),
-            store: self.service.store.writer().clone(),
-            multicast: self.service.multicast.clone(),
         }
     }
 }

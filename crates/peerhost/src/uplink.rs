@@ -31,6 +31,10 @@ use crate::stream::{self, PeeringService};
 /// Frames waiting for the master to read them.
 const OUTBOUND: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest wait between dials: while the stream is down, an
+/// intercepting peerhost's rooms are split, and a split should not outlast
+/// the outage by much.
+const MAX_RETRY: Duration = Duration::from_secs(10);
 
 /// A master this peerhost dials.
 #[derive(Debug, Clone)]
@@ -62,7 +66,10 @@ async fn run(
     keepalive: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Backoff::new(BackoffConfig::default());
+    let mut backoff = Backoff::new(BackoffConfig {
+        max: MAX_RETRY,
+        ..BackoffConfig::default()
+    });
     loop {
         let started = Instant::now();
         let outcome = tokio::select! {

@@ -6,7 +6,8 @@ use jid::{BareJid, FullJid};
 
 use crate::form::{Form, Submission};
 use crate::history::{HistoryRequest, Payload, RoomMessage, Subject};
-use crate::{Affiliation, Condition, ErrorType, Nick, OccupantId, Role, RoomConfig};
+use crate::merge::{Merge, SplitProgress};
+use crate::{Affiliation, Condition, ErrorType, Nick, OccupantId, Role, RoomConfig, Timestamp};
 
 /// A stanza addressed to the room or one of its occupants, already parsed.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,10 +61,14 @@ pub enum Input {
     },
     /// The service is shutting down (status 332).
     Shutdown,
+    /// An input that a slave's users sent while it was split from the
+    /// master, submitted on heal ([`crate::merge`]).
+    Merge(Box<Merge>),
 }
 
 impl Input {
-    /// The session that asks to join, if this is a join.
+    /// The session that asks to join, if this is a join (also a merged one:
+    /// its domain's slave must be attached first, to hear of renames).
     pub fn joiner(&self) -> Option<&FullJid> {
         match self {
             Input::Presence {
@@ -71,6 +76,7 @@ impl Input {
                 join: Some(_),
                 ..
             } => Some(from),
+            Input::Merge(merge) => merge.input.joiner(),
             _ => None,
         }
     }
@@ -86,6 +92,7 @@ impl Input {
             | Input::Iq { from, .. }
             | Input::IqResponse { from, .. } => Some(from),
             Input::Shutdown => None,
+            Input::Merge(merge) => merge.input.sender(),
         }
     }
 }
@@ -167,6 +174,15 @@ pub enum Action {
     Persist(Persist),
     /// The room no longer exists; its owner task may end.
     Close,
+    /// Every submission of `domain`'s split since `began` with an index
+    /// below `next_index` is merged (the answer to every [`Input::Merge`],
+    /// whatever became of it): for the master to confirm to the peerhost,
+    /// which resubmits from `next_index` what it still has.
+    Merged {
+        domain: String,
+        began: Timestamp,
+        next_index: u64,
+    },
 }
 
 /// A durable change of a persistent room.
@@ -178,6 +194,8 @@ pub enum Persist {
     Message(Arc<RoomMessage>),
     /// Forget the room (destroyed, or no longer persistent).
     Delete,
+    /// How far a domain's split is merged (replaces that domain's previous one).
+    Merged(SplitProgress),
 }
 
 /// A stanza from the room or from an occupant JID, before serialization.
@@ -188,6 +206,9 @@ pub enum Outgoing {
     Groupchat(Arc<RoomMessage>),
     /// A discussion history message (with a delay).
     History(Arc<RoomMessage>),
+    /// A groupchat message merged from a split: live, but sent earlier
+    /// (at its `at`), so with a delay as in [`Outgoing::History`].
+    Merged(Arc<RoomMessage>),
     /// The subject, sent last on join (`delayed`) and live when it changes.
     Subject {
         subject: Option<Subject>,

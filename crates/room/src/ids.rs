@@ -131,6 +131,15 @@ impl StanzaId {
         )))
     }
 
+    /// `s` if it is the provisional id of a message of `domain`'s split
+    /// since `began`, exactly as [`Self::provisional`] writes it.
+    pub fn parse_provisional(s: &str, domain: &str, began: Timestamp) -> Option<Self> {
+        let prefix = format!("{PROVISIONAL}{domain}:{:x}:", began.0);
+        let seq = u64::from_str_radix(s.strip_prefix(&prefix)?, 16).ok()?;
+        let id = StanzaId::provisional(domain, began, Seq(seq));
+        (id.as_str() == s).then_some(id)
+    }
+
     /// Whether a split-off slave assigned this id ([`Self::provisional`]).
     pub fn is_provisional(&self) -> bool {
         self.0.starts_with(PROVISIONAL)
@@ -212,5 +221,27 @@ mod tests {
             p,
             StanzaId::provisional("b.test", Timestamp(0x1001), Seq(0x1a))
         );
+    }
+
+    #[test]
+    fn provisional_ids_parse_back_only_exactly() {
+        let began = Timestamp(0x1000);
+        let parse = |s| StanzaId::parse_provisional(s, "b.test", began);
+        assert_eq!(
+            parse("split:b.test:1000:1a"),
+            Some(StanzaId::provisional("b.test", began, Seq(0x1a)))
+        );
+        for bad in [
+            "split:c.test:1000:1a",
+            "split:b.test:1001:1a",
+            "split:b.test:1000:",
+            "split:b.test:1000:01a",
+            "split:b.test:1000:1A",
+            "split:b.test:1000:+1a",
+            "split:b.test:1000:1a:2",
+            "3-1a",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
     }
 }

@@ -17,6 +17,9 @@
 //! - [`split`]: a slave cut off from its master serves its own domain alone
 //!   under the room's [`SplitPolicy`], logs what happens, and hands the
 //!   log to the master on heal.
+//! - [`merge`]: the master's room takes a healed split's inputs back, each
+//!   once and in order, keeping their stanza ids and telling only those
+//!   who did not see them.
 //! - [`relay`]: spanning trees of slaves: one node's relay of a room's
 //!   events (forward in order to children, deliver exactly once, drop
 //!   duplicates, fetch gaps, reparent, refuse loops).
@@ -27,6 +30,7 @@
 //!   stanza ──edge──▶ Input ──▶ Room::handle(input, now) ──▶ Vec<Action>
 //!                                                    ├─ Send { to, Outgoing } ──edge──▶ stanza
 //!                                                    ├─ Persist(..)          ──▶ store (group commit)
+//!                                                    ├─ Merged { .. }        ──▶ confirm a merge to its peerhost
 //!                                                    └─ Close
 //! ```
 //! The runtime must keep `Send`s behind the `Persist`s emitted before them.
@@ -38,6 +42,7 @@ pub mod event;
 pub mod form;
 pub mod history;
 pub mod ids;
+pub mod merge;
 pub mod relay;
 pub mod replica;
 pub mod room;
@@ -51,5 +56,6 @@ pub use error::{Condition, Error, ErrorType};
 pub use event::{Action, Input, Outgoing, Persist};
 pub use history::{HistoryRequest, Payload, RoomMessage, Subject};
 pub use ids::{Nick, OccupantId, Seq, StanzaId, Timestamp};
+pub use merge::{Merge, SplitProgress};
 pub use room::{OccupantSnapshot, RateLimit, Room, RoomSettings, RoomSnapshot, StoredRoom};
 pub use split::{Healed, Split, SplitEvent, SplitStart};

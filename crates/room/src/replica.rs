@@ -94,7 +94,7 @@ impl Replica {
 }
 
 /// Keeps only the sends (and their recipients) for which `local` holds;
-/// persistence and closing are the master's business.
+/// persistence, closing and confirming merges are the master's business.
 pub fn local_only(actions: Vec<Action>, local: impl Fn(&FullJid) -> bool) -> Vec<Action> {
     actions
         .into_iter()
@@ -103,7 +103,7 @@ pub fn local_only(actions: Vec<Action>, local: impl Fn(&FullJid) -> bool) -> Vec
                 to.retain(&local);
                 (!to.is_empty()).then_some(Action::Send { to, stanza })
             }
-            Action::Persist(_) | Action::Close => None,
+            Action::Persist(_) | Action::Close | Action::Merged { .. } => None,
         })
         .collect()
 }

@@ -14,6 +14,7 @@ use crate::event::{
     ListItem, MessageKind, OccupantPresence, Outgoing, Persist, StanzaKind,
 };
 use crate::history::{History, HistoryRequest, Payload, RoomMessage, Subject};
+use crate::merge::{Merges, SplitProgress};
 use crate::{
     Affiliation, Condition, ErrorType, Nick, OccupantId, Role, RoomConfig, Seq, StanzaId, Timestamp,
 };
@@ -54,15 +55,17 @@ pub struct StoredRoom {
     pub history: Vec<Arc<RoomMessage>>,
     /// The next sequence number to assign.
     pub next_seq: Seq,
+    /// How far each domain's last split is merged ([`crate::merge`]).
+    pub merged: Vec<SplitProgress>,
 }
 
 #[derive(Clone, Debug)]
-struct Occupant {
-    bare: BareJid,
+pub(crate) struct Occupant {
+    pub(crate) bare: BareJid,
     /// Every joined session of this bare JID under this nick (§7.2.1 allows several).
-    sessions: Vec<FullJid>,
-    role: Role,
-    occupant_id: OccupantId,
+    pub(crate) sessions: Vec<FullJid>,
+    pub(crate) role: Role,
+    pub(crate) occupant_id: OccupantId,
     presence: Payload,
     tokens: f64,
     refilled: Timestamp,
@@ -85,6 +88,8 @@ pub struct RoomSnapshot {
     pub next_seq: Seq,
     pub locked: bool,
     pub created: bool,
+    /// How far each domain's last split is merged, sorted by domain.
+    pub merged: Vec<SplitProgress>,
 }
 
 /// One occupant in a [`RoomSnapshot`].
@@ -105,13 +110,13 @@ pub struct OccupantSnapshot {
 #[derive(Debug)]
 pub struct Room {
     jid: BareJid,
-    settings: RoomSettings,
+    pub(crate) settings: RoomSettings,
     config: RoomConfig,
     affiliations: BTreeMap<BareJid, Affiliation>,
-    occupants: BTreeMap<Nick, Occupant>,
+    pub(crate) occupants: BTreeMap<Nick, Occupant>,
     by_session: HashMap<FullJid, Nick>,
     subject: Option<Subject>,
-    history: History,
+    pub(crate) history: History,
     next_seq: Seq,
     /// Awaiting its owner's first configuration (§10.1.2).
     locked: bool,
@@ -119,6 +124,8 @@ pub struct Room {
     created: bool,
     /// Who numbers the room's messages.
     ids: Ids,
+    /// How far each domain's splits are merged.
+    pub(crate) merges: Merges,
 }
 
 /// Whose stanza ids a room assigns: the master's, or a split-off slave's
@@ -130,16 +137,17 @@ enum Ids {
 }
 
 /// Accumulates the actions of one input.
-struct Out(Vec<Action>);
+#[derive(Default)]
+pub(crate) struct Out(pub(crate) Vec<Action>);
 
 impl Out {
-    fn send(&mut self, to: Vec<FullJid>, stanza: Outgoing) {
+    pub(crate) fn send(&mut self, to: Vec<FullJid>, stanza: Outgoing) {
         if !to.is_empty() {
             self.0.push(Action::Send { to, stanza });
         }
     }
 
-    fn one(&mut self, to: &FullJid, stanza: Outgoing) {
+    pub(crate) fn one(&mut self, to: &FullJid, stanza: Outgoing) {
         self.send(vec![to.clone()], stanza);
     }
 
@@ -207,6 +215,7 @@ impl Room {
             locked: false,
             created: false,
             ids: Ids::Master,
+            merges: Merges::default(),
         }
     }
 
@@ -221,6 +230,7 @@ impl Room {
             room.history.push(m, keep);
         }
         room.next_seq = stored.next_seq;
+        room.merges = Merges::from(stored.merged);
         room.created = true;
         room
     }
@@ -257,6 +267,7 @@ impl Room {
             next_seq: self.next_seq,
             locked: self.locked,
             created: self.created,
+            merged: self.merges.progress(),
         }
     }
 
@@ -290,6 +301,7 @@ impl Room {
         room.next_seq = snapshot.next_seq;
         room.locked = snapshot.locked;
         room.created = snapshot.created;
+        room.merges = Merges::from(snapshot.merged);
         room
     }
 
@@ -321,6 +333,13 @@ impl Room {
     /// The nick a joined session occupies.
     pub fn nick_of(&self, session: &FullJid) -> Option<&Nick> {
         self.by_session.get(session)
+    }
+
+    /// The nick and presence of a joined session.
+    pub fn session_presence(&self, session: &FullJid) -> Option<(&Nick, &Payload)> {
+        let nick = self.by_session.get(session)?;
+        let occupant = self.occupants.get(nick)?;
+        Some((nick, &occupant.presence))
     }
 
     /// The sessions of the occupant `nick`, if there is one.
@@ -364,11 +383,7 @@ impl Room {
                 payload,
             } => self.on_presence(&mut out, from, nick, join, payload, now),
             Input::Leave { from, payload } => self.on_leave(&mut out, &from, payload),
-            Input::Bounced { from } => {
-                if let Some(nick) = self.by_session.get(&from).cloned() {
-                    self.remove_session(&mut out, &nick, &from, Removal::Bounced);
-                }
-            }
+            Input::Bounced { from } => self.on_bounced(&mut out, &from),
             Input::Groupchat {
                 from,
                 id,
@@ -403,6 +418,7 @@ impl Room {
                     self.remove_occupant(&mut out, &nick, Removal::Shutdown, None);
                 }
             }
+            Input::Merge(merge) => self.on_merge(&mut out, *merge, now),
         }
         self.end_if_empty(&mut out);
         if existed && !self.created {
@@ -415,7 +431,7 @@ impl Room {
         self.created && self.config.persistent
     }
 
-    fn persist(&self, out: &mut Out, change: Persist) {
+    pub(crate) fn persist(&self, out: &mut Out, change: Persist) {
         if self.persistent() {
             out.0.push(Action::Persist(change));
         }
@@ -434,7 +450,7 @@ impl Room {
 
     // ---- presence ----------------------------------------------------------
 
-    fn on_presence(
+    pub(crate) fn on_presence(
         &mut self,
         out: &mut Out,
         from: FullJid,
@@ -489,42 +505,14 @@ impl Room {
             self.affiliations.clear();
             self.affiliations.insert(bare.clone(), Affiliation::Owner);
         }
-        let affiliation = self.affiliation(&bare);
-        let error = |condition, text| (condition, Some(text));
-        let refusal = if self.locked && affiliation != Affiliation::Owner {
-            Some(error(Condition::ItemNotFound, "This room is locked"))
-        } else if affiliation == Affiliation::Outcast {
-            Some(error(Condition::Forbidden, "You are banned from this room"))
-        } else if self.occupants.get(&nick).is_some_and(|o| o.bare != bare) {
-            Some(error(Condition::Conflict, "That nickname is in use"))
-        } else if self.config.members_only && affiliation == Affiliation::None {
-            Some(error(
-                Condition::RegistrationRequired,
-                "This room is members-only",
-            ))
-        } else if self
-            .config
-            .password
-            .as_ref()
-            .is_some_and(|p| request.password.as_ref() != Some(p))
-        {
-            Some(error(Condition::NotAuthorized, "A password is required"))
-        } else if !self.occupants.contains_key(&nick)
-            && self.occupants.len() >= self.config.max_users as usize
-            && !affiliation.is_admin_or_owner()
-        {
-            Some(error(Condition::ServiceUnavailable, "This room is full"))
-        } else {
-            None
-        };
-        if let Some((condition, text)) = refusal {
+        if let Some((condition, text)) = self.admission(&bare, &nick, &request) {
             out.error(
                 &from,
                 StanzaKind::Presence,
                 Some(nick),
                 None,
                 condition,
-                text,
+                Some(text),
             );
             if condition == Condition::ServiceUnavailable
                 && let Some(Action::Send {
@@ -537,9 +525,56 @@ impl Room {
             }
             return;
         }
+        self.seat(&from, &nick, payload, now);
+        if creating {
+            self.persist_snapshot(out);
+        }
 
+        // Everyone else learns of the new occupant first...
+        self.presence_to_others(out, &nick, &[]);
+        // ...then the joiner gets the room (§7.2.2 order).
+        self.send_join_sequence(out, &from, &nick, &request.history, creating, now);
+    }
+
+    /// Why `bare` may not join as `nick` with `request`, if it may not.
+    pub(crate) fn admission(
+        &self,
+        bare: &BareJid,
+        nick: &Nick,
+        request: &JoinRequest,
+    ) -> Option<(Condition, &'static str)> {
+        let affiliation = self.affiliation(bare);
+        if self.locked && affiliation != Affiliation::Owner {
+            Some((Condition::ItemNotFound, "This room is locked"))
+        } else if affiliation == Affiliation::Outcast {
+            Some((Condition::Forbidden, "You are banned from this room"))
+        } else if self.occupants.get(nick).is_some_and(|o| o.bare != *bare) {
+            Some((Condition::Conflict, "That nickname is in use"))
+        } else if self.config.members_only && affiliation == Affiliation::None {
+            Some((Condition::RegistrationRequired, "This room is members-only"))
+        } else if self
+            .config
+            .password
+            .as_ref()
+            .is_some_and(|p| request.password.as_ref() != Some(p))
+        {
+            Some((Condition::NotAuthorized, "A password is required"))
+        } else if !self.occupants.contains_key(nick)
+            && self.occupants.len() >= self.config.max_users as usize
+            && !affiliation.is_admin_or_owner()
+        {
+            Some((Condition::ServiceUnavailable, "This room is full"))
+        } else {
+            None
+        }
+    }
+
+    /// Seats session `from` as occupant `nick`, which [`Self::admission`]
+    /// let in; tells nobody.
+    pub(crate) fn seat(&mut self, from: &FullJid, nick: &Nick, payload: Payload, now: Timestamp) {
+        let bare = from.to_bare();
         let occupant_id = OccupantId::derive(&self.settings.salt, &self.jid, &bare);
-        let role = affiliation.default_role(self.config.moderated);
+        let role = self.affiliation(&bare).default_role(self.config.moderated);
         let occupant = self
             .occupants
             .entry(nick.clone())
@@ -558,14 +593,6 @@ impl Room {
             occupant.tokens = f64::from(limit.burst);
         }
         self.by_session.insert(from.clone(), nick.clone());
-        if creating {
-            self.persist_snapshot(out);
-        }
-
-        // Everyone else learns of the new occupant first...
-        self.presence_to_others(out, &nick, &[]);
-        // ...then the joiner gets the room (§7.2.2 order).
-        self.send_join_sequence(out, &from, &nick, &request.history, creating, now);
     }
 
     /// Roster, own presence (110), history, subject: to one session.
@@ -609,7 +636,7 @@ impl Room {
         );
     }
 
-    fn on_leave(&mut self, out: &mut Out, from: &FullJid, payload: Payload) {
+    pub(crate) fn on_leave(&mut self, out: &mut Out, from: &FullJid, payload: Payload) {
         let Some(nick) = self.by_session.get(from).cloned() else {
             return; // Not joined: nothing to leave, and no error for unavailable presence.
         };
@@ -622,6 +649,13 @@ impl Room {
             return;
         }
         self.remove_occupant(out, &nick, RemovalOrLeave::Leave, None);
+    }
+
+    /// The session's server bounced a stanza: the session is gone (333).
+    pub(crate) fn on_bounced(&mut self, out: &mut Out, from: &FullJid) {
+        if let Some(nick) = self.by_session.get(from).cloned() {
+            self.remove_session(out, &nick, from, Removal::Bounced);
+        }
     }
 
     fn remove_session(&mut self, out: &mut Out, nick: &Nick, session: &FullJid, why: Removal) {
@@ -745,7 +779,7 @@ impl Room {
     }
 
     /// Sends `nick`'s current presence to every other occupant.
-    fn presence_to_others(&self, out: &mut Out, nick: &Nick, statuses: &[u16]) {
+    pub(crate) fn presence_to_others(&self, out: &mut Out, nick: &Nick, statuses: &[u16]) {
         let occupant = &self.occupants[nick];
         if self.config.presence_broadcast.contains(&occupant.role) {
             self.each_recipient(out, Some(nick), |room, role| {
@@ -761,7 +795,7 @@ impl Room {
 
     /// Builds one stanza per kind of recipient and sends it to every
     /// occupant but `except`: recipients differ only in seeing real JIDs.
-    fn each_recipient(
+    pub(crate) fn each_recipient(
         &self,
         out: &mut Out,
         except: Option<&Nick>,
@@ -794,7 +828,7 @@ impl Room {
         self.config.whois == Whois::Anyone || role == Role::Moderator
     }
 
-    fn presence_of(
+    pub(crate) fn presence_of(
         &self,
         nick: &Nick,
         occupant: &Occupant,
@@ -819,7 +853,7 @@ impl Room {
         }
     }
 
-    fn all_sessions(&self) -> Vec<FullJid> {
+    pub(crate) fn all_sessions(&self) -> Vec<FullJid> {
         self.occupants
             .values()
             .flat_map(|o| o.sessions.iter().cloned())
@@ -904,12 +938,11 @@ impl Room {
             );
             return;
         }
+        let (seq, stanza_id) = self.number();
         let occupant = &self.occupants[&nick];
-        let seq = self.next_seq;
-        self.next_seq = seq.next();
         let message = Arc::new(RoomMessage {
             seq,
-            stanza_id: self.stanza_id(seq),
+            stanza_id,
             occupant_id: occupant.occupant_id.clone(),
             nick,
             sender: occupant.bare.clone(),
@@ -918,10 +951,22 @@ impl Room {
             payload,
             size,
         });
+        self.keep(out, message.clone());
+        out.send(self.all_sessions(), Outgoing::Groupchat(message));
+    }
+
+    /// The next message's sequence number and the stanza id it would get.
+    pub(crate) fn number(&mut self) -> (Seq, StanzaId) {
+        let seq = self.next_seq;
+        self.next_seq = seq.next();
+        (seq, self.stanza_id(seq))
+    }
+
+    /// Appends a message to the history, durably.
+    pub(crate) fn keep(&mut self, out: &mut Out, message: Arc<RoomMessage>) {
         self.history
             .push(message.clone(), self.config.history_length as usize);
-        self.persist(out, Persist::Message(message.clone()));
-        out.send(self.all_sessions(), Outgoing::Groupchat(message));
+        self.persist(out, Persist::Message(message));
     }
 
     /// Flood control: one token per message.
@@ -1416,6 +1461,9 @@ impl Room {
         for m in self.history.iter() {
             self.persist(out, Persist::Message(m.clone()));
         }
+        for progress in self.merges.progress() {
+            self.persist(out, Persist::Merged(progress));
+        }
     }
 
     fn destroy(
@@ -1467,7 +1515,7 @@ impl From<Removal> for RemovalOrLeave {
     }
 }
 
-fn unavailable(mut p: OccupantPresence) -> OccupantPresence {
+pub(crate) fn unavailable(mut p: OccupantPresence) -> OccupantPresence {
     p.available = false;
     p
 }

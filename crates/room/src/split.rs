@@ -49,7 +49,7 @@
 
 use jid::FullJid;
 
-use crate::event::{IqRequest, StanzaKind};
+use crate::event::{IqRequest, JoinRequest, StanzaKind};
 use crate::replica::{Replica, local_only};
 use crate::{
     Action, Condition, ErrorType, Input, Nick, Outgoing, Room, RoomSnapshot, SplitPolicy, StanzaId,
@@ -93,6 +93,12 @@ pub struct Healed {
     /// the room turned down, private messages and IQs (answered, or
     /// delivered, locally) are not part of it.
     pub submissions: Vec<SplitEvent>,
+    /// To submit after `submissions`: each local session still in the
+    /// room, rejoining with its presence as it is now. A master that
+    /// restarted during the split (and so lost its occupants) gets them
+    /// back; to one that kept them, a presence that did not change is
+    /// nothing new. Sorted by session.
+    pub present: Vec<SplitEvent>,
 }
 
 /// A slave's room while it is split from its master.
@@ -185,6 +191,29 @@ impl Split {
     pub fn end(self) -> Healed {
         let actions = self.notice("This room is whole again".to_owned());
         let since = self.start.seq;
+        let at = self.log.last().map_or(self.start.began, |e| e.now);
+        let mut present: Vec<SplitEvent> = self
+            .room
+            .sessions()
+            .filter(|s| self.is_local(s))
+            .filter_map(|session| {
+                let (nick, payload) = self.room.session_presence(session)?;
+                Some(SplitEvent {
+                    now: at,
+                    input: Input::Presence {
+                        from: session.clone(),
+                        nick: nick.clone(),
+                        join: Some(JoinRequest::default()),
+                        payload: payload.clone(),
+                    },
+                    local_id: None,
+                })
+            })
+            .collect();
+        present.sort_by(|a, b| {
+            let jid = |e: &SplitEvent| e.input.sender().map(|j| j.as_str().to_owned());
+            jid(a).cmp(&jid(b))
+        });
         let submissions = self
             .log
             .into_iter()
@@ -195,6 +224,7 @@ impl Split {
             actions,
             since,
             submissions,
+            present,
         }
     }
 
@@ -230,6 +260,8 @@ impl Split {
         }
         let me = self.room.nick_of(from);
         match input {
+            // The master's business, never a user's stanza.
+            Input::Merge(_) => Verdict::Ignore,
             // Leaving always works, and answers complete exchanges.
             Input::Leave { .. } | Input::Bounced { .. } | Input::IqResponse { .. } => Verdict::Room,
             // XEP-0410: answered, so that clients stay in the room.
@@ -384,7 +416,8 @@ fn refusal(input: &Input, condition: Condition, text: &'static str) -> Vec<Actio
         Input::Leave { .. }
         | Input::Bounced { .. }
         | Input::IqResponse { .. }
-        | Input::Shutdown => {
+        | Input::Shutdown
+        | Input::Merge(_) => {
             return Vec::new();
         }
     };

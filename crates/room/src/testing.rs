@@ -21,8 +21,8 @@ use proptest::prelude::*;
 use crate::event::{AdminFilter, AdminItem, IqRequest, JoinRequest, MessageKind};
 use crate::form::Submission;
 use crate::{
-    Affiliation, ConfigBounds, HistoryRequest, Input, Nick, Payload, RateLimit, Role, Room,
-    RoomConfig, RoomSettings, SplitPolicy, Timestamp,
+    Affiliation, ConfigBounds, HistoryRequest, Input, Merge, Nick, Payload, RateLimit, Role, Room,
+    RoomConfig, RoomSettings, Seq, SplitPolicy, StanzaId, Timestamp,
 };
 
 /// The sessions inputs come from: two share a domain, one has two sessions.
@@ -319,7 +319,44 @@ pub fn input() -> impl Strategy<Value = Input> {
             }),
         // Rare: it ends the room.
         1 => Just(Input::Shutdown),
+        2 => merge(),
     ]
+}
+
+/// A merge of a split-era message, join or leave of the sender's domain
+/// (submissions 0 to 3 of one of two splits, so that some repeat).
+fn merge() -> impl Strategy<Value = Input> {
+    let inner = prop_oneof![
+        (user(), payload()).prop_map(|(from, payload)| Input::Groupchat {
+            from,
+            id: None,
+            subject: None,
+            has_body: true,
+            payload,
+            size: 4,
+        }),
+        (user(), nick(), payload()).prop_map(|(from, nick, payload)| Input::Presence {
+            from,
+            nick,
+            join: Some(JoinRequest::default()),
+            payload,
+        }),
+        (user(), payload()).prop_map(|(from, payload)| Input::Leave { from, payload }),
+    ];
+    (inner, 0u64..4, 0i64..2, any::<bool>()).prop_map(|(input, index, split, with_id)| {
+        let domain = input.sender().expect("a user's").domain().to_string();
+        let began = Timestamp(1_000 + split);
+        let local_id = (with_id && matches!(input, Input::Groupchat { .. }))
+            .then(|| StanzaId::provisional(&domain, began, Seq(index + 1)));
+        Input::Merge(Box::new(Merge {
+            domain,
+            began,
+            index,
+            at: Timestamp(began.0 + index as i64),
+            local_id,
+            input,
+        }))
+    })
 }
 
 /// A run of inputs, each with the milliseconds that pass before it.

@@ -248,6 +248,24 @@ fn begin_and_end_notify_the_local_occupants() {
     );
     assert!(healed.submissions.is_empty());
     assert_eq!(healed.since, replica.seq());
+    // Bob and carol rejoin the master as they are, in case it lost them.
+    let present: Vec<(String, &str)> = healed
+        .present
+        .iter()
+        .map(|e| match &e.input {
+            Input::Presence {
+                from,
+                nick,
+                join: Some(_),
+                ..
+            } => (from.to_string(), nick.as_str()),
+            other => panic!("not a rejoin: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        present,
+        [(BOB.to_owned(), "bob"), (CAROL.to_owned(), "carol")]
+    );
 }
 
 #[test]

@@ -45,7 +45,8 @@ pub fn build(room: &BareJid, out: &Outgoing) -> Element {
     match out {
         Outgoing::Presence(p) => presence(room, p),
         Outgoing::Groupchat(m) => groupchat(room, m, false),
-        Outgoing::History(m) => groupchat(room, m, true),
+        // A merged message was sent before: like history, it carries its time.
+        Outgoing::History(m) | Outgoing::Merged(m) => groupchat(room, m, true),
         Outgoing::Subject { subject, delayed } => {
             let (from, text) = match subject {
                 Some(s) => (from_attr(room, s.nick.as_ref()), s.text.as_str()),
@@ -494,6 +495,36 @@ mod tests {
             "<message xmlns='jabber:component:accept' from='r@muc.a.test' to='bob@b.test/x' \
              type='groupchat'><body>This room is split from its master &amp; \
              &lt;alone&gt;</body></message>"
+        );
+    }
+
+    /// A merged message keeps the split's stanza id and says when it was
+    /// sent (XEP-0203), as history does.
+    #[test]
+    fn a_merged_message_carries_its_id_and_a_delay() {
+        use dmuc_room::{OccupantId, Payload, Seq, StanzaId};
+        let room: BareJid = "r@muc.a.test".parse().unwrap();
+        let at = Timestamp(1_700_000_000_123);
+        let message = std::sync::Arc::new(RoomMessage {
+            seq: Seq(7),
+            stanza_id: StanzaId::provisional("b.test", Timestamp(0x10), Seq(3)),
+            occupant_id: OccupantId::from_stored("oid".into()),
+            nick: Nick::new("bob").unwrap(),
+            sender: "bob@b.test".parse().unwrap(),
+            id: Some("m1".into()),
+            at,
+            payload: Payload::from_xml("<body xmlns='jabber:client'>hi</body>").unwrap(),
+            size: 2,
+        });
+        let el = build(&room, &Outgoing::Merged(message));
+        assert_eq!(
+            String::from(&el),
+            "<message xmlns='jabber:component:accept' from='r@muc.a.test/bob' id='m1' \
+             type='groupchat'><body xmlns='jabber:client'>hi</body>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='r@muc.a.test' id='split:b.test:10:3'/>\
+             <occupant-id xmlns='urn:xmpp:occupant-id:0' id='oid'/>\
+             <delay xmlns='urn:xmpp:delay' from='r@muc.a.test' stamp='2023-11-14T22:13:20.123Z'/>\
+             </message>"
         );
     }
 }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use dmuc_component::metrics::{Counter, Gauge, Metrics};
 use dmuc_component::{Backoff, BackoffConfig};
 use dmuc_protocol::pb::peering_client::PeeringClient;
 use dmuc_protocol::pb::{self, master_frame, peer_frame};
@@ -59,6 +60,8 @@ pub struct PeerContext {
     /// A stream gets a keepalive this often; one unanswered by the next
     /// ends it (a split is noticed within twice this).
     pub keepalive: Duration,
+    /// Where each peer task registers `dmuc_peer_up` and `dmuc_peer_down_total`.
+    pub metrics: Metrics,
 }
 
 /// What a peerhost submitted for one of its domain's users, checked: the
@@ -88,6 +91,17 @@ pub fn spawn(
     let (adopt_tx, adopt) = mpsc::channel(4);
     let span = info_span!("peer", domain = %target.domain, peer = %target.jid);
     let intercepts = Arc::new(AtomicBool::new(false));
+    let domain = [("domain", target.domain.as_str())];
+    let up = context.metrics.gauge_with(
+        "dmuc_peer_up",
+        "Whether the stream to the domain's peerhost is up",
+        &domain,
+    );
+    let downs = context.metrics.counter_with(
+        "dmuc_peer_down_total",
+        "Streams to the domain's peerhost that went down after being up",
+        &domain,
+    );
     let handle = PeerHandle {
         target: Arc::new(target.clone()),
         tx,
@@ -102,6 +116,8 @@ pub fn spawn(
         rooms: HashMap::new(),
         state: state_tx,
         session: 0,
+        up,
+        downs,
     };
     tokio::spawn(conn.run(rx, adopt, shutdown).instrument(span));
     handle
@@ -164,6 +180,10 @@ struct Conn {
     rooms: HashMap<BareJid, mpsc::UnboundedSender<News>>,
     state: watch::Sender<LinkState>,
     session: u64,
+    /// `dmuc_peer_up{domain}`: 1 while `state` is `Up`.
+    up: Gauge,
+    /// `dmuc_peer_down_total{domain}`: `Up` to `Down`.
+    downs: Counter,
 }
 
 /// Why a stream ended.
@@ -213,7 +233,11 @@ impl Conn {
                 Err(reason) => Ended::Failed(reason),
             };
             if self.state.borrow().ne(&LinkState::Down) {
-                self.state.send_replace(LinkState::Down);
+                let was = self.state.send_replace(LinkState::Down);
+                if matches!(was, LinkState::Up(_)) {
+                    self.up.set(0);
+                    self.downs.inc();
+                }
             }
             self.tell_all(|session| PeerNews::Down { session });
             match ended {
@@ -280,6 +304,7 @@ impl Conn {
         );
         self.intercepts.store(welcome.intercepts, Ordering::Relaxed);
         self.state.send_replace(LinkState::Up(session));
+        self.up.set(1);
         for (room, news) in &self.rooms {
             let resume_from = resumable.remove(room);
             let _ = news.send(self.news(PeerNews::Up {
@@ -444,7 +469,8 @@ impl Conn {
     }
 
     /// A stanza a peerhost submits: accepted only from its own domain's
-    /// users.
+    /// users; a merge, only of its own domain's split, which did not begin
+    /// in the future (its time is clamped into `[began, now]`).
     fn on_submit(&self, submit: pb::Submit) {
         let room = submit
             .room
@@ -452,7 +478,7 @@ impl Conn {
             .ok()
             .filter(|r| r.node().is_some());
         let input = submit.input.map(Input::try_from);
-        let (Some(room), Some(Ok(input))) = (room, input) else {
+        let (Some(room), Some(Ok(mut input))) = (room, input) else {
             warn!(room = %submit.room, "malformed submission rejected");
             return;
         };
@@ -464,6 +490,16 @@ impl Conn {
                 "submission for a user of another domain rejected"
             );
             return;
+        }
+        if let Input::Merge(merge) = &mut input {
+            if merge.domain != self.target.domain.as_str() {
+                return warn!(%room, domain = %merge.domain, "merge of another domain's split rejected");
+            }
+            let now = crate::room_task::now();
+            if merge.began > now {
+                return warn!(%room, began = merge.began.millis(), "merge of a split from the future rejected");
+            }
+            merge.at = merge.at.clamp(merge.began, now);
         }
         let _ = self
             .context
@@ -518,6 +554,9 @@ impl Conn {
             ToPeer::Frame { session: s, frame } => (s == session).then_some(pb::MasterFrame {
                 frame: Some(*frame),
             }),
+            ToPeer::Merged(merged) => Some(pb::MasterFrame {
+                frame: Some(master_frame::Frame::Merged(merged)),
+            }),
             msg => {
                 self.register(msg, LinkState::Up(session));
                 None
@@ -548,6 +587,9 @@ impl Conn {
                 self.rooms.remove(&room);
             }
             ToPeer::Event { .. } | ToPeer::Signed { .. } | ToPeer::Frame { .. } => {}
+            ToPeer::Merged(merged) => {
+                debug!(room = %merged.room, "no stream: merge confirmation dropped");
+            }
         }
     }
 

@@ -19,6 +19,14 @@
 //! - [`listen`]: the `Uplink` service for peerhosts that dial the master.
 //!
 //! Rooms decide which of their domains a slave serves (`crate::fanout`).
+//!
+//! Up the stream come the stanzas of the peerhost's users ([`conn::Submitted`]),
+//! among them, on heal, the inputs of a split to merge: `Submit(Merge)`,
+//! checked here (the merge's domain is the peerhost's, its split did not
+//! begin in the future, its time is clamped into `[began, now]`), then
+//! routed to the room like any input; the room task answers
+//! [`Directory::confirm_merge`] once the merge is durable, and the service
+//! does so at once for a room that does not exist.
 
 pub mod conn;
 pub mod discovery;
@@ -30,8 +38,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use dmuc_protocol::pb;
+use dmuc_room::Timestamp;
 use jid::BareJid;
 use tokio::sync::{mpsc, watch};
+use tracing::{debug, warn};
 
 pub use conn::LinkState;
 
@@ -144,6 +154,10 @@ pub enum ToPeer {
         session: u64,
         event: Arc<pb::SignedEvent>,
     },
+    /// How far the peerhost's split of a room is merged: for whichever
+    /// stream is up (dropped if none: the peerhost resubmits, and learns
+    /// it then).
+    Merged(pb::SplitMerged),
 }
 
 /// News from the peerhost of `domain`.
@@ -190,5 +204,28 @@ impl Directory {
             .write()
             .expect("directory lock")
             .insert(domain, handle);
+    }
+
+    /// Tells `domain`'s peerhost that its split of `room` since `began` is
+    /// merged below `next_index` (`SplitMerged`).
+    pub async fn confirm_merge(
+        &self,
+        room: &BareJid,
+        domain: &str,
+        began: Timestamp,
+        next_index: u64,
+    ) {
+        let Some(peer) = BareJid::new(domain).ok().and_then(|d| self.get(&d)) else {
+            return warn!(%room, domain, "merge confirmation for a domain without a peerhost");
+        };
+        debug!(%room, domain, began = began.millis(), next_index, "split merged");
+        let frame = pb::SplitMerged {
+            room: room.to_string(),
+            began_ms: began.millis(),
+            next_index,
+        };
+        if !peer.send(ToPeer::Merged(frame)).await {
+            warn!(domain, "peer task gone");
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! The master's durable storage: persistent rooms, their affiliations,
-//! subject and messages, plus the boot epoch and the occupant-id salt, in one
+//! subject, messages and how far splits are merged into them, plus the boot epoch and the occupant-id salt, in one
 //! SQLite file (WAL mode).
 //!
 //! # Layout
@@ -35,7 +35,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dmuc_room::{Affiliation, Seq, StoredRoom, Subject, Timestamp};
+use dmuc_room::{Affiliation, Seq, SplitProgress, StoredRoom, Subject, Timestamp};
 use jid::BareJid;
 use serde::Deserialize;
 use sqlx::migrate::{MigrateError, Migrator};
@@ -267,6 +267,19 @@ impl Store {
             let entry = (codec::jid(&jid)?, codec::affiliation(&affiliation)?);
             affiliations.entry(room).or_default().push(entry);
         }
+        let mut merged: std::collections::HashMap<String, Vec<SplitProgress>> = Default::default();
+        let merged_rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT room, domain, began_ms, next_index FROM merged_splits ORDER BY room, domain",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for (room, domain, began, next_index) in merged_rows {
+            merged.entry(room).or_default().push(SplitProgress {
+                domain,
+                began: Timestamp(began),
+                next_index: codec::u64_from_db(next_index, "next_index")?,
+            });
+        }
         let limit = i64::try_from(history).unwrap_or(i64::MAX);
         let mut rooms = Vec::with_capacity(rows.len());
         for row in rows {
@@ -302,6 +315,7 @@ impl Store {
                 subject: subject(&row)?,
                 history,
                 next_seq,
+                merged: merged.remove(&row.jid).unwrap_or_default(),
             };
             rooms.push((codec::jid(&row.jid)?, stored));
         }

@@ -6,8 +6,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use dmuc_room::{
-    Affiliation, Nick, OccupantId, Payload, Persist, RoomConfig, RoomMessage, Seq, StanzaId,
-    Subject, Timestamp, Whois,
+    Affiliation, Nick, OccupantId, Payload, Persist, RoomConfig, RoomMessage, Seq, SplitProgress,
+    StanzaId, Subject, Timestamp, Whois,
 };
 use futures::FutureExt;
 use jid::BareJid;
@@ -323,6 +323,53 @@ async fn changes_for_an_unknown_room_create_it() {
     assert_eq!(rooms[0].1.history, [message(1, "again")]);
     assert!(rooms[0].1.affiliations.is_empty());
     store.close().await;
+}
+
+#[tokio::test]
+async fn merge_progress_is_replaced_per_domain_and_goes_with_its_room() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("master.db");
+    let store = open(&dir).await;
+    let writer = store.writer();
+    let room = jid("merged@conference.a.test");
+    let progress = |domain: &str, began, next_index| SplitProgress {
+        domain: domain.into(),
+        began: Timestamp(began),
+        next_index,
+    };
+    writer
+        .write(
+            room.clone(),
+            vec![
+                Persist::Config(config("m")),
+                Persist::Merged(progress("b.test", 10, 1)),
+                Persist::Merged(progress("c.test", 20, 4)),
+            ],
+        )
+        .await
+        .unwrap();
+    writer
+        .write(
+            room.clone(),
+            vec![Persist::Merged(progress("b.test", 30, 2))],
+        )
+        .await
+        .unwrap();
+    store.close().await;
+
+    let store = open(&dir).await;
+    let rooms = store.load_rooms(10).await.unwrap();
+    assert_eq!(
+        rooms[0].1.merged,
+        [progress("b.test", 30, 2), progress("c.test", 20, 4)]
+    );
+    store
+        .writer()
+        .write(room, vec![Persist::Delete])
+        .await
+        .unwrap();
+    store.close().await;
+    assert_eq!(count(&path, "merged_splits").await, 0);
 }
 
 #[tokio::test]

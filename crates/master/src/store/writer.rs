@@ -333,6 +333,19 @@ impl WriterTask {
                         .execute(&mut *tx)
                         .await?;
                     }
+                    Persist::Merged(progress) => {
+                        sqlx::query(
+                            "INSERT INTO merged_splits (room, domain, began_ms, next_index) \
+                             VALUES (?, ?, ?, ?) ON CONFLICT (room, domain) DO UPDATE \
+                             SET began_ms = excluded.began_ms, next_index = excluded.next_index",
+                        )
+                        .bind(room.as_str())
+                        .bind(&progress.domain)
+                        .bind(progress.began.millis())
+                        .bind(codec::u64_to_db(progress.next_index, "next_index")?)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                     Persist::Delete => {
                         // Messages collected so far precede the delete: write
                         // them first so the cascade removes them too.

@@ -32,6 +32,12 @@
 //! ahead of storage; a crash loses the last few events, and the slave then
 //! resumes from an earlier `have_seq`, which the master covers with the
 //! events it still has (and `deliver_after` for those already delivered).
+//! Splits are stored differently (`splits`, `split_events`): a split's
+//! start and every entry of its log, each committed before the local users
+//! are told what it did ([`Writer::flush`]), because the master has not
+//! seen them. They stay until the master confirms their merge
+//! ([`Store::load_splits`] reads them back).
+//!
 //! The database runs with `synchronous = NORMAL`: commits survive a crash of
 //! the process; a power loss may roll back the last ones, to the same effect.
 
@@ -45,7 +51,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dmuc_protocol::{RoomEvent, pb};
-use dmuc_room::RoomSnapshot;
+use dmuc_room::split::{SplitEvent, SplitStart};
+use dmuc_room::{Input, RoomSnapshot, StanzaId, Timestamp};
 use jid::BareJid;
 use prost::Message;
 use sqlx::Connection;
@@ -76,6 +83,18 @@ pub struct StoredSlave {
     pub snapshot: RoomSnapshot,
     /// Events applied after the snapshot, oldest first.
     pub log: Vec<RoomEvent>,
+}
+
+/// A split as stored: where it began and what it let happen since.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredSplit {
+    pub start: SplitStart,
+    /// Submitted to the master, which has not yet confirmed the merge.
+    pub healed: bool,
+    /// The split's log, in local order (see [`Split::restore`]).
+    ///
+    /// [`Split::restore`]: dmuc_room::split::Split::restore
+    pub log: Vec<SplitEvent>,
 }
 
 /// One stored slave, as [`Store::rooms`] lists it.
@@ -150,6 +169,14 @@ impl Store {
             .collect()
     }
 
+    /// How many slaves are stored (running, or waiting for their master).
+    pub async fn count_slaves(&self) -> Result<u64, Error> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM slaves")
+            .fetch_one(&self.pool)
+            .await?;
+        from_db(n, "count")
+    }
+
     /// The stored slaves of `master`'s rooms, ordered by room; a room whose
     /// snapshot cannot be read back is left out (and logged), a log that
     /// cannot is cut before the bad event.
@@ -182,11 +209,70 @@ impl Store {
         Ok(slaves)
     }
 
+    /// The stored splits of `master`'s rooms (serving `domain`), oldest first
+    /// per room. A split whose start cannot be read back is left out (and
+    /// logged); a log is cut before an entry that cannot.
+    pub async fn load_splits(
+        &self,
+        master: &BareJid,
+        domain: &str,
+    ) -> Result<Vec<StoredSplit>, Error> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        let rows: Vec<(String, i64, i64, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT room, began, seq, snapshot, healed FROM splits WHERE master = ? \
+             ORDER BY room, began",
+        )
+        .bind(master.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut splits = Vec::with_capacity(rows.len());
+        for (room, began, seq, snapshot, healed) in rows {
+            let entries: Vec<(i64, Vec<u8>, Option<String>)> = sqlx::query_as(
+                "SELECT at, input, local_id FROM split_events WHERE room = ? AND began = ? \
+                 ORDER BY idx",
+            )
+            .bind(&room)
+            .bind(began)
+            .fetch_all(&mut *tx)
+            .await?;
+            let start = decode_snapshot(&room, &snapshot).and_then(|snapshot| {
+                Ok(SplitStart {
+                    snapshot,
+                    seq: from_db(seq, "splits.seq")?,
+                    domain: domain.to_owned(),
+                    began: Timestamp(began),
+                })
+            });
+            match start {
+                Ok(start) => splits.push(StoredSplit {
+                    start,
+                    healed: healed != 0,
+                    log: decode_split_log(&room, entries),
+                }),
+                Err(e) => tracing::error!(room, error = %e, "stored split unreadable: left out"),
+            }
+        }
+        tx.commit().await?;
+        Ok(splits)
+    }
+
     /// Finishes every queued write, stops the writer and closes the database.
     pub async fn close(&self) {
         self.writer.close().await;
         self.pool.close().await;
     }
+}
+
+fn decode_snapshot(room: &str, snapshot: &[u8]) -> Result<RoomSnapshot, Error> {
+    let snapshot = pb::RoomSnapshot::decode(snapshot)
+        .map_err(|e| Error::StoredData(format!("snapshot: {e}")))?;
+    let snapshot =
+        RoomSnapshot::try_from(snapshot).map_err(|e| Error::StoredData(e.to_string()))?;
+    if snapshot.jid.as_str() != room {
+        return Err(Error::StoredData("snapshot of another room".into()));
+    }
+    Ok(snapshot)
 }
 
 fn decode_slave(
@@ -195,13 +281,7 @@ fn decode_slave(
     deliver_after: i64,
     snapshot: &[u8],
 ) -> Result<StoredSlave, Error> {
-    let snapshot = pb::RoomSnapshot::decode(snapshot)
-        .map_err(|e| Error::StoredData(format!("snapshot: {e}")))?;
-    let snapshot =
-        RoomSnapshot::try_from(snapshot).map_err(|e| Error::StoredData(e.to_string()))?;
-    if snapshot.jid.as_str() != room {
-        return Err(Error::StoredData("snapshot of another room".into()));
-    }
+    let snapshot = decode_snapshot(room, snapshot)?;
     Ok(StoredSlave {
         seq: from_db(seq, "slaves.seq")?,
         deliver_after: from_db(deliver_after, "slaves.deliver_after")?,
@@ -225,6 +305,28 @@ fn decode_log(room: &str, rows: Vec<(Vec<u8>,)>) -> Vec<RoomEvent> {
             }
             Err(error) => {
                 tracing::error!(room, %error, "stored event unreadable: log cut there");
+                break;
+            }
+        }
+    }
+    log
+}
+
+/// A split's log, up to the first entry that cannot be read back.
+fn decode_split_log(room: &str, rows: Vec<(i64, Vec<u8>, Option<String>)>) -> Vec<SplitEvent> {
+    let mut log = Vec::with_capacity(rows.len());
+    for (at, input, local_id) in rows {
+        let input = pb::Input::decode(input.as_slice())
+            .map_err(|e| e.to_string())
+            .and_then(|i| Input::try_from(i).map_err(|e| e.to_string()));
+        match input {
+            Ok(input) => log.push(SplitEvent {
+                now: Timestamp(at),
+                input,
+                local_id: local_id.map(StanzaId::from_stored),
+            }),
+            Err(error) => {
+                tracing::error!(room, %error, "stored split entry unreadable: log cut there");
                 break;
             }
         }

@@ -174,11 +174,76 @@ async fn deleted_rooms_are_forgotten() {
         .map(|r| r.room.to_string())
         .collect();
     assert_eq!(rooms, ["kitchen@conference.a.test", "room@muc.c.test"]);
+    assert_eq!(store.count_slaves().await.unwrap(), 2);
 
     writer.delete_master(&master()).await;
     writer.flush().await.unwrap();
     let rooms = store.rooms().await.unwrap();
     assert_eq!(rooms.len(), 1);
     assert_eq!(rooms[0].master.as_str(), "muc.c.test");
+    assert_eq!(store.count_slaves().await.unwrap(), 1);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_split_and_its_log_load_after_a_reopen_until_merged() {
+    use dmuc_room::replica::Replica;
+    use dmuc_room::split::Split;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut lounge = MasterRoom::new("lounge");
+    let (event, _) = lounge.event(join("bob@b.test/1", "bob"));
+    let replica = Replica::new(lounge.room.snapshot(), event.seq, 0, "b.test");
+    let (mut split, _) = Split::begin(&replica, Timestamp(5_000));
+    let store = open(&dir).await;
+    let writer = store.writer();
+    writer.split_begin(split.start()).await;
+    for (i, input) in [say("bob@b.test/1", "one"), say("bob@b.test/1", "two")]
+        .into_iter()
+        .enumerate()
+    {
+        split.handle(input, Timestamp(6_000 + i as i64));
+        let index = split.log().len() - 1;
+        let entry = split.log()[index].clone();
+        writer
+            .split_event(lounge.jid(), split.start().began, index as u64, entry)
+            .await;
+    }
+    store.close().await;
+
+    // What the split did comes back as it was, provisional ids included.
+    let store = open(&dir).await;
+    let stored = store.load_splits(&master(), "b.test").await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(&stored[0].start, split.start());
+    assert_eq!(stored[0].log, split.log());
+    assert!(!stored[0].healed);
+    let restored = Split::restore(stored[0].start.clone(), stored[0].log.clone());
+    assert_eq!(restored.room().snapshot(), split.room().snapshot());
+
+    // Healed: kept (the master has not confirmed), marked.
+    let began = split.start().began;
+    store.writer().split_healed(lounge.jid(), began).await;
+    store.writer().flush().await.unwrap();
+    let stored = store.load_splits(&master(), "b.test").await.unwrap();
+    assert!(stored[0].healed);
+    assert_eq!(stored[0].log.len(), 2);
+
+    // Deleting the slave leaves the split; the master's confirmation ends it.
+    store.writer().delete(lounge.jid()).await;
+    store.writer().flush().await.unwrap();
+    assert_eq!(
+        store.load_splits(&master(), "b.test").await.unwrap().len(),
+        1
+    );
+    store.writer().split_merged(lounge.jid(), began).await;
+    store.writer().flush().await.unwrap();
+    assert!(
+        store
+            .load_splits(&master(), "b.test")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     store.close().await;
 }

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use dmuc_protocol::pb;
-use dmuc_room::RoomSnapshot;
+use dmuc_room::split::{SplitEvent, SplitStart};
+use dmuc_room::{RoomSnapshot, Timestamp};
 use jid::BareJid;
 use prost::Message;
 use sqlx::sqlite::SqliteConnection;
@@ -69,6 +70,23 @@ enum Write {
     DeleteMaster {
         master: BareJid,
     },
+    SplitBegin {
+        start: Box<SplitStart>,
+    },
+    SplitEvent {
+        room: BareJid,
+        began: Timestamp,
+        index: u64,
+        event: SplitEvent,
+    },
+    SplitHealed {
+        room: BareJid,
+        began: Timestamp,
+    },
+    SplitMerged {
+        room: BareJid,
+        began: Timestamp,
+    },
     /// Resolved once every write queued before it is committed (or failed).
     Flush(oneshot::Sender<Result<(), Error>>),
     /// Finish what is queued, then refuse new writes and end.
@@ -112,6 +130,42 @@ impl Writer {
     pub async fn delete_master(&self, master: &BareJid) {
         let master = master.clone();
         self.queue(Write::DeleteMaster { master }).await;
+    }
+
+    /// Queues the start of a split of the room `start` names.
+    pub async fn split_begin(&self, start: &SplitStart) {
+        let start = Box::new(start.clone());
+        self.queue(Write::SplitBegin { start }).await;
+    }
+
+    /// Queues entry `index` of the log of the split of `room` that began at `began`.
+    pub async fn split_event(
+        &self,
+        room: &BareJid,
+        began: Timestamp,
+        index: u64,
+        event: SplitEvent,
+    ) {
+        let room = room.clone();
+        self.queue(Write::SplitEvent {
+            room,
+            began,
+            index,
+            event,
+        })
+        .await;
+    }
+
+    /// Queues that a split was submitted to the master (it is kept until merged).
+    pub async fn split_healed(&self, room: &BareJid, began: Timestamp) {
+        let room = room.clone();
+        self.queue(Write::SplitHealed { room, began }).await;
+    }
+
+    /// Queues the removal of a split the master has merged.
+    pub async fn split_merged(&self, room: &BareJid, began: Timestamp) {
+        let room = room.clone();
+        self.queue(Write::SplitMerged { room, began }).await;
     }
 
     /// Waits until every write queued before this call is committed.
@@ -179,6 +233,28 @@ enum Op {
     DeleteMaster {
         master: BareJid,
     },
+    SplitBegin {
+        room: BareJid,
+        began: i64,
+        seq: i64,
+        snapshot: Vec<u8>,
+    },
+    SplitEvent {
+        room: BareJid,
+        began: i64,
+        index: i64,
+        at: i64,
+        input: Vec<u8>,
+        local_id: Option<String>,
+    },
+    SplitHealed {
+        room: BareJid,
+        began: i64,
+    },
+    SplitMerged {
+        room: BareJid,
+        began: i64,
+    },
 }
 
 impl Op {
@@ -188,7 +264,12 @@ impl Op {
             | Op::Log { room, .. }
             | Op::DeliverAfter { room, .. }
             | Op::Delete { room } => Some(room),
-            Op::DeleteMaster { .. } => None,
+            // Split writes are not part of the slave's log.
+            Op::DeleteMaster { .. }
+            | Op::SplitBegin { .. }
+            | Op::SplitEvent { .. }
+            | Op::SplitHealed { .. }
+            | Op::SplitMerged { .. } => None,
         }
     }
 }
@@ -305,6 +386,33 @@ impl WriterTask {
                 Op::Delete { room }
             }
             Write::DeleteMaster { master } => Op::DeleteMaster { master },
+            Write::SplitBegin { start } => Op::SplitBegin {
+                began: start.began.millis(),
+                seq: to_db(start.seq, "split seq")?,
+                snapshot: pb::RoomSnapshot::from(&start.snapshot).encode_to_vec(),
+                room: start.snapshot.jid,
+            },
+            Write::SplitEvent {
+                room,
+                began,
+                index,
+                event,
+            } => Op::SplitEvent {
+                room,
+                began: began.millis(),
+                index: to_db(index, "split index")?,
+                at: event.now.millis(),
+                input: pb::Input::from(&event.input).encode_to_vec(),
+                local_id: event.local_id.map(|id| id.as_str().to_owned()),
+            },
+            Write::SplitHealed { room, began } => Op::SplitHealed {
+                room,
+                began: began.millis(),
+            },
+            Write::SplitMerged { room, began } => Op::SplitMerged {
+                room,
+                began: began.millis(),
+            },
             Write::Flush(_) | Write::Close(_) => return Ok(None),
         };
         Ok(Some(op))
@@ -383,6 +491,64 @@ impl WriterTask {
                         .execute(&mut *tx)
                         .await?;
                 }
+                Op::SplitBegin {
+                    room,
+                    began,
+                    seq,
+                    snapshot,
+                } => {
+                    sqlx::query(
+                        "INSERT OR REPLACE INTO splits (room, began, master, seq, snapshot, healed) \
+                         VALUES (?, ?, ?, ?, ?, 0)",
+                    )
+                    .bind(room.as_str())
+                    .bind(began)
+                    .bind(room.domain().as_str())
+                    .bind(seq)
+                    .bind(snapshot)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Op::SplitEvent {
+                    room,
+                    began,
+                    index,
+                    at,
+                    input,
+                    local_id,
+                } => {
+                    sqlx::query(
+                        "INSERT OR REPLACE INTO split_events (room, began, idx, at, input, local_id) \
+                         VALUES (?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(room.as_str())
+                    .bind(began)
+                    .bind(index)
+                    .bind(at)
+                    .bind(input)
+                    .bind(local_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                Op::SplitHealed { room, began } => {
+                    sqlx::query("UPDATE splits SET healed = 1 WHERE room = ? AND began = ?")
+                        .bind(room.as_str())
+                        .bind(began)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Op::SplitMerged { room, began } => {
+                    sqlx::query("DELETE FROM split_events WHERE room = ? AND began = ?")
+                        .bind(room.as_str())
+                        .bind(began)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("DELETE FROM splits WHERE room = ? AND began = ?")
+                        .bind(room.as_str())
+                        .bind(began)
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
         }
         insert_events(&mut tx, &rows).await?;
@@ -409,7 +575,7 @@ async fn insert_events(
     Ok(())
 }
 
-fn now_millis() -> i64 {
+pub(crate) fn now_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -6,7 +6,7 @@
 
 use dmuc_room::event::{AdminFilter, AdminItem, IqRequest, JoinRequest};
 use dmuc_room::form::Submission;
-use dmuc_room::{HistoryRequest, Input, Timestamp};
+use dmuc_room::{HistoryRequest, Input, Merge, StanzaId, Timestamp};
 
 use super::enums::{
     affiliation, affiliation_to_pb, message_kind, message_kind_to_pb, role, role_to_pb,
@@ -90,6 +90,14 @@ impl From<&Input> for pb::Input {
                 payload_xml: payload.to_xml(),
             }),
             Input::Shutdown => Kind::Shutdown(pb::Shutdown {}),
+            Input::Merge(m) => Kind::Merge(Box::new(pb::Merge {
+                domain: m.domain.clone(),
+                began_ms: m.began.millis(),
+                index: m.index,
+                at_ms: m.at.millis(),
+                local_id: m.local_id.as_ref().map(ToString::to_string),
+                input: Some(Box::new(pb::Input::from(&m.input))),
+            })),
         };
         pb::Input { kind: Some(kind) }
     }
@@ -160,6 +168,42 @@ fn input_from_pb(input: pb::Input) -> Result<Input, ProtocolError> {
             payload: payload(&r.payload_xml, "payload_xml").within("iq_response")?,
         },
         Kind::Shutdown(pb::Shutdown {}) => Input::Shutdown,
+        Kind::Merge(m) => Input::Merge(Box::new(merge_from_pb(*m).within("merge")?)),
+    })
+}
+
+/// A merge of one input of `domain`'s split: never of another merge, and
+/// with a provisional id of that split, if any.
+fn merge_from_pb(m: pb::Merge) -> Result<Merge, ProtocolError> {
+    let domain = bare_jid(&m.domain, "domain")?;
+    if domain.node().is_some() {
+        return Err(ProtocolError::invalid("domain", "not a domain"));
+    }
+    let domain = domain.to_string();
+    let began = Timestamp(m.began_ms);
+    let input = *required(m.input, "input")?;
+    // Checked before decoding, so that nesting cannot recurse.
+    if matches!(input.kind, Some(Kind::Merge(_))) {
+        return Err(ProtocolError::invalid(
+            "input",
+            "a merge cannot hold a merge",
+        ));
+    }
+    let local_id = m
+        .local_id
+        .map(|id| {
+            StanzaId::parse_provisional(&id, &domain, began).ok_or_else(|| {
+                ProtocolError::invalid("local_id", "not a provisional id of this split")
+            })
+        })
+        .transpose()?;
+    Ok(Merge {
+        domain,
+        began,
+        index: m.index,
+        at: Timestamp(m.at_ms),
+        local_id,
+        input: input_from_pb(input).within("input")?,
     })
 }
 
@@ -502,6 +546,100 @@ mod tests {
             }))),
             "input.iq.request.admin_set.items[0].affiliation.affiliation"
         );
+    }
+
+    fn merge(edit: impl FnOnce(&mut pb::Merge)) -> Result<Input, ProtocolError> {
+        let mut m = pb::Merge {
+            domain: "b.test".into(),
+            began_ms: 0x1000,
+            index: 3,
+            at_ms: 0x1234,
+            local_id: Some("split:b.test:1000:1a".into()),
+            input: Some(Box::new(pb::Input {
+                kind: Some(Kind::Groupchat(pb::Groupchat {
+                    from: "bob@b.test/x".into(),
+                    id: Some("m1".into()),
+                    subject: None,
+                    has_body: true,
+                    payload_xml: "<body xmlns='jabber:client'>hi</body>".into(),
+                    size: 40,
+                })),
+            })),
+        };
+        edit(&mut m);
+        decode(Kind::Merge(Box::new(m)))
+    }
+
+    #[test]
+    fn a_merge_round_trips() {
+        let input = merge(|_| {}).unwrap();
+        let Input::Merge(m) = &input else {
+            panic!("{input:?}")
+        };
+        assert_eq!(
+            (m.domain.as_str(), m.began, m.index, m.at),
+            ("b.test", Timestamp(0x1000), 3, Timestamp(0x1234))
+        );
+        assert_eq!(
+            m.local_id.as_ref().map(|id| id.as_str()),
+            Some("split:b.test:1000:1a")
+        );
+        assert!(matches!(m.input, Input::Groupchat { .. }));
+        assert_eq!(Input::try_from(pb::Input::from(&input)).unwrap(), input);
+        assert!(
+            matches!(merge(|m| m.local_id = None), Ok(Input::Merge(m)) if m.local_id.is_none())
+        );
+        // The sender looks through the merge.
+        assert_eq!(input.sender().unwrap().to_string(), "bob@b.test/x");
+    }
+
+    #[test]
+    fn merges_are_checked() {
+        assert_eq!(
+            merge(|m| m.input = None).unwrap_err(),
+            ProtocolError::missing("input.merge.input")
+        );
+        let nested = merge(|m| {
+            let inner = m.clone();
+            m.input = Some(Box::new(pb::Input {
+                kind: Some(Kind::Merge(Box::new(inner))),
+            }));
+        });
+        assert_eq!(
+            nested.unwrap_err(),
+            ProtocolError::invalid("input.merge.input", "a merge cannot hold a merge")
+        );
+        for (bad_id, why) in [
+            ("split:c.test:1000:1a", "another domain's"),
+            ("split:b.test:999:1a", "another split's"),
+            ("1-1a", "a master's"),
+        ] {
+            assert_eq!(
+                merge(|m| m.local_id = Some(bad_id.into())).unwrap_err(),
+                ProtocolError::invalid(
+                    "input.merge.local_id",
+                    "not a provisional id of this split"
+                ),
+                "{why}"
+            );
+        }
+        assert_eq!(
+            field(merge(|m| m.domain = "bob@b.test".into())),
+            "input.merge.domain"
+        );
+        assert_eq!(
+            field(merge(|m| m.domain = String::new())),
+            "input.merge.domain"
+        );
+        let bad_inner = merge(|m| {
+            m.input = Some(Box::new(pb::Input {
+                kind: Some(Kind::Leave(pb::Leave {
+                    from: "bob@b.test".into(),
+                    payload_xml: String::new(),
+                })),
+            }))
+        });
+        assert_eq!(field(bad_inner), "input.merge.input.leave.from");
     }
 
     #[test]

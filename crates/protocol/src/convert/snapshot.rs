@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use dmuc_room::{
     ConfigBounds, OccupantId, OccupantSnapshot, RateLimit, RoomConfig, RoomMessage, RoomSettings,
-    RoomSnapshot, Seq, StanzaId, Subject, Timestamp,
+    RoomSnapshot, Seq, SplitProgress, StanzaId, Subject, Timestamp,
 };
 
 use super::enums::{
@@ -43,6 +43,15 @@ impl From<&RoomSnapshot> for pb::RoomSnapshot {
             next_seq: s.next_seq.0,
             locked: s.locked,
             created: s.created,
+            merged: s
+                .merged
+                .iter()
+                .map(|p| pb::SplitProgress {
+                    domain: p.domain.clone(),
+                    began_ms: p.began.millis(),
+                    next_index: p.next_index,
+                })
+                .collect(),
         }
     }
 }
@@ -112,6 +121,22 @@ fn snapshot_from_pb(s: pb::RoomSnapshot) -> Result<RoomSnapshot, ProtocolError> 
             Ok(Arc::new(m))
         })
         .collect::<Result<_, _>>()?;
+    let mut domains = HashSet::new();
+    let mut merged = Vec::with_capacity(s.merged.len());
+    for (i, p) in s.merged.into_iter().enumerate() {
+        let domain = bare_jid(&p.domain, "domain").within_item("merged", i)?;
+        if domain.node().is_some() {
+            return Err(ProtocolError::invalid("domain", "not a domain")).within_item("merged", i);
+        }
+        if !domains.insert(domain.clone()) {
+            return Err(ProtocolError::invalid("domain", "duplicate")).within_item("merged", i);
+        }
+        merged.push(SplitProgress {
+            domain: domain.to_string(),
+            began: Timestamp(p.began_ms),
+            next_index: p.next_index,
+        });
+    }
     Ok(RoomSnapshot {
         jid,
         settings,
@@ -123,6 +148,7 @@ fn snapshot_from_pb(s: pb::RoomSnapshot) -> Result<RoomSnapshot, ProtocolError> 
         next_seq,
         locked: s.locked,
         created: s.created,
+        merged,
     })
 }
 
@@ -355,6 +381,11 @@ mod tests {
             next_seq: 2,
             locked: false,
             created: true,
+            merged: vec![pb::SplitProgress {
+                domain: "b.test".into(),
+                began_ms: 5,
+                next_index: 2,
+            }],
         }
     }
 
@@ -369,6 +400,29 @@ mod tests {
         let s = RoomSnapshot::try_from(valid()).unwrap();
         assert_eq!(s.occupants.len(), 1);
         assert_eq!(s.history[0].payload.elements().len(), 1);
+    }
+
+    #[test]
+    fn merge_progress_decodes_once_per_domain() {
+        let s = RoomSnapshot::try_from(valid()).unwrap();
+        assert_eq!(
+            s.merged,
+            [SplitProgress {
+                domain: "b.test".into(),
+                began: Timestamp(5),
+                next_index: 2,
+            }]
+        );
+        assert_eq!(pb::RoomSnapshot::from(&s), valid());
+        let twice = error(|s| s.merged.push(s.merged[0].clone()));
+        assert_eq!(
+            twice,
+            ProtocolError::invalid("snapshot.merged[1].domain", "duplicate")
+        );
+        assert_eq!(
+            error(|s| s.merged[0].domain = "bob@b.test".into()).field(),
+            "snapshot.merged[0].domain"
+        );
     }
 
     #[test]
