@@ -143,6 +143,8 @@ struct Spanning {
     /// The place each slave domain was last told, on which session.
     told: BTreeMap<String, (u64, pb::Assign)>,
     stats: TreeStats,
+    /// `dmuc_tree_depth` of this room.
+    depth: dmuc_component::metrics::Gauge,
 }
 
 impl Fanout {
@@ -161,7 +163,13 @@ impl Fanout {
 
     /// Runs the slaves in a spanning tree, if `setup` says so.
     pub fn with_tree(mut self, setup: Option<Arc<TreeSetup>>) -> Self {
+        let room = self.room.to_string();
         self.spanning = setup.map(|setup| Spanning {
+            depth: setup.metrics.gauge_with(
+                "dmuc_tree_depth",
+                "Hops from the master to the deepest slave of the room's tree",
+                &[("room", &room)],
+            ),
             tree: Tree::new(setup.max_fanout),
             setup,
             health: Health::default(),
@@ -259,6 +267,10 @@ impl Fanout {
                 reparents = stats.reparents,
                 "tree changed"
             );
+            sp.depth.set(stats.depth as i64);
+            sp.setup
+                .reparents
+                .inc_by(stats.reparents.saturating_sub(sp.stats.reparents));
             sp.stats = stats;
         }
     }

@@ -170,7 +170,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             max_rooms_per_user: limits.max_rooms_per_user,
             multicast_from,
             epoch,
-            metrics,
+            metrics: metrics.clone(),
             peering: PeeringOptions {
                 home,
                 discovery: config.peering.discovery,
@@ -186,6 +186,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                     Arc::new(tree::TreeSetup {
                         max_fanout: config.peering.max_fanout,
                         signer: dmuc_protocol::signing::Signer::generate(),
+                        metrics: metrics.clone(),
+                        reparents: metrics.counter(
+                            "dmuc_reparents_total",
+                            "Slaves the master moved to another parent in rooms' trees",
+                        ),
                     })
                 }),
             },

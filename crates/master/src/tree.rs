@@ -151,6 +151,10 @@ pub struct TreeSetup {
     pub max_fanout: usize,
     /// Signs the events slaves relay to each other.
     pub signer: dmuc_protocol::signing::Signer,
+    /// Where rooms register `dmuc_tree_depth`.
+    pub metrics: dmuc_component::metrics::Metrics,
+    /// `dmuc_reparents_total`, over every room.
+    pub reparents: dmuc_component::metrics::Counter,
 }
 
 /// Tell `node` its parent.

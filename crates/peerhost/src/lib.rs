@@ -249,7 +249,8 @@ pub async fn run(
         &metrics,
     );
     let tls = tls.map(Arc::new);
-    let hub = relay::Hub::new(peer_jid, tls.clone(), config.peering.routes.clone());
+    let hub = relay::Hub::new(peer_jid, tls.clone(), config.peering.routes.clone())
+        .with_metrics(&metrics);
     let service = service.with_relay(hub.clone());
     let streams = service.streams();
     let mut uplinks = config.peering.uplinks()?;

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use dmuc_component::metrics::{Counter, Metrics};
 use dmuc_protocol::pb::tree_relay_client::TreeRelayClient;
 use dmuc_protocol::pb::tree_relay_server::TreeRelay;
 use dmuc_protocol::pb::{self};
@@ -71,6 +72,15 @@ pub struct Hub {
     /// the parent's JID (`[peering] routes`).
     routes: Arc<HashMap<String, String>>,
     rooms: Arc<Mutex<HashMap<BareJid, Place>>>,
+    metrics: HubMetrics,
+}
+
+/// What the relay counts.
+#[derive(Debug, Clone, Default)]
+struct HubMetrics {
+    duplicates: Counter,
+    caught_up: Counter,
+    reparents: Counter,
 }
 
 /// One room's place in its tree.
@@ -109,7 +119,27 @@ impl Hub {
             tls,
             routes: Arc::new(routes),
             rooms: Arc::default(),
+            metrics: HubMetrics::default(),
         }
+    }
+
+    /// Counts in `metrics` (`dmuc_relay_*`).
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Hub {
+        self.metrics = HubMetrics {
+            duplicates: metrics.counter(
+                "dmuc_relay_duplicates_total",
+                "Events dropped by the relay as already had",
+            ),
+            caught_up: metrics.counter(
+                "dmuc_relay_caught_up_total",
+                "Events sent to children from the window when they subscribed",
+            ),
+            reparents: metrics.counter(
+                "dmuc_relay_reparents_total",
+                "Times a slave was given another parent",
+            ),
+        };
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<BareJid, Place>> {
@@ -162,6 +192,7 @@ impl Hub {
             return Ok(());
         }
         if place.parent.is_some() {
+            self.metrics.reparents.inc();
             info!(room = %room, "tree: reparented");
         }
         place.parent = parent.map(|parent_jid| {
@@ -206,6 +237,7 @@ impl Hub {
         let newest = place.window.back().map_or(0, |(s, _)| *s);
         if seq <= newest {
             place.duplicates += 1;
+            self.metrics.duplicates.inc();
             debug!(room = %room, seq, duplicates = place.duplicates, "tree: duplicate dropped");
             return false;
         }
@@ -272,6 +304,7 @@ impl Hub {
             .map(|(_, e)| (**e).clone())
             .collect();
         if !events.is_empty() {
+            self.metrics.caught_up.inc_by(events.len() as u64);
             let _ = tx.try_send(Ok(pb::RelayBatch { events }));
         }
         info!(room = %room, %child, after = request.after, "tree: child subscribed");
