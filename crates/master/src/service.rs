@@ -537,7 +537,12 @@ impl Service {
             info!(%room, domain = %merge.domain, index = merge.index, "merge for a room that does not exist: confirmed");
             let directory = &self.ctx.directory;
             return directory
-                .confirm_merge(&room, &merge.domain, merge.began, merge.index + 1)
+                .confirm_merge(
+                    &room,
+                    &merge.domain,
+                    merge.began,
+                    merge.index.saturating_add(1),
+                )
                 .await;
         }
         let creator = match &input {

@@ -294,10 +294,13 @@ fn intercepted_users_send_nothing_over_s2s() {
         .await
         .expect("system starts");
         // Each peerhost dials in and is vouched for by its domain first.
-        for _ in REMOTE {
+        for domain in REMOTE {
             system
                 .master
-                .wait_for_log("peerhost stream up", Duration::from_secs(15))
+                .wait_for_log_line(
+                    &["peerhost stream up", &format!("domain={domain}")],
+                    Duration::from_secs(15),
+                )
                 .await
                 .unwrap();
         }

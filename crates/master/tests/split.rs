@@ -76,11 +76,13 @@ async fn system(peers: &[&str]) -> Distributed {
     )
     .await
     .unwrap();
-    system
-        .master
-        .wait_for_log("peerhost stream up", WAIT)
-        .await
-        .unwrap();
+    for domain in peers {
+        system
+            .master
+            .wait_for_log_line(&["peerhost stream up", &format!("domain={domain}")], WAIT)
+            .await
+            .unwrap();
+    }
     system
 }
 

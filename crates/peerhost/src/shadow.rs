@@ -196,11 +196,7 @@ impl Router {
                 Msg::Stanza(stanza) => self.route(stanza).await,
                 Msg::Down(slaves) => {
                     self.up = None;
-                    if let Some(waiting) = self.waiting.take() {
-                        for stanza in waiting {
-                            self.unreachable(&stanza).await;
-                        }
-                    }
+                    let waiting = self.waiting.take().unwrap_or_default();
                     if !slaves.is_empty() {
                         info!(rooms = slaves.len(), "the master's stream is down: split");
                         self.metrics.splits.inc();
@@ -211,6 +207,11 @@ impl Router {
                         }
                     }
                     self.metrics.rooms.set(self.split.len() as i64);
+                    // What waited for a stream that did not come up goes
+                    // to the split slaves.
+                    for stanza in waiting {
+                        self.route(stanza).await;
+                    }
                 }
                 Msg::Take(reply) => {
                     self.waiting = Some(Vec::new());
@@ -314,14 +315,20 @@ impl Router {
             to = stanza.attr("to"),
             "the room's service cannot be reached"
         );
-        if let Some(reply) = outbound::error_reply(
-            stanza,
-            Condition::RemoteServerTimeout,
-            Some("The room's service cannot be reached"),
-        ) {
+        if let Some(reply) = unreachable(stanza) {
             let _ = self.link.send(reply).await;
         }
     }
+}
+
+/// The error that tells a local user that the room's master is out of
+/// reach (for a stanza that may be answered).
+pub(crate) fn unreachable(stanza: &Element) -> Option<Element> {
+    outbound::error_reply(
+        stanza,
+        Condition::RemoteServerTimeout,
+        Some("The room's service cannot be reached"),
+    )
 }
 
 /// The room a stanza is addressed to, if it is to a room.

@@ -518,9 +518,12 @@ impl SlaveTask {
     /// anyone is told (what users saw survives a crash).
     async fn local(&mut self, stanza: Element) -> bool {
         let Some(split) = &mut self.split else {
-            // Not split (any more): the router sends stanzas up the stream.
-            debug!("intercepted stanza for a slave that is not split: dropped");
-            return true;
+            // Never expected: the router gives stanzas only to split slaves.
+            warn!("intercepted stanza for a slave that is not split");
+            return match crate::shadow::unreachable(&stanza) {
+                Some(reply) => self.outlets.link.send(reply).await.is_ok(),
+                None => true,
+            };
         };
         let actions = match inbound::route(stanza, &service_of(&self.room), MAX_STANZA_BYTES) {
             Routed::Room { room, input, .. } if room == self.room => {

@@ -142,7 +142,7 @@ impl Merges {
         let next = match self.0.get(domain) {
             Some(&(last, next)) if last == began => next,
             // An older split is over: nothing more of it is merged.
-            Some(&(last, _)) if last > began => return Err(index + 1),
+            Some(&(last, _)) if last > began => return Err(index.saturating_add(1)),
             _ => 0,
         };
         if index == next { Ok(()) } else { Err(next) }
@@ -160,20 +160,22 @@ impl Room {
             local_id,
             input,
         } = merge;
+        // Saturating: the index comes from another operator's peerhost.
+        let after = index.saturating_add(1);
         let next_index = if !self.exists() {
-            index + 1
+            after
         } else {
             match self.merges.check(&domain, began, index) {
                 Ok(()) => {
                     self.merge_input(out, &domain, input, at, local_id, now);
-                    self.merges.0.insert(domain.clone(), (began, index + 1));
+                    self.merges.0.insert(domain.clone(), (began, after));
                     let progress = SplitProgress {
                         domain: domain.clone(),
                         began,
-                        next_index: index + 1,
+                        next_index: after,
                     };
                     self.persist(out, Persist::Merged(progress));
-                    index + 1
+                    after
                 }
                 Err(next_index) => next_index,
             }

@@ -28,8 +28,9 @@
 //! ([`StanzaId::provisional`]). They can never equal the master's
 //! (`{epoch:x}-{seq:x}`) nor another split's, and they depend only on the
 //! [`SplitStart`] and the log, so replaying the log gives the same ids.
-//! Local users have seen these ids, so the master must keep them when it
-//! merges the messages on heal: then a message has one id everywhere.
+//! Local users have seen these ids, so the master keeps them when it
+//! merges the messages on heal ([`crate::merge`]): then a message has one
+//! id everywhere.
 //!
 //! # Errors
 //! - `off`: `remote-server-timeout` (type `wait`): what the request needs,
@@ -91,7 +92,9 @@ pub struct Healed {
     /// and leaves that took effect, and the groupchat messages delivered
     /// (each with its provisional id). Inputs that the split refused or
     /// the room turned down, private messages and IQs (answered, or
-    /// delivered, locally) are not part of it.
+    /// delivered, locally) are not part of it. The peerhost submits each
+    /// as a [`Merge`](crate::Merge) whose `index` is its place here
+    /// ([`crate::merge`]).
     pub submissions: Vec<SplitEvent>,
     /// To submit after `submissions`: each local session still in the
     /// room, rejoining with its presence as it is now. A master that

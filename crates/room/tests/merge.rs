@@ -448,6 +448,34 @@ fn after_a_master_restart_messages_of_those_who_could_join_are_kept() {
 }
 
 #[test]
+fn stored_progress_survives_a_restart() {
+    let stored = |merged| StoredRoom {
+        config: RoomConfig {
+            persistent: true,
+            ..RoomConfig::default()
+        },
+        affiliations: vec![("alice@a.test".parse().unwrap(), Affiliation::Owner)],
+        subject: None,
+        history: vec![],
+        next_seq: Seq(1),
+        merged,
+    };
+    let progress = SplitProgress {
+        domain: "b.test".into(),
+        began: BEGAN,
+        next_index: 2,
+    };
+    let mut room = Room::restore(
+        room_jid(),
+        relaxed_settings(),
+        stored(vec![progress.clone()]),
+    );
+    assert_eq!(room.snapshot().merged, [progress]);
+    assert_eq!(room.handle(merge(1, say(BOB, "again")), t(1)), [merged(2)]);
+    assert!(room.snapshot().history.is_empty());
+}
+
+#[test]
 fn a_room_that_does_not_exist_confirms_and_stays_so() {
     let mut room = Room::new(room_jid(), relaxed_settings());
     let actions = room.handle(merge(4, join(BOB, "bob")), t(1));

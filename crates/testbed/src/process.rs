@@ -235,15 +235,28 @@ impl MasterProcess {
     /// Waits until the log contains `needle`: for what only the log shows
     /// (a process's internal decisions), checked every 50 ms.
     pub async fn wait_for_log(&self, needle: &str, timeout: std::time::Duration) -> Result<()> {
+        self.wait_for_log_line(&[needle], timeout).await
+    }
+
+    /// Waits until one line of the log contains every one of `parts`
+    /// (say a message and the span field of the peer it is about).
+    pub async fn wait_for_log_line(
+        &self,
+        parts: &[&str],
+        timeout: std::time::Duration,
+    ) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let log = self.log();
-            if log.contains(needle) {
+            if log
+                .lines()
+                .any(|line| parts.iter().all(|part| line.contains(part)))
+            {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::Timeout {
-                    what: format!("{needle:?} in {}", self.log_path.display()),
+                    what: format!("{parts:?} in {}", self.log_path.display()),
                     timeout,
                     received: tail(&log, 40),
                 });
