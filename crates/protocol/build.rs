@@ -4,7 +4,13 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=../../proto");
-    let fds = protox::compile(["dmuc/peering/v1/peering.proto"], ["../../proto"])?;
+    let fds = protox::compile(
+        [
+            "dmuc/peering/v1/peering.proto",
+            "dmuc/peering/v1/relay.proto",
+        ],
+        ["../../proto"],
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -40,6 +40,8 @@
 //! discovery_timeout_ms = 5000    # a joiner waits at most this (twice) the first time
 //! slave_grace_secs = 30          # a slave outlives its domain's last occupant
 //! keepalive_secs = 10            # probe peer streams; a dead one is noticed within twice this
+//! max_fanout = 0                 # >0: rooms' slaves relay to each other in spanning trees,
+//!                                #   no node (the master included) feeding more than this
 //! tls_cert = "/etc/dmuc/master.crt"   # mutual TLS towards peerhosts: this
 //! tls_key = "/etc/dmuc/master.key"    #   service's certificate (valid for its JID)
 //! tls_ca = "/etc/dmuc/peers-ca.crt"   #   and the peerhosts' roots (default: system)
@@ -96,6 +98,8 @@ pub struct PeeringSection {
     pub discovery_timeout_ms: u64,
     pub slave_grace_secs: u64,
     pub keepalive_secs: u64,
+    /// Children per node of a room's spanning tree; 0: no trees (a star).
+    pub max_fanout: usize,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_ca: Option<PathBuf>,
@@ -114,6 +118,7 @@ impl Default for PeeringSection {
             discovery_timeout_ms: 5000,
             slave_grace_secs: 30,
             keepalive_secs: 10,
+            max_fanout: 0,
             tls_cert: None,
             tls_key: None,
             tls_ca: None,

@@ -13,6 +13,14 @@
 //!  news          Ack: drop acknowledged shares; Down: deliver every unacked share directly
 //! ```
 //!
+//! With `[peering] max_fanout`, the room's slaves form a spanning tree
+//! ([`crate::tree`]): the master sends each event (signed) only to its own
+//! children in the tree, tells every slave its place (`Assign`: parent,
+//! children, the master's key) whenever the tree changes, and the slaves
+//! relay to each other. Every slave still acknowledges on its own stream,
+//! so what a slave has not acknowledged is still the master's to deliver
+//! if its stream drops.
+//!
 //! Every decision is taken here, without I/O: the room task carries out
 //! the [`Effect`]s in order. Everything a slave is sent is released behind
 //! the commits before it, so a slave, like the master, never shows anyone
@@ -24,6 +32,7 @@ use std::time::Duration;
 
 use dmuc_protocol::pb::{self, master_frame};
 use dmuc_protocol::{RoomEvent, SlaveStart};
+use dmuc_room::relay::NodeId;
 use dmuc_room::{Action, Input, Room};
 use jid::BareJid;
 use tokio::sync::mpsc;
@@ -31,6 +40,7 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::peering::{Directory, LinkState, News, PeerHandle, PeerNews, ToPeer};
+use crate::tree::{Health, Tree, TreeSetup, TreeStats};
 
 /// Events kept for slaves that come back (Resume instead of a snapshot).
 const LOG_LIMIT: usize = 4096;
@@ -120,6 +130,21 @@ pub struct Fanout {
     grace: Duration,
     /// Where the peer tasks send this room's news.
     news: mpsc::UnboundedSender<News>,
+    /// The slaves' spanning tree, with `[peering] max_fanout`.
+    spanning: Option<Spanning>,
+}
+
+/// A room's spanning tree of slaves.
+#[derive(Debug)]
+struct Spanning {
+    setup: Arc<TreeSetup>,
+    tree: Tree,
+    health: Health,
+    /// The place each slave domain was last told, on which session.
+    told: BTreeMap<String, (u64, pb::Assign)>,
+    stats: TreeStats,
+    /// `dmuc_tree_depth` of this room.
+    depth: dmuc_component::metrics::Gauge,
 }
 
 impl Fanout {
@@ -132,7 +157,132 @@ impl Fanout {
             log: VecDeque::new(),
             released: 0,
             grace,
+            spanning: None,
         }
+    }
+
+    /// Runs the slaves in a spanning tree, if `setup` says so.
+    pub fn with_tree(mut self, setup: Option<Arc<TreeSetup>>) -> Self {
+        let room = self.room.to_string();
+        self.spanning = setup.map(|setup| Spanning {
+            depth: setup.metrics.gauge_with(
+                "dmuc_tree_depth",
+                "Hops from the master to the deepest slave of the room's tree",
+                &[("room", &room)],
+            ),
+            tree: Tree::new(setup.max_fanout),
+            setup,
+            health: Health::default(),
+            told: BTreeMap::new(),
+            stats: TreeStats::default(),
+        });
+        self
+    }
+
+    /// The tree's shape, if the room runs one.
+    pub fn tree_stats(&self) -> Option<TreeStats> {
+        self.spanning.as_ref().map(|s| s.tree.stats())
+    }
+
+    /// Brings the tree in line with the slaves attached now, and tells
+    /// every slave whose place changed.
+    fn sync_tree(&mut self, effects: &mut Vec<Effect>) {
+        let Fanout {
+            spanning, domains, ..
+        } = self;
+        let Some(sp) = spanning else { return };
+        let slaves: BTreeMap<NodeId, (&String, &Domain, u64)> = domains
+            .iter()
+            .filter_map(|(d, e)| match e.mode {
+                Mode::Slave { session, .. } => Some((NodeId::peer(d), (d, e, session))),
+                _ => None,
+            })
+            .collect();
+        let gone: Vec<NodeId> = sp
+            .tree
+            .nodes()
+            .filter(|n| !slaves.contains_key(*n))
+            .cloned()
+            .collect();
+        for node in &gone {
+            sp.tree.remove(node, &sp.health);
+        }
+        for node in slaves.keys() {
+            if !sp.tree.contains(node) {
+                sp.tree.add(node.clone(), &sp.health);
+            }
+        }
+        let jid = |n: &NodeId| match n {
+            NodeId::Master => String::new(),
+            NodeId::Peer(d) => domains
+                .get(&**d)
+                .map(|e| e.peer.target.jid.to_string())
+                .unwrap_or_default(),
+        };
+        for (node, (domain, entry, session)) in &slaves {
+            let parent = sp.tree.parent(node).cloned().unwrap_or(NodeId::Master);
+            let parent_endpoint = match &parent {
+                NodeId::Master => String::new(),
+                NodeId::Peer(d) => domains
+                    .get(&**d)
+                    .and_then(|e| e.peer.target.endpoint.clone())
+                    .unwrap_or_default(),
+            };
+            let assign = pb::Assign {
+                room: self.room.to_string(),
+                parent_jid: jid(&parent),
+                parent_endpoint,
+                path: sp
+                    .tree
+                    .path(&parent)
+                    .iter()
+                    .filter(|n| !n.is_master())
+                    .map(jid)
+                    .collect(),
+                children: sp.tree.children(node).iter().map(jid).collect(),
+                master_key: sp.setup.signer.public_key(),
+            };
+            if sp.told.get(*domain) == Some(&(*session, assign.clone())) {
+                continue;
+            }
+            debug!(%domain, parent = %parent, children = assign.children.len(), "tree: telling a slave its place");
+            effects.push(Effect::Peer(
+                entry.peer.clone(),
+                ToPeer::Frame {
+                    session: *session,
+                    frame: Box::new(master_frame::Frame::Assign(assign.clone())),
+                },
+            ));
+            sp.told.insert((*domain).clone(), (*session, assign));
+        }
+        sp.told.retain(|d, _| slaves.contains_key(&NodeId::peer(d)));
+        let stats = sp.tree.stats();
+        if stats != sp.stats {
+            info!(
+                room = %self.room,
+                nodes = stats.nodes,
+                depth = stats.depth,
+                master_fanout = stats.master_fanout,
+                max_fanout = stats.max_fanout,
+                reparents = stats.reparents,
+                "tree changed"
+            );
+            sp.depth.set(stats.depth as i64);
+            sp.setup
+                .reparents
+                .inc_by(stats.reparents.saturating_sub(sp.stats.reparents));
+            sp.stats = stats;
+        }
+    }
+
+    /// Whether the master sends `domain`'s slave the events itself (it has
+    /// no tree, or the slave is the master's child in it).
+    fn feeds(&self, domain: &str) -> bool {
+        self.spanning.as_ref().is_none_or(|sp| {
+            sp.tree
+                .parent(&NodeId::peer(domain))
+                .is_none_or(NodeId::is_master)
+        })
     }
 
     /// Whether any domain is (or may become) served by a slave.
@@ -328,6 +478,7 @@ impl Fanout {
                         info!(%domain, acked, "split: the slave's events wait for it");
                         entry.mode = Mode::Cut;
                         entry.direct_until = acked;
+                        self.sync_tree(effects);
                         return None;
                     }
                     let Mode::Slave { unacked, .. } =
@@ -342,6 +493,7 @@ impl Fanout {
                         effects.push(Effect::Direct(owed));
                     }
                 }
+                self.sync_tree(effects);
                 None
             }
             PeerNews::Ack {
@@ -433,7 +585,15 @@ impl Fanout {
         match step {
             Release::Event { event, mut shares } => {
                 self.released = event.seq;
+                let fed: BTreeSet<String> = self
+                    .domains
+                    .keys()
+                    .filter(|d| self.feeds(d))
+                    .cloned()
+                    .collect();
+                let signer = self.spanning.as_ref().map(|s| s.setup.clone());
                 let mut wire: Option<Arc<pb::Event>> = None;
+                let mut signed: Option<Arc<pb::SignedEvent>> = None;
                 for (domain, entry) in &mut self.domains {
                     let share = shares
                         .iter()
@@ -445,13 +605,24 @@ impl Fanout {
                         } => {
                             let event =
                                 wire.get_or_insert_with(|| Arc::new(pb::Event::from(&event)));
-                            effects.push(Effect::Peer(
-                                entry.peer.clone(),
-                                ToPeer::Event {
-                                    session: *session,
-                                    event: event.clone(),
-                                },
-                            ));
+                            // In a tree, the slave's parent relays it.
+                            if fed.contains(domain) {
+                                let msg = match &signer {
+                                    Some(setup) => ToPeer::Signed {
+                                        session: *session,
+                                        event: signed
+                                            .get_or_insert_with(|| {
+                                                Arc::new(setup.signer.sign(event))
+                                            })
+                                            .clone(),
+                                    },
+                                    None => ToPeer::Event {
+                                        session: *session,
+                                        event: event.clone(),
+                                    },
+                                };
+                                effects.push(Effect::Peer(entry.peer.clone(), msg));
+                            }
                             if let Some(share) = share {
                                 unacked.push_back((event.seq, share));
                             }
@@ -476,6 +647,7 @@ impl Fanout {
                 session,
                 start,
             } => {
+                let signer = self.spanning.as_ref().map(|s| s.setup.clone());
                 let Some(entry) = self.domains.get_mut(&domain) else {
                     return effects;
                 };
@@ -513,10 +685,14 @@ impl Fanout {
                             },
                         ));
                         for event in events {
-                            effects.push(Effect::Peer(
-                                entry.peer.clone(),
-                                ToPeer::Event { session, event },
-                            ));
+                            let msg = match &signer {
+                                Some(setup) => ToPeer::Signed {
+                                    session,
+                                    event: Arc::new(setup.signer.sign(&event)),
+                                },
+                                None => ToPeer::Event { session, event },
+                            };
+                            effects.push(Effect::Peer(entry.peer.clone(), msg));
                         }
                         if let Mode::Slave { session: s, .. } = &mut entry.mode {
                             *s = session;
@@ -527,6 +703,7 @@ impl Fanout {
                                 acked: have,
                             };
                         }
+                        self.sync_tree(&mut effects);
                         return effects;
                     }
                 };
@@ -542,12 +719,14 @@ impl Fanout {
                     unacked: VecDeque::new(),
                     acked: entry.direct_until,
                 };
+                self.sync_tree(&mut effects);
             }
             Release::Destroy { domain, peer } => {
                 info!(%domain, "destroying slave");
                 if let LinkState::Up(session) = peer.state() {
                     effects.push(Effect::Peer(peer, self.destroy_frame(session)));
                 }
+                self.sync_tree(&mut effects);
             }
         }
         effects
@@ -690,6 +869,10 @@ mod tests {
                 Effect::Peer(_, ToPeer::Register { .. }) => "register".into(),
                 Effect::Peer(_, ToPeer::Deregister { .. }) => "deregister".into(),
                 Effect::Peer(_, ToPeer::Event { event, .. }) => format!("event{}", event.seq),
+                Effect::Peer(_, ToPeer::Signed { event, .. }) => format!(
+                    "signed{}",
+                    dmuc_protocol::signing::decode(event).map_or(0, |e| e.seq)
+                ),
                 Effect::Peer(_, ToPeer::Frame { frame, .. }) => match frame.as_ref() {
                     master_frame::Frame::Create(c) => format!("create@{}", c.seq),
                     master_frame::Frame::Resume(r) => format!("resume>={}", r.deliver_after),

@@ -170,7 +170,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
             max_rooms_per_user: limits.max_rooms_per_user,
             multicast_from,
             epoch,
-            metrics,
+            metrics: metrics.clone(),
             peering: PeeringOptions {
                 home,
                 discovery: config.peering.discovery,
@@ -182,6 +182,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 tls,
                 allow_plaintext: config.peering.allow_plaintext,
                 keepalive: Duration::from_secs(config.peering.keepalive_secs),
+                trees: (config.peering.max_fanout > 0).then(|| {
+                    Arc::new(tree::TreeSetup {
+                        max_fanout: config.peering.max_fanout,
+                        signer: dmuc_protocol::signing::Signer::generate(),
+                        metrics: metrics.clone(),
+                        reparents: metrics.counter(
+                            "dmuc_reparents_total",
+                            "Slaves the master moved to another parent in rooms' trees",
+                        ),
+                    })
+                }),
             },
         },
         link.handle,

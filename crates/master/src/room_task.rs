@@ -11,6 +11,7 @@
 //! once, through the server's XEP-0033 multicast, when the server offers it.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dmuc_component::LinkHandle;
@@ -86,6 +87,8 @@ pub struct RoomContext {
     pub epoch: u64,
     /// How long a slave outlives its domain's last occupant.
     pub slave_grace: Duration,
+    /// Spanning trees of slaves, when `[peering] max_fanout` is set.
+    pub trees: Option<Arc<crate::tree::TreeSetup>>,
 }
 
 /// Starts the task that owns `room`.
@@ -143,7 +146,8 @@ impl RoomTask {
     fn new(room: Room, generation: u64, ctx: RoomContext) -> Self {
         let (news_tx, news) = mpsc::unbounded_channel();
         RoomTask {
-            fanout: Fanout::new(room.jid().clone(), ctx.slave_grace, news_tx),
+            fanout: Fanout::new(room.jid().clone(), ctx.slave_grace, news_tx)
+                .with_tree(ctx.trees.clone()),
             seq: ctx.epoch << 40,
             room,
             generation,

@@ -81,6 +81,8 @@ pub struct PeeringOptions {
     pub allow_plaintext: bool,
     /// How often peer streams are probed (see `PeerContext::keepalive`).
     pub keepalive: Duration,
+    /// Rooms' slaves relay to each other (`[peering] max_fanout`).
+    pub trees: Option<Arc<crate::tree::TreeSetup>>,
 }
 
 /// Where the service hears of peerhosts that dial in.
@@ -190,6 +192,7 @@ impl Service {
                 directory,
                 epoch: config.epoch,
                 slave_grace: config.peering.slave_grace,
+                trees: config.peering.trees.clone(),
             },
             config,
             requests: Requests::default(),

@@ -144,6 +144,19 @@ struct Step {
     cost: u64,
 }
 
+/// How a master's rooms run spanning trees (`[peering] max_fanout`).
+#[derive(Debug)]
+pub struct TreeSetup {
+    /// Children per node at most (the master included).
+    pub max_fanout: usize,
+    /// Signs the events slaves relay to each other.
+    pub signer: dmuc_protocol::signing::Signer,
+    /// Where rooms register `dmuc_tree_depth`.
+    pub metrics: dmuc_component::metrics::Metrics,
+    /// `dmuc_reparents_total`, over every room.
+    pub reparents: dmuc_component::metrics::Counter,
+}
+
 /// Tell `node` its parent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Assignment {

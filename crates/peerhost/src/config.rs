@@ -107,6 +107,11 @@ pub struct PeeringSection {
     /// gone, or the link silently cut) is noticed within twice this.
     #[serde(default = "default_keepalive_secs")]
     pub keepalive_secs: u64,
+    /// Where to dial other peerhosts when they are this one's parent in a
+    /// room's tree, by their JID, instead of the endpoint the master gives
+    /// (e.g. `{ "muc-peer.b.test" = "https://10.0.0.2:7443" }`).
+    #[serde(default)]
+    pub routes: std::collections::HashMap<String, String>,
 }
 
 fn default_keepalive_secs() -> u64 {

@@ -19,6 +19,9 @@
 //!   `crates/peerhost/migrations/`.
 //! - [`uplink`]: masters the peerhost dials itself (`[[peering.uplink]]`),
 //!   served like streams they opened.
+//! - [`relay`]: spanning trees: this peerhost's slaves relaying the
+//!   master's (signed) events to other peerhosts' slaves, and following a
+//!   parent peerhost when the master assigns one.
 //! - [`shadow`]: interception (`[[shadow]]`): routes this domain's users'
 //!   stanzas for a remote service up its master's stream, or, while the
 //!   stream is down, to the room's split slave.
@@ -79,6 +82,7 @@
 
 pub mod config;
 pub mod disco;
+pub mod relay;
 pub mod shadow;
 pub mod slave;
 pub mod store;
@@ -92,6 +96,7 @@ use dmuc_component::metrics::{Gauge, LinkMetrics, Metrics};
 use dmuc_component::settings::SettingsError;
 use dmuc_component::{Inbound, LinkHandle};
 use dmuc_protocol::pb::peering_server::PeeringServer;
+use dmuc_protocol::pb::tree_relay_server::TreeRelayServer;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -230,7 +235,7 @@ pub async fn run(
         allowed: config.peering.masters()?,
     };
     let service = PeeringService::new(
-        peer_jid,
+        peer_jid.clone(),
         domain,
         link.handle,
         store.clone(),
@@ -243,8 +248,11 @@ pub async fn run(
         shadowed.iter().map(|t| t.master.clone()).collect(),
         &metrics,
     );
-    let streams = service.streams();
     let tls = tls.map(Arc::new);
+    let hub = relay::Hub::new(peer_jid, tls.clone(), config.peering.routes.clone())
+        .with_metrics(&metrics);
+    let service = service.with_relay(hub.clone());
+    let streams = service.streams();
     let mut uplinks = config.peering.uplinks()?;
     for target in &shadowed {
         if !uplinks.iter().any(|u| u.master == target.master) {
@@ -277,6 +285,7 @@ pub async fn run(
     }
     let server = builder
         .add_service(PeeringServer::new(service).max_decoding_message_size(MAX_FRAME_BYTES))
+        .add_service(TreeRelayServer::new(hub))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown.clone().cancelled_owned(),

@@ -45,6 +45,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::relay::{Hub, Relayed};
 use crate::shadow::{Shadow, SplitMetrics};
 use crate::slave::{Dormant, HealedSplit, Outlets, Slave};
 use crate::store::Store;
@@ -73,6 +74,8 @@ pub struct PeeringService {
     shadows: Arc<HashMap<BareJid, Shadow>>,
     /// The local server, when it expands XEP-0033 multicasts for slaves.
     multicast: watch::Receiver<Option<BareJid>>,
+    /// The slaves' places in their rooms' spanning trees.
+    relay: Hub,
 }
 
 /// Which masters the peerhost serves.
@@ -110,6 +113,7 @@ impl PeeringService {
         shutdown: CancellationToken,
     ) -> Self {
         PeeringService {
+            relay: Hub::new(peer_jid.clone(), None, HashMap::new()),
             shadows: Arc::new(HashMap::new()),
             multicast: watch::channel(None).1,
             policy: Arc::new(policy),
@@ -126,6 +130,12 @@ impl PeeringService {
     /// Lets slaves multicast through the server `multicast` names.
     pub fn with_multicast(mut self, multicast: watch::Receiver<Option<BareJid>>) -> Self {
         self.multicast = multicast;
+        self
+    }
+
+    /// Lets slaves relay to each other through `hub` (spanning trees).
+    pub fn with_relay(mut self, hub: Hub) -> Self {
+        self.relay = hub;
         self
     }
 
@@ -350,8 +360,11 @@ pub(crate) async fn serve(
     else {
         return;
     };
+    // Events this peerhost's parents relay, in rooms' trees.
+    let (relayed, mut from_parents) = mpsc::channel::<Relayed>(OUTBOUND);
     let shadow = service.shadows.get(&master).cloned();
     let mut stream = StreamState {
+        relayed,
         service: &service,
         up,
         master,
@@ -397,6 +410,10 @@ pub(crate) async fn serve(
             biased;
             _ = end.cancelled() => break,
             m = inbound.message() => m,
+            Some(r) = from_parents.recv() => {
+                stream.relayed(r).await;
+                continue;
+            }
         };
         let frame = match message {
             Ok(Some(frame)) => frame,
@@ -417,6 +434,7 @@ pub(crate) async fn serve(
     }
     // Nothing more goes to the master.
     end.cancel();
+    service.relay.end_stream(&stream.master);
     stream.end(shadow).await;
     // Only now may a newer stream of the master load what they stored.
     drop(held);
@@ -493,6 +511,8 @@ async fn welcome(
 /// One accepted stream: its terms, its master and its slaves.
 struct StreamState<'a> {
     service: &'a PeeringService,
+    /// Where this stream's rooms' parents relay events (see [`Hub::assign`]).
+    relayed: mpsc::Sender<Relayed>,
     up: Upstream,
     /// The master's domain: its rooms are `name@master`.
     master: BareJid,
@@ -648,6 +668,7 @@ impl StreamState<'_> {
                 self.dormant.remove(&room);
                 self.resync_asked.remove(&room);
                 info!(room = %room, seq = start.seq, deliver_after = start.deliver_after, "slave created");
+                self.service.relay.started(&room, start.seq);
                 let slave = Slave::create(
                     start,
                     &self.service.domain,
@@ -677,6 +698,7 @@ impl StreamState<'_> {
                     slave.discard().await;
                 }
                 self.service.store.writer().delete(&room).await;
+                self.service.relay.forget(&room);
                 info!(room = %room, "slave destroyed");
                 Ok(())
             }
@@ -684,6 +706,24 @@ impl StreamState<'_> {
                 if self.up.keepalive_echo {
                     self.up.send(peer_frame::Frame::Keepalive(keepalive)).await;
                 }
+                Ok(())
+            }
+            Some(master_frame::Frame::Signed(batch)) => {
+                for signed in batch.events {
+                    let event = dmuc_protocol::signing::decode(&signed)?;
+                    let encoded = signed.event.clone();
+                    let event = RoomEvent::try_from(event)?;
+                    self.service
+                        .relay
+                        .publish(&event.room, event.seq, Arc::new(signed));
+                    self.route(event, encoded).await;
+                }
+                Ok(())
+            }
+            Some(master_frame::Frame::Assign(assign)) => {
+                self.service
+                    .relay
+                    .assign(&self.master, assign, self.relayed.clone())?;
                 Ok(())
             }
             Some(master_frame::Frame::Merged(merged)) => {
@@ -697,6 +737,18 @@ impl StreamState<'_> {
             }
             .into()),
         }
+    }
+
+    /// An event a parent relayed (checked against the master's key): for
+    /// the slave, and for this node's own children.
+    async fn relayed(&mut self, relayed: Relayed) {
+        let Relayed {
+            event,
+            encoded,
+            signed,
+        } = relayed;
+        self.service.relay.publish(&event.room, event.seq, signed);
+        self.route(event, encoded).await;
     }
 
     /// The master's confirmation that a split is merged below `next_index`:

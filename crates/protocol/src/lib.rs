@@ -29,6 +29,8 @@
 //! - [`tls`]: mutual TLS of the link: loading the `[peering]` PEM files,
 //!   the tonic client and server configurations, and the names in a peer's
 //!   certificate ([`tls::cert_matches_jid`]); its own [`tls::TlsError`].
+//! - [`signing`]: the master's Ed25519 signatures on events relayed
+//!   down rooms' spanning trees (`relay.proto`), and their checks.
 //! - here: [`PROTOCOL_VERSION`], the optional [`feature`]s, and the
 //!   [`hello()`] this build sends.
 //!
@@ -52,6 +54,7 @@
 pub mod convert;
 mod error;
 mod negotiate;
+pub mod signing;
 pub mod tls;
 
 /// The generated protobuf messages and gRPC client and server of

@@ -9,6 +9,7 @@
 //!      ╲──────────────── s2s (joins, messages from remote users, disco) ──────────────────╱
 //! ```
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -111,6 +112,10 @@ pub struct Peerhost {
     /// The counting relay on its way to the master's `[peering] listen`, if
     /// it dials in and the testbed counts (cut it to split the domain off).
     pub uplink_relay: Option<Relay>,
+    /// The counting relays it dials other peerhosts through when they are
+    /// its parents in a room's tree (`[peering] routes`), by their domain,
+    /// if the testbed counts.
+    pub links: Vec<(String, Relay)>,
 }
 
 /// What crossed between domains, by kind.
@@ -159,8 +164,37 @@ impl Distributed {
             if let Some(uplink) = &peerhost.uplink_relay {
                 total.grpc = total.grpc + uplink.traffic();
             }
+            for (_, link) in &peerhost.links {
+                total.grpc = total.grpc + link.traffic();
+            }
         }
         Ok(total)
+    }
+
+    /// The counting relay `child`'s peerhost dials `parent`'s through (the
+    /// testbed must count).
+    pub fn link(&self, child: &str, parent: &str) -> Result<&Relay> {
+        self.peerhosts
+            .iter()
+            .find(|p| p.domain == child)
+            .and_then(|p| p.links.iter().find(|(d, _)| d == parent))
+            .map(|(_, relay)| relay)
+            .ok_or_else(|| Error::Check(format!("no counted link from {child} to {parent}")))
+    }
+
+    /// The gRPC the master sent to each peerhost it dialled so far, by
+    /// domain (bytes towards the peerhost; the testbed must count).
+    pub fn master_sent(&self) -> Result<Vec<(String, u64)>> {
+        self.peerhosts
+            .iter()
+            .map(|p| {
+                let relay = p
+                    .relay
+                    .as_ref()
+                    .ok_or_else(|| Error::Check("gRPC is not counted".into()))?;
+                Ok((p.domain.clone(), relay.traffic().bytes_in))
+            })
+            .collect()
     }
 
     /// Waits until `domain`'s peerhost answers disco#info (after a start or
@@ -244,6 +278,25 @@ pub async fn start_distributed(
             }
             other => (other, None),
         };
+        // Its links to the other peerhosts, each through its own relay
+        // (its address, a port per parent) when the testbed counts.
+        let mut links = Vec::new();
+        let mut routes = String::new();
+        if counted {
+            for (j, parent) in peer_domains.iter().enumerate() {
+                if parent == domain {
+                    continue;
+                }
+                let front = SocketAddr::new(
+                    testbed.relay_ip(domain)?.into(),
+                    PEERING_PORT + 10 + j as u16,
+                );
+                let target = SocketAddr::new(testbed.ip(parent)?.into(), PEERING_PORT);
+                links.push(((*parent).to_owned(), Relay::start(front, target).await?));
+                let _ = write!(routes, "{:?} = \"https://{front}\", ", peerhost_jid(parent));
+            }
+        }
+        let routes = format!("routes = {{ {} }}\n", routes.trim_end_matches(", "));
         let cert = ca.issue(pki.path(), &peerhost_jid(domain), &[&peerhost_jid(domain)])?;
         let config = MasterConfig {
             component_jid: peerhost_jid(domain),
@@ -254,7 +307,7 @@ pub async fn start_distributed(
                 .join(format!("{}.sqlite", peerhost_jid(domain))),
             log_filter: peers.log_filter.clone(),
             extra_toml: format!(
-                "[peering]\nlisten = \"{listen}\"\n{}{}{}\n{}\n\n{}",
+                "[peering]\nlisten = \"{listen}\"\n{}{}{routes}{}\n{}\n\n{}",
                 match uplink {
                     Some(_) => String::new(),
                     None => format!("endpoint = \"https://{endpoint}\"\n"),
@@ -275,6 +328,7 @@ pub async fn start_distributed(
             process,
             relay,
             uplink_relay,
+            links,
         });
     }
     for domain in peer_domains {

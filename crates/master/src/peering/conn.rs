@@ -328,7 +328,7 @@ impl Conn {
         let every = self.context.keepalive;
         let mut keepalive = tokio::time::interval_at(Instant::now() + every, every);
         let mut outstanding: Option<u64> = None;
-        let mut batch: Vec<pb::Event> = Vec::new();
+        let mut batch = Batch::default();
         loop {
             tokio::select! {
                 biased;
@@ -536,12 +536,18 @@ impl Conn {
         &mut self,
         session: u64,
         msg: ToPeer,
-        batch: &mut Vec<pb::Event>,
+        batch: &mut Batch,
     ) -> Option<pb::MasterFrame> {
         match msg {
             ToPeer::Event { session: s, event } => {
                 if s == session {
-                    batch.push(Arc::unwrap_or_clone(event));
+                    batch.events.push(Arc::unwrap_or_clone(event));
+                }
+                None
+            }
+            ToPeer::Signed { session: s, event } => {
+                if s == session {
+                    batch.signed.push(Arc::unwrap_or_clone(event));
                 }
                 None
             }
@@ -580,7 +586,7 @@ impl Conn {
             ToPeer::Deregister { room } => {
                 self.rooms.remove(&room);
             }
-            ToPeer::Event { .. } | ToPeer::Frame { .. } => {}
+            ToPeer::Event { .. } | ToPeer::Signed { .. } | ToPeer::Frame { .. } => {}
             ToPeer::Merged(merged) => {
                 debug!(room = %merged.room, "no stream: merge confirmation dropped");
             }
@@ -621,15 +627,43 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Sends the pending events as one batch; `false` once the stream is gone.
-async fn flush(frames: &mpsc::Sender<pb::MasterFrame>, batch: &mut Vec<pb::Event>) -> bool {
-    if batch.is_empty() {
-        return true;
+/// Events waiting to go out as one frame: plain, and signed (rooms that
+/// run spanning trees). A room's events are all of one kind.
+#[derive(Debug, Default)]
+struct Batch {
+    events: Vec<pb::Event>,
+    signed: Vec<pb::SignedEvent>,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.events.len() + self.signed.len()
     }
-    let events = std::mem::take(batch);
-    let frame = master_frame::Frame::Events(pb::EventBatch { events });
-    frames
-        .send(pb::MasterFrame { frame: Some(frame) })
-        .await
-        .is_ok()
+}
+
+/// Sends the pending events as batches; `false` once the stream is gone.
+async fn flush(frames: &mpsc::Sender<pb::MasterFrame>, batch: &mut Batch) -> bool {
+    if !batch.events.is_empty() {
+        let events = std::mem::take(&mut batch.events);
+        let frame = master_frame::Frame::Events(pb::EventBatch { events });
+        if frames
+            .send(pb::MasterFrame { frame: Some(frame) })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    if !batch.signed.is_empty() {
+        let events = std::mem::take(&mut batch.signed);
+        let frame = master_frame::Frame::Signed(pb::SignedBatch { events });
+        if frames
+            .send(pb::MasterFrame { frame: Some(frame) })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+    true
 }

@@ -148,6 +148,12 @@ pub enum ToPeer {
         session: u64,
         event: Arc<pb::Event>,
     },
+    /// An event signed by the master (its room runs a spanning tree),
+    /// batched likewise.
+    Signed {
+        session: u64,
+        event: Arc<pb::SignedEvent>,
+    },
     /// How far the peerhost's split of a room is merged: for whichever
     /// stream is up (dropped if none: the peerhost resubmits, and learns
     /// it then).
