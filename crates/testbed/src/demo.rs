@@ -40,7 +40,7 @@ use std::time::Duration;
 use minidom::Element;
 
 use crate::client::{Client, ClientOptions};
-use crate::distributed::{Crossing, Distributed, peerhost_jid};
+use crate::distributed::{Crossing, Distributed, PeerhostSetup, peerhost_jid};
 use crate::error::{Error, Result};
 use crate::muc::{Joined, occupant_jid};
 use crate::scenarios::{DMUC_SERVICE, check, check_eq, check_status};
@@ -61,6 +61,8 @@ pub const HOME: &str = "a.test";
 pub const PEER_DOMAINS: [&str; 2] = ["b.test", "c.test"];
 /// The resource every scripted client binds.
 const RESOURCE: &str = "demo";
+/// How long the master may take to get each peerhost's stream up.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(20);
 /// The relays' counters must stay still this long before a step is
 /// measured: acknowledgements come a little after the stanzas clients await.
 const QUIET: Duration = Duration::from_millis(150);
@@ -78,6 +80,16 @@ const ALICE: usize = 0;
 const BOB: usize = 1;
 const CAROL: usize = 2;
 const DAVE: usize = 3;
+
+/// How the demo's peerhosts run (`base` says the rest): they dial the
+/// master and their servers hand them their users' stanzas for the room
+/// (interception), so that b.test can be split off and merged back.
+pub fn peerhost_setup(base: PeerhostSetup) -> PeerhostSetup {
+    PeerhostSetup {
+        intercept: true,
+        ..base
+    }
+}
 
 /// What crossed between domains, measured by the relays: cumulative
 /// counters, or the difference of two (see [`Crossed::since`]).
@@ -398,9 +410,11 @@ impl Transcript {
         self.print(whole);
         for note in [
             "",
-            "  Measured by relays in front of each server's s2s port and each peerhost's",
-            "  gRPC port: stanzas, and bytes both ways (TLS included: gRPC carries the",
-            "  room's events to the slaves, and their acknowledgements).",
+            "  Measured by relays in front of each server's s2s port and on each",
+            "  peerhost's gRPC link to the master: stanzas, and bytes both ways (TLS",
+            "  included: gRPC carries the room's events to the slaves and their",
+            "  acknowledgements, and the stanzas of b.test's and c.test's users, which",
+            "  their servers hand to their peerhosts instead of sending them over s2s).",
             "  * Computed, not measured: a classic MUC on a.test sends each message over",
             "  s2s to every occupant of another domain, and gets it over s2s from a",
             "  sender of another domain.",
@@ -475,6 +489,7 @@ pub async fn run_script(system: &Distributed, echo: bool) -> Result<Conversation
         people,
         mark: Crossed::default(),
     };
+    s.streams_up().await?;
     let start = s.settled().await?;
 
     s.create().await?;
@@ -555,6 +570,18 @@ impl Script<'_> {
         self.t.print(line);
     }
 
+    /// `s2s n`, and how `what`, sent by `who` (of another domain) to the
+    /// room, reached a.test: the one stanza over s2s, or nothing over s2s
+    /// because its server handed it to its peerhost (interception).
+    fn s2s_of(&self, who: usize, c: &Crossed, what: &str) -> String {
+        let domain = self.people[who].domain;
+        match c.s2s_stanzas() {
+            0 if domain != HOME => format!("s2s 0 ({what} went up {domain}'s gRPC link)"),
+            1 if domain != HOME && c.s2s_into(HOME) == 1 => format!("s2s 1 ({what}, to a.test)"),
+            n => format!("s2s {n}"),
+        }
+    }
+
     /// The people in the room: `first`, then the others in cast order.
     fn present_from(&self, first: usize) -> Vec<usize> {
         std::iter::once(first)
@@ -597,6 +624,20 @@ impl Script<'_> {
         let crossed = now.since(&self.mark);
         self.mark = now;
         Ok(crossed)
+    }
+
+    /// Waits until each peerhost has dialled the master and its stream is
+    /// up (the master logs it at `info`): until then, its domain's users'
+    /// stanzas for the room have nowhere to go.
+    async fn streams_up(&self) -> Result<()> {
+        for domain in PEER_DOMAINS {
+            let domain = format!("domain={domain}");
+            self.system
+                .master
+                .wait_for_log_line(&["peerhost stream up", &domain], STREAM_TIMEOUT)
+                .await?;
+        }
+        Ok(())
     }
 
     /// How often the master logged creating a slave on `domain` (0 if its
@@ -738,7 +779,12 @@ impl Script<'_> {
         let domain = self.people[who].domain;
         let lookups = c.lookups();
         let room_s2s = c.room_stanzas_s2s();
-        let mut s2s = format!("⇄ s2s {}: {name}'s presence", c.s2s_stanzas());
+        let presence = if c.s2s_into(HOME) > lookups {
+            format!("{name}'s presence")
+        } else {
+            format!("{name}'s presence went up {domain}'s gRPC link")
+        };
+        let mut s2s = format!("⇄ s2s {}: {presence}", c.s2s_stanzas());
         if lookups > 0 {
             s2s.push_str(&format!(
                 "; the master looking for {domain}'s peerhost by disco ({}, {})",
@@ -926,12 +972,7 @@ impl Script<'_> {
             recipients.join(", ")
         ));
         let c = &seen.crossed;
-        let s2s = match c.s2s_stanzas() {
-            1 if self.people[who].domain != HOME && c.s2s_into(HOME) == 1 => {
-                "s2s 1 (the message, to a.test)".to_owned()
-            }
-            n => format!("s2s {n}"),
-        };
+        let s2s = self.s2s_of(who, c, "the message");
         self.detail(format!(
             "⇄ {s2s} · gRPC {} bytes · a classic MUC: s2s {classic}",
             c.grpc_bytes()
@@ -1012,10 +1053,7 @@ impl Script<'_> {
             format!("chat from {seen_from} (with muc#user <x/>): \"{pm_body}\""),
         );
         let to_domain = self.people[to].domain;
-        let s2s = match crossed.s2s_stanzas() {
-            1 if crossed.s2s_into(HOME) == 1 => "s2s 1 (the message, to a.test)".to_owned(),
-            n => format!("s2s {n}"),
-        };
+        let s2s = self.s2s_of(from, &crossed, "the message");
         self.note(format!("⇄ {s2s} · gRPC {} bytes", crossed.grpc_bytes()));
         if to_domain != HOME && crossed.s2s_into(to_domain) == 0 {
             self.note(format!(
@@ -1102,10 +1140,7 @@ impl Script<'_> {
             occupant_ids.push(id);
         }
         let crossed = self.measured().await?;
-        let s2s = match crossed.s2s_stanzas() {
-            1 if crossed.s2s_into(HOME) == 1 => format!("s2s 1 ({old}'s presence, to a.test)"),
-            n => format!("s2s {n}"),
-        };
+        let s2s = self.s2s_of(who, &crossed, &format!("{old}'s presence"));
         self.note(format!("⇄ {s2s} · gRPC {} bytes", crossed.grpc_bytes()));
         self.people[who].nick = new.to_owned();
         self.t.steps.push(Step {

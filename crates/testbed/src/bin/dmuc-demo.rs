@@ -7,10 +7,10 @@
 //! `dmuc-master` at `--master` as the component `conference.a.test`
 //! (storage `dmuc.sqlite` in the testbed directory), and the
 //! `dmuc-peerhost` at `--peerhost` (by default the one next to the master)
-//! as `muc-peer.b.test` and `muc-peer.c.test`, reached by the master over
-//! gRPC with mutual TLS (a throw-away test CA). Every s2s and gRPC
-//! connection goes through a counting relay
-//! ([`dmuc_testbed::distributed`]).
+//! as `muc-peer.b.test` and `muc-peer.c.test`, each dialling the master
+//! over gRPC with mutual TLS (a throw-away test CA), its server handing it
+//! its users' stanzas for the service (interception). Every s2s and gRPC
+//! connection goes through a counting relay ([`dmuc_testbed::distributed`]).
 //!
 //! Then it plays the scripted conversation of [`dmuc_testbed::demo`] in
 //! `lounge@conference.a.test`, printing what the clients receive, what
@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use dmuc_testbed::demo::{self, Conversation, HOME, PEER_DOMAINS};
 use dmuc_testbed::distributed::{
-    self, Distributed, PEERING_PORT, PeerhostSetup, peerhost_jid, start_distributed,
+    self, Distributed, PeerhostSetup, peerhost_jid, start_distributed,
 };
 use dmuc_testbed::minidom::Element;
 use dmuc_testbed::scenarios::{DMUC_SERVICE, MasterSetup};
@@ -157,10 +157,10 @@ async fn run(args: Args) -> ExitCode {
         log_filter: log_level("DMUC_TESTBED_MASTER_LOG"),
         ..MasterSetup::default()
     };
-    let peers = PeerhostSetup {
+    let peers = demo::peerhost_setup(PeerhostSetup {
         log_filter: log_level("DMUC_TESTBED_PEERHOST_LOG"),
         ..PeerhostSetup::default()
-    };
+    });
     let started = start_distributed(
         &args.master,
         &peerhost,
@@ -263,10 +263,13 @@ fn print_setup(system: &Distributed, master: &std::path::Path, peerhost: &std::p
             ip(domain)
         );
         println!(
-            "  {:<18} dmuc-peerhost ({}): gRPC on {}:{PEERING_PORT}",
+            "  {:<18} dmuc-peerhost ({}): dials the master",
             peerhost_jid(domain),
             peerhost.display(),
-            ip(domain)
+        );
+        println!(
+            "  {:<18} over gRPC; {domain} hands it its users' stanzas for the room",
+            ""
         );
     }
     let relays: Vec<String> = testbed.domains().map(relay).collect();
@@ -275,7 +278,7 @@ fn print_setup(system: &Distributed, master: &std::path::Path, peerhost: &std::p
         "links"
     );
     println!(
-        "  {:<18} the master to each peerhost: all through counting relays",
+        "  {:<18} each peerhost to the master: all through counting relays",
         ""
     );
     println!("  {:<18} on {}", "", relays.join(", "));
