@@ -9,14 +9,17 @@
 //! reaching only its addressee, the nick change seen by everyone; and what
 //! crossed between domains is what dmuc promises: no s2s stanza for any
 //! message or join (the users' stanzas go up their peerhost's gRPC link),
-//! joins served by the joiner's domain's slave.
+//! joins served by the joiner's domain's slave. And the last act, split
+//! mode: b.test's link to the master cut, both sides chatting among
+//! themselves, the heal bringing each side the other's messages with the
+//! ids their authors saw, and the replicas ending with the same history.
 //!
 //! Needs `dmuc-peerhost` built next to `dmuc-master` (`cargo build -p
 //! dmuc-peerhost`; `cargo test --workspace` builds it).
 
 use std::time::Duration;
 
-use dmuc_testbed::demo::{self, HOME, JoinSeen, JoinStep, PEER_DOMAINS, Transcript};
+use dmuc_testbed::demo::{self, HOME, JoinSeen, JoinStep, Notice, PEER_DOMAINS, Transcript};
 use dmuc_testbed::distributed::{self, Distributed, PeerhostSetup};
 use dmuc_testbed::scenarios::{MasterSetup, check, check_eq};
 use dmuc_testbed::{DomainOptions, TestbedOptions};
@@ -56,7 +59,10 @@ async fn demo_conversation() {
         ),
     };
     let t = &conversation.transcript;
-    if let Err(e) = facts(t).and_then(|()| crossing(t)) {
+    if let Err(e) = facts(t)
+        .and_then(|()| crossing(t))
+        .and_then(|()| split_act(t))
+    {
         let e = match e {
             dmuc_testbed::Error::Check(why) => why,
             other => other.to_string(),
@@ -143,7 +149,7 @@ fn facts(t: &Transcript) -> dmuc_testbed::Result<()> {
     // Every message: every occupant got it, once (no second copy after
     // the last event), with one stanza-id, the same for every recipient
     // and unique per message; the sender's occupant-id as it joined.
-    check_eq(&t.messages.len(), &5, "messages")?;
+    check_eq(&t.messages.len(), &6, "messages")?;
     let mut ids = Vec::new();
     for m in &t.messages {
         check_eq(
@@ -212,8 +218,9 @@ fn crossing(t: &Transcript) -> dmuc_testbed::Result<()> {
     // Each message: nothing over s2s, whoever sent it: a user of another
     // domain's stanza goes up its peerhost's gRPC link, and the events go
     // down to the slaves over gRPC.
-    let classic: Vec<u64> = t.messages.iter().map(|m| m.classic_s2s).collect();
-    check_eq(&classic, &vec![0, 4, 4, 4, 3], "classic MUC (computed)")?;
+    let classic: Vec<Option<u64>> = t.messages.iter().map(|m| m.classic_s2s).collect();
+    let classic: Vec<u64> = classic.into_iter().flatten().collect();
+    check_eq(&classic, &vec![0, 4, 4, 4, 3, 3], "classic MUC (computed)")?;
     for m in &t.messages {
         let c = &m.crossed;
         check_eq(&c.s2s_stanzas(), &0, &format!("s2s for {m:?}"))?;
@@ -251,6 +258,134 @@ fn crossing(t: &Transcript) -> dmuc_testbed::Result<()> {
     ] {
         check(t.lines.iter().any(|l| l.contains(said)), || {
             format!("the transcript does not say {said:?}")
+        })?;
+    }
+    Ok(())
+}
+
+/// The last act: b.test split off, then whole again.
+fn split_act(t: &Transcript) -> dmuc_testbed::Result<()> {
+    let split = &t.split;
+    check_eq(split.domain.as_str(), demo::SPLIT, "the domain split off")?;
+    let on_b = ["bob@b.test", "dave@b.test"];
+    let others = ["alice@a.test", "carol@c.test"];
+    let told = |notices: &[Notice], says: &str| {
+        let to: Vec<&str> = notices.iter().map(|n| n.recipient.as_str()).collect();
+        check_eq(&to, &on_b.to_vec(), &format!("notices {says:?} to"))?;
+        check(notices.iter().all(|n| n.text.contains(says)), || {
+            format!("notices that do not say {says:?}: {notices:?}")
+        })
+    };
+    // The cut: b.test's occupants told by their slave, nothing crossed.
+    told(&split.split_notices, "split from its master")?;
+    check_eq(&split.cut_crossed.s2s_stanzas(), &0, "s2s at the cut")?;
+
+    // Each side talks among itself: b.test's messages stay on b.test
+    // (nothing crosses at all) with the split's provisional ids; a.test's
+    // and c.test's reach each other, and not b.test.
+    let senders: Vec<&str> = split.messages.iter().map(|m| m.sender.as_str()).collect();
+    check_eq(
+        &senders,
+        &vec!["bob@b.test", "dave@b.test", "alice@a.test", "carol@c.test"],
+        "split-era senders",
+    )?;
+    for m in &split.messages {
+        let from_b = on_b.contains(&m.sender.as_str());
+        let side = if from_b { on_b } else { others };
+        let mut got = m.recipients();
+        got.sort_unstable();
+        check_eq(&got, &side.to_vec(), &format!("who got {:?}", m.body))?;
+        check(m.same_stanza_id_everywhere(), || {
+            format!("stanza-ids differ: {m:?}")
+        })?;
+        check_eq(&m.classic_s2s, &None, "no classic figure for a split")?;
+        check_eq(&m.crossed.s2s_stanzas(), &0, "s2s during the split")?;
+        let id = &m.deliveries[0].stanza_id;
+        if from_b {
+            check(id.starts_with("split:b.test:"), || {
+                format!("not a provisional id of b.test's split: {id}")
+            })?;
+            check_eq(
+                &m.crossed.grpc_bytes(),
+                &0,
+                "gRPC for b.test's split message",
+            )?;
+        } else {
+            check(m.crossed.grpc_bytes() > 0, || {
+                format!("no gRPC to c.test's slave: {m:?}")
+            })?;
+        }
+    }
+
+    // The heal: b.test told, every split-era message of the other side to
+    // each occupant, in the split's order, with the id its author saw;
+    // b.test's delayed for a.test and c.test. Only gRPC crossed.
+    told(&split.whole_notices, "whole again")?;
+    let mut expected = Vec::new();
+    for recipient in ["alice@a.test", "bob@b.test", "carol@c.test", "dave@b.test"] {
+        let on_split = on_b.contains(&recipient);
+        for m in &split.messages {
+            if on_b.contains(&m.sender.as_str()) != on_split {
+                expected.push((
+                    recipient,
+                    m.body.as_str(),
+                    m.deliveries[0].stanza_id.as_str(),
+                ));
+            }
+        }
+    }
+    let caught_up: Vec<(&str, &str, &str)> = split
+        .caught_up
+        .iter()
+        .map(|c| (c.recipient.as_str(), c.body.as_str(), c.stanza_id.as_str()))
+        .collect();
+    check_eq(&caught_up, &expected, "caught up at the heal")?;
+    for c in split
+        .caught_up
+        .iter()
+        .filter(|c| others.contains(&c.recipient.as_str()))
+    {
+        check(c.delay.is_some(), || {
+            format!("merged without a delay: {c:?}")
+        })?;
+    }
+    check_eq(&split.heal_crossed.s2s_stanzas(), &0, "s2s at the heal")?;
+    check(split.heal_crossed.grpc_bytes() > 0, || {
+        "no gRPC at the heal".into()
+    })?;
+    check(split.left.is_empty(), || {
+        format!("someone was seen leaving: {:?}", split.left)
+    })?;
+
+    // Every replica has the same history: the room's messages, the split's
+    // among them, for a new joiner on a.test (the master) and on b.test
+    // (its slave).
+    let joiners: Vec<&str> = split.histories.iter().map(|h| h.joiner.as_str()).collect();
+    check_eq(&joiners, &vec!["erin@a.test", "frank@b.test"], "latecomers")?;
+    let history = &split.histories[0].messages;
+    check_eq(
+        &split.histories[1].messages,
+        history,
+        "frank's history is erin's",
+    )?;
+    let mut ids: Vec<&str> = history.iter().map(|(_, id)| id.as_str()).collect();
+    let mut said: Vec<&str> = t
+        .messages
+        .iter()
+        .chain(&split.messages)
+        .map(|m| m.deliveries[0].stanza_id.as_str())
+        .collect();
+    ids.sort_unstable();
+    said.sort_unstable();
+    check_eq(&ids, &said, "the history holds every message once")?;
+
+    for line in [
+        "✂ b.test's gRPC link to the master is cut",
+        "a classic MUC on a.test, its s2s link to b.test cut, would have kicked bob",
+        "frank  ← joins on b.test, b.test's slave serves 10 history messages",
+    ] {
+        check(t.lines.iter().any(|l| l.contains(line)), || {
+            format!("the transcript does not say {line:?}")
         })?;
     }
     Ok(())

@@ -14,7 +14,8 @@
 //!
 //! Then it plays the scripted conversation of [`dmuc_testbed::demo`] in
 //! `lounge@conference.a.test`, printing what the clients receive, what
-//! crossed between domains and, at the end, a table of it; and explains how
+//! crossed between domains (b.test split off by cutting its link, and
+//! merged back) and, at the end, a table of it; and explains how
 //! to join the room with your own client, on any of the three domains.
 //! Everything keeps running, with what alice sees printed live, until
 //! SIGINT (Ctrl-C) or SIGTERM; then the master is stopped with SIGTERM (the
@@ -61,8 +62,9 @@ const HELP: &str = "The local demo of dmuc, the whole system: starts a.test, b.t
 (Prosody, real s2s), the dmuc-master binary as conference.a.test and the
 dmuc-peerhost binary as muc-peer.b.test and muc-peer.c.test (gRPC, mutual
 TLS), plays a conversation between users of the three domains in
-lounge@conference.a.test, shows what crossed between domains, then keeps
-everything running for your own client until Ctrl-C.
+lounge@conference.a.test, shows what crossed between domains, splits
+b.test off and merges it back, then keeps everything running for your own
+client until Ctrl-C.
 
   --master PATH     the dmuc-master binary
   --peerhost PATH   the dmuc-peerhost binary (default: next to the master)
