@@ -27,9 +27,10 @@
 //! stderr), 64 on bad arguments.
 //!
 //! Environment: `DMUC_TESTBED_PROSODY_LOG`, `DMUC_TESTBED_MASTER_LOG`,
-//! `DMUC_TESTBED_PEERHOST_LOG` (log levels, default `info`),
-//! `DMUC_TESTBED_KEEP=1` (keep the testbed directory with its logs after
-//! exit).
+//! `DMUC_TESTBED_PEERHOST_LOG` (log levels, default `info`; the script
+//! waits for the master's `info` lines on its peerhosts' streams, so keep
+//! the master's at `info` or finer), `DMUC_TESTBED_KEEP=1` (keep the
+//! testbed directory with its logs after exit).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,8 +72,9 @@ client until Ctrl-C.
   --script-only     exit after the conversation: 0 if it went as expected
 
 Environment: DMUC_TESTBED_PROSODY_LOG, DMUC_TESTBED_MASTER_LOG,
-DMUC_TESTBED_PEERHOST_LOG (log levels, default info), DMUC_TESTBED_KEEP=1
-(keep the testbed directory and its logs).";
+DMUC_TESTBED_PEERHOST_LOG (log levels, default info; keep the master's at
+info or finer: the script reads it), DMUC_TESTBED_KEEP=1 (keep the testbed
+directory and its logs).";
 
 /// The command line.
 struct Args {
