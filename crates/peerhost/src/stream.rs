@@ -3,12 +3,14 @@
 //!
 //! ```text
 //!  master ══ MasterFrame ══▶ stream task ── Hello ─▶ negotiate ─▶ Refused + end
-//!                               │   └─▶ supersede the master's older stream, load its stored
-//!                               │       slaves (Dormant) ─▶ Welcome{resumable: room, seq each}
+//!                               │   └─▶ supersede the master's older stream; take back its split
+//!                               │       slaves (they heal), load its stored slaves (Dormant)
+//!                               │       ─▶ Welcome{resumable: room, seq each} ─▶ Submit(merge…) of the splits
 //!                               │ CreateSlave ─▶ Slave::create (replaces the room's slave or dormant state)
 //!                               │ Resume      ─▶ Slave::resume (dormant) | resume_here (stalled) | Resync{0}
 //!                               │ EventBatch  ─▶ each event to its room's slave, in order
 //!                               │ DestroySlave ─▶ Slave::discard, and the stored state deleted
+//!                               │ SplitMerged ─▶ the split's stored log deleted, once all of it is merged
 //!                               │ Keepalive   ─▶ echoed (if agreed)
 //!  master ◀═ PeerFrame ═══ frames ◀── Ack / Resync from the slaves
 //! ```
@@ -16,7 +18,10 @@
 //! A malformed frame ends the stream with the [`ProtocolError`]'s status.
 //! When the stream ends (the master closed it, the connection broke, or the
 //! peerhost shuts down) its slaves finish what they were given, save their
-//! state and stop: the master's next stream resumes them.
+//! state and stop: the master's next stream resumes them. Except when this
+//! domain's traffic to the master is intercepted and the peerhost is not
+//! shutting down: then the slaves go on, split, under the master's
+//! [`Shadow`] router until its next stream takes them back.
 //!
 //! One stream per master: the rooms of a master are stored under its
 //! domain, and a new stream of the same master (say after a connection
