@@ -500,7 +500,7 @@ impl Fanout {
                 session,
                 seq: acked,
             } => {
-                acknowledge(entry, session, acked);
+                acknowledge(domain, entry, session, acked);
                 None
             }
             PeerNews::Resync { session, have } => {
@@ -512,7 +512,7 @@ impl Fanout {
                 }
                 debug!(%domain, have, "slave asks for a resync");
                 // It applied (and delivered) everything up to `have`.
-                acknowledge(entry, session, have);
+                acknowledge(domain, entry, session, have);
                 Some(self.attach(key, session, Some(have).filter(|&h| h > 0), room, seq))
             }
         }
@@ -742,7 +742,7 @@ impl Fanout {
     }
 }
 
-fn acknowledge(entry: &mut Domain, session: u64, seq: u64) {
+fn acknowledge(domain: &BareJid, entry: &mut Domain, session: u64, seq: u64) {
     if let Mode::Slave {
         session: s,
         unacked,
@@ -752,8 +752,14 @@ fn acknowledge(entry: &mut Domain, session: u64, seq: u64) {
     {
         *acked = (*acked).max(seq);
         let acked = *acked;
+        let before = unacked.len();
         while unacked.front().is_some_and(|(seq, _)| *seq <= acked) {
             unacked.pop_front();
+        }
+        if before > 0 && unacked.is_empty() {
+            // Nothing left that the master would deliver itself if the
+            // peerhost died now (tests wait for this before killing it).
+            debug!(%domain, seq = acked, "slave acknowledged everything");
         }
     }
 }

@@ -12,6 +12,8 @@ use dmuc_testbed::stanza;
 
 const ROOM: &str = "dialin@conference.a.test";
 const WAIT: Duration = Duration::from_secs(15);
+/// The master's log line once a slave has acknowledged every event sent.
+const ACKED: &str = "slave acknowledged everything";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peerhost_that_dials_in_serves_its_domain() {
@@ -46,8 +48,15 @@ async fn a_peerhost_that_dials_in_serves_its_domain() {
     let mut bob = t.client("b.test", "bob").await.unwrap();
     let before = system.crossing().unwrap();
     bob.join(ROOM, "bob").await.unwrap();
+    let acked = system.master.log_lines(&[ACKED]);
     alice.say(ROOM, "over the uplink").await.unwrap();
     bob.expect_groupchat_body(ROOM, "over the uplink")
+        .await
+        .unwrap();
+    // The slave's ack is in: a kill now loses and repeats nothing.
+    system
+        .master
+        .wait_for_log_lines(&[ACKED], acked + 1, WAIT)
         .await
         .unwrap();
     let crossed = system.crossing().unwrap().since(&before);

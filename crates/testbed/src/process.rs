@@ -245,13 +245,27 @@ impl MasterProcess {
         parts: &[&str],
         timeout: std::time::Duration,
     ) -> Result<()> {
+        self.wait_for_log_lines(parts, 1, timeout).await
+    }
+
+    /// How many lines of the log contain every one of `parts`.
+    pub fn log_lines(&self, parts: &[&str]) -> usize {
+        count_lines(&self.log(), parts)
+    }
+
+    /// Waits until `count` lines of the log contain every one of `parts`:
+    /// for the next time something is logged, take [`Self::log_lines`]
+    /// first and wait for one more.
+    pub async fn wait_for_log_lines(
+        &self,
+        parts: &[&str],
+        count: usize,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let log = self.log();
-            if log
-                .lines()
-                .any(|line| parts.iter().all(|part| line.contains(part)))
-            {
+            if count_lines(&log, parts) >= count {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -292,6 +306,12 @@ impl MasterProcess {
             .as_mut()
             .and_then(ManagedProcess::try_exit_status)
     }
+}
+
+fn count_lines(log: &str, parts: &[&str]) -> usize {
+    log.lines()
+        .filter(|line| parts.iter().all(|part| line.contains(part)))
+        .count()
 }
 
 #[cfg(test)]
