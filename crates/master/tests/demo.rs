@@ -1,20 +1,25 @@
 //! End to end: the scripted conversation of the local demo (`dmuc-demo`,
 //! `scripts/demo`) on the whole system: `dmuc-master` on `a.test`, a
-//! `dmuc-peerhost` on `b.test` and on `c.test`, with counted s2s and gRPC.
+//! `dmuc-peerhost` on `b.test` and on `c.test` (each dialling the master,
+//! its server handing it its users' stanzas for the room: interception),
+//! with counted s2s and gRPC.
 //! Checks the facts of the transcript: the room's configuration, the join
 //! order, every message reaching every occupant once with one stanza-id
 //! that every recipient shares, stable occupant-ids, the private message
 //! reaching only its addressee, the nick change seen by everyone; and what
-//! crossed between domains is what dmuc promises: no s2s stanza for a
-//! message from a.test, only the sender's own for a message from another
-//! domain, joins served by the joiner's domain's slave.
+//! crossed between domains is what dmuc promises: no s2s stanza for any
+//! message or join (the users' stanzas go up their peerhost's gRPC link),
+//! joins served by the joiner's domain's slave. And the last act, split
+//! mode: b.test's link to the master cut, both sides chatting among
+//! themselves, the heal bringing each side the other's messages with the
+//! ids their authors saw, and the replicas ending with the same history.
 //!
 //! Needs `dmuc-peerhost` built next to `dmuc-master` (`cargo build -p
 //! dmuc-peerhost`; `cargo test --workspace` builds it).
 
 use std::time::Duration;
 
-use dmuc_testbed::demo::{self, HOME, JoinSeen, JoinStep, PEER_DOMAINS, Transcript};
+use dmuc_testbed::demo::{self, HOME, JoinSeen, JoinStep, Notice, PEER_DOMAINS, Transcript};
 use dmuc_testbed::distributed::{self, Distributed, PeerhostSetup};
 use dmuc_testbed::scenarios::{MasterSetup, check, check_eq};
 use dmuc_testbed::{DomainOptions, TestbedOptions};
@@ -36,7 +41,7 @@ async fn system() -> dmuc_testbed::Result<Distributed> {
         options,
         &MasterSetup::default(),
         &PEER_DOMAINS,
-        &PeerhostSetup::default(),
+        &demo::peerhost_setup(PeerhostSetup::default()),
     )
     .await
 }
@@ -54,7 +59,10 @@ async fn demo_conversation() {
         ),
     };
     let t = &conversation.transcript;
-    if let Err(e) = facts(t).and_then(|()| crossing(t)) {
+    if let Err(e) = facts(t)
+        .and_then(|()| crossing(t))
+        .and_then(|()| split_act(t))
+    {
         let e = match e {
             dmuc_testbed::Error::Check(why) => why,
             other => other.to_string(),
@@ -141,7 +149,7 @@ fn facts(t: &Transcript) -> dmuc_testbed::Result<()> {
     // Every message: every occupant got it, once (no second copy after
     // the last event), with one stanza-id, the same for every recipient
     // and unique per message; the sender's occupant-id as it joined.
-    check_eq(&t.messages.len(), &5, "messages")?;
+    check_eq(&t.messages.len(), &6, "messages")?;
     let mut ids = Vec::new();
     for m in &t.messages {
         check_eq(
@@ -207,60 +215,36 @@ fn facts(t: &Transcript) -> dmuc_testbed::Result<()> {
 
 /// What crossed between domains.
 fn crossing(t: &Transcript) -> dmuc_testbed::Result<()> {
-    // Each message: none over s2s from a.test, only the sender's own from
-    // another domain; the events go to the slaves over gRPC.
-    let classic: Vec<u64> = t.messages.iter().map(|m| m.classic_s2s).collect();
-    check_eq(&classic, &vec![0, 4, 4, 4, 3], "classic MUC (computed)")?;
+    // Each message: nothing over s2s, whoever sent it: a user of another
+    // domain's stanza goes up its peerhost's gRPC link, and the events go
+    // down to the slaves over gRPC.
+    let classic: Vec<Option<u64>> = t.messages.iter().map(|m| m.classic_s2s).collect();
+    let classic: Vec<u64> = classic.into_iter().flatten().collect();
+    check_eq(&classic, &vec![0, 4, 4, 4, 3, 3], "classic MUC (computed)")?;
     for m in &t.messages {
         let c = &m.crossed;
-        let from_home = m.sender.ends_with(&format!("@{HOME}"));
-        let (s2s, into_home) = if from_home { (0, 0) } else { (1, 1) };
-        check_eq(&c.s2s_stanzas(), &s2s, &format!("s2s for {m:?}"))?;
-        check_eq(&c.s2s_into(HOME), &into_home, "the message, into a.test")?;
+        check_eq(&c.s2s_stanzas(), &0, &format!("s2s for {m:?}"))?;
         if m.occupants.len() > 1 {
             check(c.grpc_bytes() > 0, || format!("no gRPC for {m:?}"))?;
         }
     }
 
-    // Joins: the room's stanzas never crossed s2s, the joiner's domain's
-    // slave served them; the first joiner of a domain made the master
-    // look for its peerhost, the second did not.
-    for (user, lookups) in [
-        ("bob@b.test", true),
-        ("carol@c.test", true),
-        ("dave@b.test", false),
-    ] {
+    // Joins: nothing crossed s2s, neither the joiner's presence nor the
+    // room's stanzas (the joiner's domain's slave served them), nor the
+    // master's questions: each peerhost was vouched for by its domain
+    // when it dialled in, before the script.
+    for user in ["bob@b.test", "carol@c.test", "dave@b.test"] {
         let c = &join(t, user)?.crossed;
-        check_eq(
-            &c.room_stanzas_s2s(),
-            &0,
-            &format!("{user}: room stanzas over s2s {c:?}"),
-        )?;
-        check_eq(
-            &(c.lookups() > 0),
-            &lookups,
-            &format!("{user}: peerhost lookup {c:?}"),
-        )?;
+        check_eq(&c.s2s_stanzas(), &0, &format!("{user}: s2s {c:?}"))?;
         check(c.grpc_bytes() > 0, || format!("{user}: no gRPC {c:?}"))?;
     }
-    check_eq(
-        &join(t, "dave@b.test")?.crossed.s2s_stanzas(),
-        &1,
-        "only dave's presence over s2s",
-    )?;
 
-    // The private message: carol's stanza to the room, then b.test's slave.
+    // The private message and the nick change: up the gRPC link too.
     let pm = &t.private_messages[0].crossed;
-    check_eq(&pm.s2s_stanzas(), &1, "private message over s2s")?;
-    check_eq(
-        &pm.s2s_into("b.test"),
-        &0,
-        "private message into b.test over s2s",
-    )?;
-    // The nick change: bob's presence to the room.
+    check_eq(&pm.s2s_stanzas(), &0, "private message over s2s")?;
     check_eq(
         &t.nick_changes[0].crossed.s2s_stanzas(),
-        &1,
+        &0,
         "nick change over s2s",
     )?;
     // What the demo says about it.
@@ -269,10 +253,139 @@ fn crossing(t: &Transcript) -> dmuc_testbed::Result<()> {
         "✓ c.test's slave served carol's join",
         "✓ b.test's slave served dave's join",
         "✓ nothing crossed s2s into b.test: b.test's slave delivered it to bob",
+        "s2s 0 (the message went up b.test's gRPC link)",
         "what crossed between domains",
     ] {
         check(t.lines.iter().any(|l| l.contains(said)), || {
             format!("the transcript does not say {said:?}")
+        })?;
+    }
+    Ok(())
+}
+
+/// The last act: b.test split off, then whole again.
+fn split_act(t: &Transcript) -> dmuc_testbed::Result<()> {
+    let split = &t.split;
+    check_eq(split.domain.as_str(), demo::SPLIT, "the domain split off")?;
+    let on_b = ["bob@b.test", "dave@b.test"];
+    let others = ["alice@a.test", "carol@c.test"];
+    let told = |notices: &[Notice], says: &str| {
+        let to: Vec<&str> = notices.iter().map(|n| n.recipient.as_str()).collect();
+        check_eq(&to, &on_b.to_vec(), &format!("notices {says:?} to"))?;
+        check(notices.iter().all(|n| n.text.contains(says)), || {
+            format!("notices that do not say {says:?}: {notices:?}")
+        })
+    };
+    // The cut: b.test's occupants told by their slave, nothing crossed.
+    told(&split.split_notices, "split from its master")?;
+    check_eq(&split.cut_crossed.s2s_stanzas(), &0, "s2s at the cut")?;
+
+    // Each side talks among itself: b.test's messages stay on b.test
+    // (nothing crosses at all) with the split's provisional ids; a.test's
+    // and c.test's reach each other, and not b.test.
+    let senders: Vec<&str> = split.messages.iter().map(|m| m.sender.as_str()).collect();
+    check_eq(
+        &senders,
+        &vec!["bob@b.test", "dave@b.test", "alice@a.test", "carol@c.test"],
+        "split-era senders",
+    )?;
+    for m in &split.messages {
+        let from_b = on_b.contains(&m.sender.as_str());
+        let side = if from_b { on_b } else { others };
+        let mut got = m.recipients();
+        got.sort_unstable();
+        check_eq(&got, &side.to_vec(), &format!("who got {:?}", m.body))?;
+        check(m.same_stanza_id_everywhere(), || {
+            format!("stanza-ids differ: {m:?}")
+        })?;
+        check_eq(&m.classic_s2s, &None, "no classic figure for a split")?;
+        check_eq(&m.crossed.s2s_stanzas(), &0, "s2s during the split")?;
+        let id = &m.deliveries[0].stanza_id;
+        if from_b {
+            check(id.starts_with("split:b.test:"), || {
+                format!("not a provisional id of b.test's split: {id}")
+            })?;
+            check_eq(
+                &m.crossed.grpc_bytes(),
+                &0,
+                "gRPC for b.test's split message",
+            )?;
+        } else {
+            check(m.crossed.grpc_bytes() > 0, || {
+                format!("no gRPC to c.test's slave: {m:?}")
+            })?;
+        }
+    }
+
+    // The heal: b.test told, every split-era message of the other side to
+    // each occupant, in the split's order, with the id its author saw;
+    // b.test's delayed for a.test and c.test. Only gRPC crossed.
+    told(&split.whole_notices, "whole again")?;
+    let mut expected = Vec::new();
+    for recipient in ["alice@a.test", "bob@b.test", "carol@c.test", "dave@b.test"] {
+        let on_split = on_b.contains(&recipient);
+        for m in &split.messages {
+            if on_b.contains(&m.sender.as_str()) != on_split {
+                expected.push((
+                    recipient,
+                    m.body.as_str(),
+                    m.deliveries[0].stanza_id.as_str(),
+                ));
+            }
+        }
+    }
+    let caught_up: Vec<(&str, &str, &str)> = split
+        .caught_up
+        .iter()
+        .map(|c| (c.recipient.as_str(), c.body.as_str(), c.stanza_id.as_str()))
+        .collect();
+    check_eq(&caught_up, &expected, "caught up at the heal")?;
+    for c in split
+        .caught_up
+        .iter()
+        .filter(|c| others.contains(&c.recipient.as_str()))
+    {
+        check(c.delay.is_some(), || {
+            format!("merged without a delay: {c:?}")
+        })?;
+    }
+    check_eq(&split.heal_crossed.s2s_stanzas(), &0, "s2s at the heal")?;
+    check(split.heal_crossed.grpc_bytes() > 0, || {
+        "no gRPC at the heal".into()
+    })?;
+    check(split.left.is_empty(), || {
+        format!("someone was seen leaving: {:?}", split.left)
+    })?;
+
+    // Every replica has the same history: the room's messages, the split's
+    // among them, for a new joiner on a.test (the master) and on b.test
+    // (its slave).
+    let joiners: Vec<&str> = split.histories.iter().map(|h| h.joiner.as_str()).collect();
+    check_eq(&joiners, &vec!["erin@a.test", "frank@b.test"], "latecomers")?;
+    let history = &split.histories[0].messages;
+    check_eq(
+        &split.histories[1].messages,
+        history,
+        "frank's history is erin's",
+    )?;
+    let mut ids: Vec<&str> = history.iter().map(|(_, id)| id.as_str()).collect();
+    let mut said: Vec<&str> = t
+        .messages
+        .iter()
+        .chain(&split.messages)
+        .map(|m| m.deliveries[0].stanza_id.as_str())
+        .collect();
+    ids.sort_unstable();
+    said.sort_unstable();
+    check_eq(&ids, &said, "the history holds every message once")?;
+
+    for line in [
+        "✂ b.test's gRPC link to the master is cut",
+        "a classic MUC on a.test, its s2s link to b.test cut, would have kicked bob",
+        "frank  ← joins on b.test, b.test's slave serves 10 history messages",
+    ] {
+        check(t.lines.iter().any(|l| l.contains(line)), || {
+            format!("the transcript does not say {line:?}")
         })?;
     }
     Ok(())

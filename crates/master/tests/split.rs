@@ -100,6 +100,19 @@ async fn heal(system: &Distributed) {
     system.peerhosts[0].uplink_relay.as_ref().unwrap().heal();
 }
 
+/// alice (a.test) creates the room with `config`, and bob (b.test) joins it.
+async fn alice_and_bob(system: &Distributed, config: &[(&str, &[&str])]) -> (Client, Client) {
+    let t = &system.testbed;
+    let mut alice = t.client("a.test", "alice").await.unwrap();
+    alice.create_instant_room(ROOM, "alice").await.unwrap();
+    if !config.is_empty() {
+        alice.configure(ROOM, config).await.unwrap();
+    }
+    let mut bob = t.client("b.test", "bob").await.unwrap();
+    bob.join(ROOM, "bob").await.unwrap();
+    (alice, bob)
+}
+
 /// XEP-0410: a self-ping to the own occupant JID gets a result while the
 /// client is joined.
 async fn self_ping_ok(client: &mut Client, nick: &str) {
@@ -132,11 +145,8 @@ async fn history_of(client: &mut Client, nick: &str) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_chat_goes_on_during_a_cut_and_everyone_gets_everything_once() {
     let system = system(&["b.test", "c.test"]).await;
+    let (mut alice, mut bob) = alice_and_bob(&system, &[]).await;
     let t = &system.testbed;
-    let mut alice = t.client("a.test", "alice").await.unwrap();
-    alice.create_instant_room(ROOM, "alice").await.unwrap();
-    let mut bob = t.client("b.test", "bob").await.unwrap();
-    bob.join(ROOM, "bob").await.unwrap();
     let mut bea = t.client("b.test", "bea").await.unwrap();
     bea.join(ROOM, "bea").await.unwrap();
     let mut carol = t.client("c.test", "carol").await.unwrap();
@@ -246,12 +256,7 @@ async fn local_chat_goes_on_during_a_cut_and_everyone_gets_everything_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn off_refuses_with_an_error_during_a_split() {
     let system = system(&["b.test"]).await;
-    let t = &system.testbed;
-    let mut alice = t.client("a.test", "alice").await.unwrap();
-    alice.create_instant_room(ROOM, "alice").await.unwrap();
-    alice.configure(ROOM, &[(POLICY, &["off"])]).await.unwrap();
-    let mut bob = t.client("b.test", "bob").await.unwrap();
-    bob.join(ROOM, "bob").await.unwrap();
+    let (mut alice, mut bob) = alice_and_bob(&system, &[(POLICY, &["off"])]).await;
 
     cut(&system).await;
     notice_says(&mut bob, "unavailable until it is whole again").await;
@@ -283,12 +288,8 @@ async fn off_refuses_with_an_error_during_a_split() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_admits_local_joins_and_renames_on_a_nick_collision() {
     let system = system(&["b.test"]).await;
+    let (mut alice, mut bob) = alice_and_bob(&system, &[(POLICY, &["open"])]).await;
     let t = &system.testbed;
-    let mut alice = t.client("a.test", "alice").await.unwrap();
-    alice.create_instant_room(ROOM, "alice").await.unwrap();
-    alice.configure(ROOM, &[(POLICY, &["open"])]).await.unwrap();
-    let mut bob = t.client("b.test", "bob").await.unwrap();
-    bob.join(ROOM, "bob").await.unwrap();
 
     cut(&system).await;
     notice_says(&mut bob, "split from its master").await;
@@ -337,10 +338,7 @@ async fn open_admits_local_joins_and_renames_on_a_nick_collision() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peerhost_killed_during_a_split_loses_nothing() {
     let mut system = system(&["b.test"]).await;
-    let mut alice = system.testbed.client("a.test", "alice").await.unwrap();
-    alice.create_instant_room(ROOM, "alice").await.unwrap();
-    let mut bob = system.testbed.client("b.test", "bob").await.unwrap();
-    bob.join(ROOM, "bob").await.unwrap();
+    let (mut alice, mut bob) = alice_and_bob(&system, &[]).await;
     let mut bea = system.testbed.client("b.test", "bea").await.unwrap();
     bea.join(ROOM, "bea").await.unwrap();
 
@@ -371,14 +369,8 @@ async fn a_peerhost_killed_during_a_split_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_killed_during_a_split_loses_nothing() {
     let mut system = system(&["b.test"]).await;
-    let mut alice = system.testbed.client("a.test", "alice").await.unwrap();
-    alice.create_instant_room(ROOM, "alice").await.unwrap();
-    alice
-        .configure(ROOM, &[("muc#roomconfig_persistentroom", &["1"])])
-        .await
-        .unwrap();
-    let mut bob = system.testbed.client("b.test", "bob").await.unwrap();
-    bob.join(ROOM, "bob").await.unwrap();
+    let (mut alice, mut bob) =
+        alice_and_bob(&system, &[("muc#roomconfig_persistentroom", &["1"])]).await;
     let mut bea = system.testbed.client("b.test", "bea").await.unwrap();
     bea.join(ROOM, "bea").await.unwrap();
     alice.say(ROOM, "before").await.unwrap();
@@ -438,11 +430,7 @@ async fn a_silent_cut_is_noticed_by_keepalives() {
         .wait_for_log("peerhost stream up", WAIT)
         .await
         .unwrap();
-    let t = &system.testbed;
-    let mut alice = t.client("a.test", "alice").await.unwrap();
-    alice.create_instant_room(ROOM, "alice").await.unwrap();
-    let mut bob = t.client("b.test", "bob").await.unwrap();
-    bob.join(ROOM, "bob").await.unwrap();
+    let (mut alice, mut bob) = alice_and_bob(&system, &[]).await;
 
     let uplink = system.peerhosts[0].uplink_relay.as_ref().unwrap();
     let stalled = std::time::Instant::now();
@@ -480,11 +468,7 @@ async fn reconciliation_figures() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(1_000);
     let system = system(&["b.test"]).await;
-    let t = &system.testbed;
-    let mut alice = t.client("a.test", "alice").await.unwrap();
-    alice.create_instant_room(ROOM, "alice").await.unwrap();
-    let mut bob = t.client("b.test", "bob").await.unwrap();
-    bob.join(ROOM, "bob").await.unwrap();
+    let (mut alice, mut bob) = alice_and_bob(&system, &[]).await;
 
     cut(&system).await;
     notice_says(&mut bob, "split from its master").await;

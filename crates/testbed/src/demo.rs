@@ -22,15 +22,27 @@
 //!    each message with one stanza-id (XEP-0359), the same for everyone,
 //!    and the sender's occupant-id (XEP-0421).
 //! 4. carol (c.test) sends bob (b.test) a private message through the room.
-//! 5. bob becomes robert (303); his occupant-id stays the same. Every
-//!    client gets this last event after the earlier ones, from the same
-//!    source, so then nobody may hold a second copy of a message, nor
-//!    anyone but bob the private message.
+//! 5. bob becomes robert (303); his occupant-id stays the same.
+//! 6. Split mode: [`SPLIT`]'s gRPC link to the master (its relay) is cut;
+//!    bob and dave get the room's notice that it is split, nobody leaves.
+//!    robert and dave talk (each sees the other), so do alice and carol.
+//!    The link heals: bob and dave get the "whole again" notice and alice's
+//!    and carol's split-era messages, alice and carol get robert's and
+//!    dave's, delayed, with the stanza-ids robert and dave saw. alice
+//!    welcomes b.test back; every client gets this last event after the
+//!    earlier ones, from the same source, so then nobody may hold a second
+//!    copy of a message, nor anyone but bob the private message, nor have
+//!    seen anyone leave. Last, a new joiner on a.test (served by the
+//!    master) and one on b.test (by its slave) get the same history
+//!    ([`LATECOMERS`]).
 //!
 //! Around each step the script reads the relays ([`Crossed`]): s2s stanzas
 //! into each domain's server, gRPC bytes to and from the peerhosts. A join
 //! from another domain shows whether the room's stanzas crossed s2s or
 //! were served by the joiner's domain's slave ([`Crossed::room_stanzas_s2s`]).
+//! The peerhosts intercept ([`peerhost_setup`]): their users' stanzas for
+//! the room go up the peerhost's gRPC link, not over s2s. The heal shows
+//! the gRPC bytes of the merge beside what a classic MUC would have done.
 //! The transcript ends with a table of what crossed per step, beside what a
 //! classic MUC would have sent over s2s for the same messages
 //! ([`classic_s2s`]: computed from the occupants, not measured).
@@ -40,9 +52,10 @@ use std::time::Duration;
 use minidom::Element;
 
 use crate::client::{Client, ClientOptions};
-use crate::distributed::{Crossing, Distributed, peerhost_jid};
+use crate::distributed::{Crossing, Distributed, PeerhostSetup, peerhost_jid};
 use crate::error::{Error, Result};
 use crate::muc::{Joined, occupant_jid};
+use crate::relay::Relay;
 use crate::scenarios::{DMUC_SERVICE, check, check_eq, check_status};
 use crate::stanza::{
     self, NS_DISCO_INFO, affiliation_role, body, delay, disco_features, escape, has_status,
@@ -59,13 +72,23 @@ pub const SUBJECT: &str = "Welcome! a.test, b.test and c.test meet here";
 pub const HOME: &str = "a.test";
 /// The domains with a peerhost.
 pub const PEER_DOMAINS: [&str; 2] = ["b.test", "c.test"];
+/// The domain the last act splits off.
+pub const SPLIT: &str = "b.test";
+/// The new joiners whose history the last act compares: one served by
+/// the master, one by [`SPLIT`]'s slave.
+pub const LATECOMERS: [(&str, &str); 2] = [("erin", HOME), ("frank", SPLIT)];
 /// The resource every scripted client binds.
 const RESOURCE: &str = "demo";
+/// How long the master may take to get each peerhost's stream up.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(20);
 /// The relays' counters must stay still this long before a step is
 /// measured: acknowledgements come a little after the stanzas clients await.
 const QUIET: Duration = Duration::from_millis(150);
 /// At most this many [`QUIET`] periods are waited for.
 const QUIET_ROUNDS: usize = 20;
+/// How long the heal may take: the peerhost dials the master again with
+/// backoff, at most 10 s apart.
+const HEAL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The cast: name and domain, in order of appearance.
 const CAST: [(&str, &str); 4] = [
@@ -78,6 +101,16 @@ const ALICE: usize = 0;
 const BOB: usize = 1;
 const CAROL: usize = 2;
 const DAVE: usize = 3;
+
+/// How the demo's peerhosts run (`base` says the rest): they dial the
+/// master and their servers hand them their users' stanzas for the room
+/// (interception), so that b.test can be split off and merged back.
+pub fn peerhost_setup(base: PeerhostSetup) -> PeerhostSetup {
+    PeerhostSetup {
+        intercept: true,
+        ..base
+    }
+}
 
 /// What crossed between domains, measured by the relays: cumulative
 /// counters, or the difference of two (see [`Crossed::since`]).
@@ -232,8 +265,9 @@ pub struct MessageSeen {
     pub deliveries: Vec<Delivery>,
     /// What crossed between domains until every occupant had it.
     pub crossed: Crossed,
-    /// The s2s stanzas a classic MUC would have needed ([`classic_s2s`]).
-    pub classic_s2s: u64,
+    /// The s2s stanzas a classic MUC would have needed ([`classic_s2s`]);
+    /// none for a message of a split, which a classic MUC cannot have.
+    pub classic_s2s: Option<u64>,
 }
 
 impl MessageSeen {
@@ -288,6 +322,65 @@ pub struct NickChangeSeen {
     pub crossed: Crossed,
 }
 
+/// A room notice (a message from the room itself, no nick), as one
+/// occupant got it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// The recipient's bare JID.
+    pub recipient: String,
+    /// Its text.
+    pub text: String,
+}
+
+/// A message of the other side of a split, as one occupant got it when
+/// the room was whole again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaughtUp {
+    /// The recipient's bare JID.
+    pub recipient: String,
+    /// The body.
+    pub body: String,
+    /// The stanza-id by the room.
+    pub stanza_id: String,
+    /// The delay's stamp (XEP-0203), if delayed.
+    pub delay: Option<String>,
+}
+
+/// The history a new joiner got: (body, stanza-id), in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistorySeen {
+    /// The joiner's bare JID.
+    pub joiner: String,
+    /// The history messages.
+    pub messages: Vec<(String, String)>,
+}
+
+/// The last act: [`SPLIT`]'s link to the master is cut, both sides talk
+/// on, the link heals, and the room is whole again.
+#[derive(Debug, Clone, Default)]
+pub struct SplitSeen {
+    /// The domain split off.
+    pub domain: String,
+    /// What crossed from the cut until its users had been told.
+    pub cut_crossed: Crossed,
+    /// The room's notices of the split, to the domain's occupants.
+    pub split_notices: Vec<Notice>,
+    /// What was said during the split, each side among itself.
+    pub messages: Vec<MessageSeen>,
+    /// The room's notices that it is whole again.
+    pub whole_notices: Vec<Notice>,
+    /// What each occupant got of the other side's split-era messages at
+    /// the heal, in arrival order.
+    pub caught_up: Vec<CaughtUp>,
+    /// What crossed from the heal until every occupant had caught up.
+    pub heal_crossed: Crossed,
+    /// Occupants seen leaving (`recipient: presence`) from the cut to the
+    /// end of the script; none, if the split kept everyone in the room.
+    pub left: Vec<String>,
+    /// The history new joiners on [`HOME`] and on the domain got.
+    pub histories: Vec<HistorySeen>,
+}
+
 /// One row of the crossing table.
 #[derive(Debug, Clone)]
 pub struct Step {
@@ -323,11 +416,13 @@ pub struct Transcript {
     /// Second copies of groupchat messages found at the end of the script
     /// (`recipient: body`); none, if the service works.
     pub duplicates: Vec<String>,
+    /// The last act, the split and the heal.
+    pub split: SplitSeen,
     /// The measured steps, in script order.
     pub steps: Vec<Step>,
     /// What crossed between domains from the start of the script to its
     /// end, the steps and whatever happened between them (the joiners'
-    /// disco#info of the room).
+    /// disco#info of the room, the latecomers' joins).
     pub whole: Crossed,
     echo: bool,
 }
@@ -385,10 +480,10 @@ impl Transcript {
             &format!("the {} messages", messages.len()),
             messages.iter().map(|m| m.crossed.s2s_stanzas()).sum(),
             messages.iter().map(|m| m.crossed.grpc_bytes()).sum(),
-            Some(messages.iter().map(|m| m.classic_s2s).sum()),
+            Some(messages.iter().filter_map(|m| m.classic_s2s).sum()),
         );
         let whole = row(
-            "the whole script (disco#info included)",
+            "the whole script, everything included",
             self.whole.s2s_stanzas(),
             self.whole.grpc_bytes(),
             None,
@@ -398,9 +493,11 @@ impl Transcript {
         self.print(whole);
         for note in [
             "",
-            "  Measured by relays in front of each server's s2s port and each peerhost's",
-            "  gRPC port: stanzas, and bytes both ways (TLS included: gRPC carries the",
-            "  room's events to the slaves, and their acknowledgements).",
+            "  Measured by relays in front of each server's s2s port and on each",
+            "  peerhost's gRPC link to the master: stanzas, and bytes both ways (TLS",
+            "  included: gRPC carries the room's events to the slaves and their",
+            "  acknowledgements, and the stanzas of b.test's and c.test's users, which",
+            "  their servers hand to their peerhosts instead of sending them over s2s).",
             "  * Computed, not measured: a classic MUC on a.test sends each message over",
             "  s2s to every occupant of another domain, and gets it over s2s from a",
             "  sender of another domain.",
@@ -440,6 +537,8 @@ struct Script<'a> {
     t: Transcript,
     /// The relays' counters at the start of the current step.
     mark: Crossed,
+    /// The domain split off from the master, during the split.
+    split: Option<&'static str>,
 }
 
 /// Plays the demo conversation in room [`ROOM`]`@`[`DMUC_SERVICE`] of
@@ -474,7 +573,9 @@ pub async fn run_script(system: &Distributed, echo: bool) -> Result<Conversation
         room,
         people,
         mark: Crossed::default(),
+        split: None,
     };
+    s.streams_up().await?;
     let start = s.settled().await?;
 
     s.create().await?;
@@ -495,7 +596,19 @@ pub async fn run_script(system: &Distributed, echo: bool) -> Result<Conversation
     s.private(CAROL, BOB, "psst bob, this one is just for you")
         .await?;
     s.change_nick(BOB, "robert").await?;
+    s.cut(SPLIT).await?;
+    s.t.section("during the split, each side talks among itself");
+    s.say_split(BOB, "The room says b.test is split off. Still there, dave?")
+        .await?;
+    s.say_split(DAVE, "Yes, we can still talk to each other.")
+        .await?;
+    s.say_split(ALICE, "b.test went quiet, carol.").await?;
+    s.say_split(CAROL, "Nobody left, though: they will catch up.")
+        .await?;
+    s.heal().await?;
+    s.say(ALICE, "Welcome back, b.test!").await?;
     s.final_checks()?;
+    s.same_history_everywhere().await?;
     s.t.whole = s.settled().await?.since(&start);
     s.t.crossing_table();
 
@@ -555,12 +668,43 @@ impl Script<'_> {
         self.t.print(line);
     }
 
+    /// `s2s n`, and how `what`, sent by `who` (of another domain) to the
+    /// room, reached a.test: the one stanza over s2s, or nothing over s2s
+    /// because its server handed it to its peerhost (interception).
+    fn s2s_of(&self, who: usize, c: &Crossed, what: &str) -> String {
+        let domain = self.people[who].domain;
+        match c.s2s_stanzas() {
+            0 if domain != HOME => format!("s2s 0 ({what} went up {domain}'s gRPC link)"),
+            1 if domain != HOME && c.s2s_into(HOME) == 1 => format!("s2s 1 ({what}, to a.test)"),
+            n => format!("s2s {n}"),
+        }
+    }
+
     /// The people in the room: `first`, then the others in cast order.
     fn present_from(&self, first: usize) -> Vec<usize> {
         std::iter::once(first)
             .chain((0..self.people.len()).filter(|&i| i != first))
             .filter(|&i| self.people[i].in_room)
             .collect()
+    }
+
+    /// The people in the room on `who`'s side of the split (everyone in
+    /// the room if there is none): `who`, then the others in cast order.
+    fn side_of(&self, who: usize) -> Vec<usize> {
+        let cut_off = |i: usize| Some(self.people[i].domain) == self.split;
+        self.present_from(who)
+            .into_iter()
+            .filter(|&i| cut_off(i) == cut_off(who))
+            .collect()
+    }
+
+    /// The names of `people`, as a list.
+    fn names(&self, people: &[usize]) -> String {
+        let names: Vec<String> = people
+            .iter()
+            .map(|&i| self.people[i].name.to_owned())
+            .collect();
+        and_list(&names)
     }
 
     /// The occupant JID of `nick` shortened to `lounge/nick`.
@@ -597,6 +741,20 @@ impl Script<'_> {
         let crossed = now.since(&self.mark);
         self.mark = now;
         Ok(crossed)
+    }
+
+    /// Waits until each peerhost has dialled the master and its stream is
+    /// up (the master logs it at `info`): until then, its domain's users'
+    /// stanzas for the room have nowhere to go.
+    async fn streams_up(&self) -> Result<()> {
+        for domain in PEER_DOMAINS {
+            let domain = format!("domain={domain}");
+            self.system
+                .master
+                .wait_for_log_line(&["peerhost stream up", &domain], STREAM_TIMEOUT)
+                .await?;
+        }
+        Ok(())
     }
 
     /// How often the master logged creating a slave on `domain` (0 if its
@@ -738,7 +896,12 @@ impl Script<'_> {
         let domain = self.people[who].domain;
         let lookups = c.lookups();
         let room_s2s = c.room_stanzas_s2s();
-        let mut s2s = format!("⇄ s2s {}: {name}'s presence", c.s2s_stanzas());
+        let presence = if c.s2s_into(HOME) > lookups {
+            format!("{name}'s presence")
+        } else {
+            format!("{name}'s presence went up {domain}'s gRPC link")
+        };
+        let mut s2s = format!("⇄ s2s {}: {presence}", c.s2s_stanzas());
         if lookups > 0 {
             s2s.push_str(&format!(
                 "; the master looking for {domain}'s peerhost by disco ({}, {})",
@@ -871,16 +1034,43 @@ impl Script<'_> {
         Ok(())
     }
 
-    /// `who` says `text`; every occupant must get it with the same
-    /// stanza-id and `who`'s occupant-id.
+    /// `who` says `text` to the whole room: every occupant must get it
+    /// with the same stanza-id and `who`'s occupant-id.
     async fn say(&mut self, who: usize, text: &str) -> Result<()> {
+        let present = self.present_from(who);
+        let mut seen = self.said(who, &present, text).await?;
+        let occupants: Vec<&str> = seen.occupants.iter().map(String::as_str).collect();
+        let classic = classic_s2s(&seen.sender, &occupants);
+        seen.classic_s2s = Some(classic);
+        let s2s = self.s2s_of(who, &seen.crossed, "the message");
+        self.detail(format!(
+            "⇄ {s2s} · gRPC {} bytes · a classic MUC: s2s {classic}",
+            seen.crossed.grpc_bytes()
+        ));
+        let alone = if seen.occupants.len() == 1 {
+            " (alone)"
+        } else {
+            ""
+        };
+        self.t.steps.push(Step {
+            what: format!("{}'s message{alone}", seen.sender),
+            crossed: seen.crossed.clone(),
+            classic_s2s: Some(classic),
+        });
+        self.t.messages.push(seen);
+        Ok(())
+    }
+
+    /// A measured step: `who` says `text`, and each of `to` (`who` first)
+    /// must get it with one stanza-id, the same for all, and `who`'s
+    /// occupant-id. Prints the message, its ids and who got it.
+    async fn said(&mut self, who: usize, to: &[usize], text: &str) -> Result<MessageSeen> {
         let room = self.room.clone();
         self.begin().await?;
-        let present = self.present_from(who);
         let id = self.people[who].client.send_groupchat(&room, text).await?;
         let mut deliveries = Vec::new();
         let mut first = None;
-        for &i in &present {
+        for &i in to {
             let p = &mut self.people[i];
             let m = p.client.expect_groupchat(&room, &id).await?;
             let ids = stanza_ids(&m, &room);
@@ -895,19 +1085,13 @@ impl Script<'_> {
         }
         let crossed = self.measured().await?;
         let m = first.expect("the sender is in the room");
-        let sender = self.bare(who);
-        let occupants: Vec<String> = present.iter().map(|&i| self.bare(i)).collect();
-        let classic = classic_s2s(
-            &sender,
-            &occupants.iter().map(String::as_str).collect::<Vec<_>>(),
-        );
         let seen = MessageSeen {
-            sender,
+            sender: self.bare(who),
             body: body(&m).unwrap_or_default(),
-            occupants,
+            occupants: to.iter().map(|&i| self.bare(i)).collect(),
             deliveries,
             crossed,
-            classic_s2s: classic,
+            classic_s2s: None,
         };
         let nick = stanza::resource(stanza::from(&m)).unwrap_or("");
         self.t.print(format!("  <{nick}> {}", seen.body));
@@ -925,17 +1109,6 @@ impl Script<'_> {
             d.occupant_id,
             recipients.join(", ")
         ));
-        let c = &seen.crossed;
-        let s2s = match c.s2s_stanzas() {
-            1 if self.people[who].domain != HOME && c.s2s_into(HOME) == 1 => {
-                "s2s 1 (the message, to a.test)".to_owned()
-            }
-            n => format!("s2s {n}"),
-        };
-        self.detail(format!(
-            "⇄ {s2s} · gRPC {} bytes · a classic MUC: s2s {classic}",
-            c.grpc_bytes()
-        ));
         check(seen.same_stanza_id_everywhere(), || {
             format!("recipients got different stanza-ids: {:?}", seen.deliveries)
         })?;
@@ -949,18 +1122,7 @@ impl Script<'_> {
                 )
             },
         )?;
-        let alone = if seen.occupants.len() == 1 {
-            " (alone)"
-        } else {
-            ""
-        };
-        self.t.steps.push(Step {
-            what: format!("{}'s message{alone}", seen.sender),
-            crossed: seen.crossed.clone(),
-            classic_s2s: Some(classic),
-        });
-        self.t.messages.push(seen);
-        Ok(())
+        Ok(seen)
     }
 
     /// `from` sends `to` a private message through the room (nobody else
@@ -1012,10 +1174,7 @@ impl Script<'_> {
             format!("chat from {seen_from} (with muc#user <x/>): \"{pm_body}\""),
         );
         let to_domain = self.people[to].domain;
-        let s2s = match crossed.s2s_stanzas() {
-            1 if crossed.s2s_into(HOME) == 1 => "s2s 1 (the message, to a.test)".to_owned(),
-            n => format!("s2s {n}"),
-        };
+        let s2s = self.s2s_of(from, &crossed, "the message");
         self.note(format!("⇄ {s2s} · gRPC {} bytes", crossed.grpc_bytes()));
         if to_domain != HOME && crossed.s2s_into(to_domain) == 0 {
             self.note(format!(
@@ -1102,10 +1261,7 @@ impl Script<'_> {
             occupant_ids.push(id);
         }
         let crossed = self.measured().await?;
-        let s2s = match crossed.s2s_stanzas() {
-            1 if crossed.s2s_into(HOME) == 1 => format!("s2s 1 ({old}'s presence, to a.test)"),
-            n => format!("s2s {n}"),
-        };
+        let s2s = self.s2s_of(who, &crossed, &format!("{old}'s presence"));
         self.note(format!("⇄ {s2s} · gRPC {} bytes", crossed.grpc_bytes()));
         self.people[who].nick = new.to_owned();
         self.t.steps.push(Step {
@@ -1123,6 +1279,303 @@ impl Script<'_> {
         Ok(())
     }
 
+    /// The uplink relay of `domain`'s peerhost (the testbed counts, and the
+    /// peerhosts dial in).
+    fn uplink(&self, domain: &str) -> Result<&Relay> {
+        self.system
+            .peerhosts
+            .iter()
+            .find(|p| p.domain == domain)
+            .and_then(|p| p.uplink_relay.as_ref())
+            .ok_or_else(|| Error::Check(format!("{domain}'s peerhost has no uplink relay")))
+    }
+
+    /// The next room notice `who` gets must contain `says`; prints it.
+    async fn notice(&mut self, who: usize, says: &str) -> Result<Notice> {
+        let room = self.room.clone();
+        let el = self.people[who]
+            .client
+            .expect_within(says, HEAL_TIMEOUT, |el| {
+                is_message(el) && stanza_type(el) == "groupchat" && stanza::from(el) == room
+            })
+            .await?;
+        let text = body(&el).unwrap_or_default();
+        check(text.contains(says), || {
+            format!(
+                "the notice to {} does not say {says:?}: {text}",
+                self.bare(who)
+            )
+        })?;
+        self.line(who, "←", format!("notice from {ROOM}: \"{text}\""));
+        Ok(Notice {
+            recipient: self.bare(who),
+            text,
+        })
+    }
+
+    /// `domain`'s link to the master is cut: its occupants are told that
+    /// the room is split, and nobody leaves.
+    async fn cut(&mut self, domain: &'static str) -> Result<()> {
+        self.t.section(&format!("{domain} is split off"));
+        self.begin().await?;
+        self.note(format!(
+            "✂ {domain}'s gRPC link to the master is cut: its relay drops the stream \
+             and refuses new ones"
+        ));
+        self.uplink(domain)?.cut();
+        self.split = Some(domain);
+        // The master holds the room's events for the slave from now on.
+        self.system
+            .master
+            .wait_for_log_line(
+                &[
+                    "split: the slave's events wait for it",
+                    &format!("domain={domain}"),
+                ],
+                HEAL_TIMEOUT,
+            )
+            .await?;
+        let cut_off: Vec<usize> = (0..self.people.len())
+            .filter(|&i| self.people[i].in_room && self.people[i].domain == domain)
+            .collect();
+        let mut notices = Vec::new();
+        for &i in &cut_off {
+            notices.push(self.notice(i, "split from its master").await?);
+        }
+        let crossed = self.measured().await?;
+        let others: Vec<usize> = (0..self.people.len())
+            .filter(|i| !cut_off.contains(i) && self.people[*i].in_room)
+            .collect();
+        self.note(format!(
+            "✓ {domain}'s slave told {} itself; {} see nobody leave: the master keeps \
+             {domain}'s occupants, and holds the room's events for its slave",
+            self.names(&cut_off),
+            self.names(&others)
+        ));
+        self.t.steps.push(Step {
+            what: format!("{domain}'s link cut"),
+            crossed: crossed.clone(),
+            classic_s2s: None,
+        });
+        self.t.split = SplitSeen {
+            domain: domain.to_owned(),
+            cut_crossed: crossed,
+            split_notices: notices,
+            ..SplitSeen::default()
+        };
+        Ok(())
+    }
+
+    /// During the split, `who` says `text`: the people on `who`'s side get
+    /// it, the others do not (yet).
+    async fn say_split(&mut self, who: usize, text: &str) -> Result<()> {
+        let side = self.side_of(who);
+        let seen = self.said(who, &side, text).await?;
+        let c = &seen.crossed;
+        let domain = self.people[who].domain;
+        let served = if Some(domain) == self.split {
+            format!("{domain}'s slave, split, served it alone")
+        } else {
+            let split = self.split.unwrap_or_default();
+            format!("the master holds it for {split}'s slave")
+        };
+        self.detail(format!(
+            "⇄ s2s {} · gRPC {} bytes: {served}",
+            c.s2s_stanzas(),
+            c.grpc_bytes()
+        ));
+        self.t.steps.push(Step {
+            what: format!("{}'s message (split)", seen.sender),
+            crossed: seen.crossed.clone(),
+            classic_s2s: None,
+        });
+        self.t.split.messages.push(seen);
+        Ok(())
+    }
+
+    /// The link heals: the split domain's occupants are told the room is
+    /// whole again, and everyone gets what the other side said meanwhile,
+    /// in order, with the stanza-ids its authors saw.
+    async fn heal(&mut self) -> Result<()> {
+        let room = self.room.clone();
+        let domain = self.split.unwrap_or_default();
+        self.t
+            .section(&format!("{domain}'s link heals: the room is whole again"));
+        self.begin().await?;
+        self.note(format!(
+            "⚭ {domain}'s gRPC link is back: its peerhost dials the master again"
+        ));
+        self.uplink(domain)?.heal();
+        let cut_off: Vec<usize> = (0..self.people.len())
+            .filter(|&i| self.people[i].in_room && self.people[i].domain == domain)
+            .collect();
+        for &i in &cut_off {
+            let notice = self.notice(i, "whole again").await?;
+            self.t.split.whole_notices.push(notice);
+        }
+        let said: Vec<(bool, String, String)> = self
+            .t
+            .split
+            .messages
+            .iter()
+            .map(|m| {
+                let from_split = domain_of(&m.sender) == domain;
+                (
+                    from_split,
+                    m.body.clone(),
+                    m.deliveries[0].stanza_id.clone(),
+                )
+            })
+            .collect();
+        let present = self.present_from(ALICE);
+        for &i in &present {
+            let on_split = self.people[i].domain == domain;
+            for (from_split, text, id) in said.iter().filter(|m| m.0 != on_split) {
+                let m = self.people[i]
+                    .client
+                    .expect_within("a split-era message", HEAL_TIMEOUT, |el| {
+                        is_message(el)
+                            && stanza_type(el) == "groupchat"
+                            && stanza::is_from_room(el, &room)
+                            && stanza::resource(stanza::from(el)).is_some()
+                    })
+                    .await?;
+                let got = body(&m).unwrap_or_default();
+                check_eq(got.as_str(), text.as_str(), "the next split-era message")?;
+                let ids = stanza_ids(&m, &room);
+                check_eq(&ids, &vec![id.as_str()], "the stanza-id its author saw")?;
+                let stamp = delay(&m).map(|d| stanza::attr(d, "stamp").to_owned());
+                let nick = stanza::resource(stanza::from(&m)).unwrap_or("").to_owned();
+                let when = match &stamp {
+                    Some(s) => format!("delayed {s}"),
+                    None => "no delay".to_owned(),
+                };
+                self.line(i, "←", format!("<{nick}> {got}"));
+                self.detail(format!("{when} · stanza-id {id}, as its author saw it"));
+                if *from_split {
+                    check(stamp.is_some(), || {
+                        format!("a merged message without a delay: {}", stanza::show(&m))
+                    })?;
+                }
+                self.t.split.caught_up.push(CaughtUp {
+                    recipient: self.bare(i),
+                    body: got,
+                    stanza_id: id.clone(),
+                    delay: stamp,
+                });
+            }
+        }
+        self.split = None;
+        let crossed = self.measured().await?;
+        let merged = said.iter().filter(|m| m.0).count() as u64;
+        let held = said.len() as u64 - merged;
+        self.note(format!(
+            "⇄ s2s {} · gRPC {} bytes (a new TLS stream included): {domain}'s peerhost \
+             submitted the split's {}, the master merged them (their stanza-ids and \
+             times kept, delayed for the others) and sent {domain}'s slave the {} it \
+             had held",
+            crossed.s2s_stanzas(),
+            crossed.grpc_bytes(),
+            count(merged, "message", "messages"),
+            count(held, "message", "messages"),
+        ));
+        self.note(format!(
+            "✗ a classic MUC on {HOME}, its s2s link to {domain} cut, would have kicked {} \
+             (status 333) or silently lost what was said meanwhile: no chat among \
+             themselves, and nobody would have got the other side's messages",
+            self.names(&cut_off)
+        ));
+        self.t.steps.push(Step {
+            what: format!("{domain}'s link heals (the merge)"),
+            crossed: crossed.clone(),
+            classic_s2s: None,
+        });
+        self.t.split.heal_crossed = crossed;
+        Ok(())
+    }
+
+    /// A new joiner on [`HOME`] (served by the master) and one on the split
+    /// domain (served by its slave) get the same history, the split's
+    /// messages in it; then they leave.
+    async fn same_history_everywhere(&mut self) -> Result<()> {
+        let room = self.room.clone();
+        self.t.section("every replica has the same history");
+        let mut seen: Vec<HistorySeen> = Vec::new();
+        for (name, domain) in LATECOMERS {
+            let options = ClientOptions {
+                resource: Some(RESOURCE.into()),
+                ..ClientOptions::default()
+            };
+            let mut client = self
+                .system
+                .testbed
+                .client_with(domain, name, options)
+                .await?;
+            let joined = client.join(&room, name).await?;
+            let messages: Vec<(String, String)> = joined
+                .history
+                .iter()
+                .map(|m| {
+                    let id = stanza_ids(m, &room).first().copied().unwrap_or("");
+                    (body(m).unwrap_or_default(), id.to_owned())
+                })
+                .collect();
+            client.leave(&room, name).await?;
+            let served = if domain == HOME {
+                "the master".to_owned()
+            } else {
+                format!("{domain}'s slave")
+            };
+            let line = format!(
+                "  {name:<6} ← joins on {domain}, {served} serves {}",
+                count(messages.len() as u64, "history message", "history messages")
+            );
+            self.t.print(line);
+            match seen.first() {
+                None => {
+                    for (text, id) in &messages {
+                        self.detail(format!("{id:<34} {text}"));
+                    }
+                }
+                Some(first) => {
+                    let same = if first.messages == messages {
+                        "the same, in the same order, with the same stanza-ids".to_owned()
+                    } else {
+                        "different!".to_owned()
+                    };
+                    self.detail(format!("{same} as {}", first.joiner));
+                }
+            }
+            seen.push(HistorySeen {
+                joiner: client.bare_jid().to_owned(),
+                messages,
+            });
+        }
+        let split_ids = self
+            .t
+            .split
+            .messages
+            .iter()
+            .map(|m| &m.deliveries[0].stanza_id);
+        let all_there = split_ids
+            .clone()
+            .all(|id| seen[0].messages.iter().any(|(_, h)| h == id));
+        let same = seen.windows(2).all(|w| w[0].messages == w[1].messages);
+        self.t.split.histories = seen;
+        check(same && all_there, || {
+            format!(
+                "the replicas' histories differ: {:?}",
+                self.t.split.histories
+            )
+        })?;
+        self.note(
+            "✓ the master and b.test's slave keep the same history, the split's messages \
+             in it with the stanza-ids their authors saw"
+                .to_owned(),
+        );
+        Ok(())
+    }
+
     /// After the last event, which every client received after the earlier
     /// ones through the same path: nobody holds a second copy of a message,
     /// and only its recipient holds the private message, once.
@@ -1132,6 +1585,7 @@ impl Script<'_> {
             .t
             .messages
             .iter()
+            .chain(&self.t.split.messages)
             .map(|m| (m.deliveries[0].stanza_id.clone(), m.body.clone()))
             .collect();
         let mut duplicates = Vec::new();
@@ -1169,6 +1623,24 @@ impl Script<'_> {
             .iter()
             .flat_map(|pm| pm.leaked_to.clone())
             .collect();
+        let mut left = Vec::new();
+        for p in self.people.iter().filter(|p| p.in_room) {
+            let leaving = |el: &Element| {
+                is_presence(el)
+                    && stanza::is_from_room(el, &room)
+                    && stanza_type(el) == "unavailable"
+            };
+            if p.client
+                .expect_none_pending("someone leaving", leaving)
+                .is_err()
+            {
+                left.push(p.client.bare_jid().to_owned());
+            }
+        }
+        self.t.split.left = left.clone();
+        check(left.is_empty(), || {
+            format!("these saw someone leave: {left:?}")
+        })?;
         self.t.duplicates = duplicates.clone();
         check(duplicates.is_empty(), || {
             format!("second copies of messages: {duplicates:?}")
@@ -1183,8 +1655,8 @@ impl Script<'_> {
             .map_or(String::new(), |pm| pm.recipient.clone());
         let name = recipient.split('@').next().unwrap_or("").to_owned();
         self.note(format!(
-            "✓ after this last event nobody holds a second copy of any message, and \
-             nobody but {name} the private message"
+            "✓ after this last event nobody holds a second copy of any message, \
+             nobody but {name} the private message, and nobody saw anyone leave"
         ));
         Ok(())
     }

@@ -7,14 +7,15 @@
 //! `dmuc-master` at `--master` as the component `conference.a.test`
 //! (storage `dmuc.sqlite` in the testbed directory), and the
 //! `dmuc-peerhost` at `--peerhost` (by default the one next to the master)
-//! as `muc-peer.b.test` and `muc-peer.c.test`, reached by the master over
-//! gRPC with mutual TLS (a throw-away test CA). Every s2s and gRPC
-//! connection goes through a counting relay
-//! ([`dmuc_testbed::distributed`]).
+//! as `muc-peer.b.test` and `muc-peer.c.test`, each dialling the master
+//! over gRPC with mutual TLS (a throw-away test CA), its server handing it
+//! its users' stanzas for the service (interception). Every s2s and gRPC
+//! connection goes through a counting relay ([`dmuc_testbed::distributed`]).
 //!
 //! Then it plays the scripted conversation of [`dmuc_testbed::demo`] in
 //! `lounge@conference.a.test`, printing what the clients receive, what
-//! crossed between domains and, at the end, a table of it; and explains how
+//! crossed between domains (b.test split off by cutting its link, and
+//! merged back) and, at the end, a table of it; and explains how
 //! to join the room with your own client, on any of the three domains.
 //! Everything keeps running, with what alice sees printed live, until
 //! SIGINT (Ctrl-C) or SIGTERM; then the master is stopped with SIGTERM (the
@@ -26,9 +27,10 @@
 //! stderr), 64 on bad arguments.
 //!
 //! Environment: `DMUC_TESTBED_PROSODY_LOG`, `DMUC_TESTBED_MASTER_LOG`,
-//! `DMUC_TESTBED_PEERHOST_LOG` (log levels, default `info`),
-//! `DMUC_TESTBED_KEEP=1` (keep the testbed directory with its logs after
-//! exit).
+//! `DMUC_TESTBED_PEERHOST_LOG` (log levels, default `info`; the script
+//! waits for the master's `info` lines on its peerhosts' streams, so keep
+//! the master's at `info` or finer), `DMUC_TESTBED_KEEP=1` (keep the
+//! testbed directory with its logs after exit).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,7 +38,7 @@ use std::time::Duration;
 
 use dmuc_testbed::demo::{self, Conversation, HOME, PEER_DOMAINS};
 use dmuc_testbed::distributed::{
-    self, Distributed, PEERING_PORT, PeerhostSetup, peerhost_jid, start_distributed,
+    self, Distributed, PeerhostSetup, peerhost_jid, start_distributed,
 };
 use dmuc_testbed::minidom::Element;
 use dmuc_testbed::scenarios::{DMUC_SERVICE, MasterSetup};
@@ -61,16 +63,18 @@ const HELP: &str = "The local demo of dmuc, the whole system: starts a.test, b.t
 (Prosody, real s2s), the dmuc-master binary as conference.a.test and the
 dmuc-peerhost binary as muc-peer.b.test and muc-peer.c.test (gRPC, mutual
 TLS), plays a conversation between users of the three domains in
-lounge@conference.a.test, shows what crossed between domains, then keeps
-everything running for your own client until Ctrl-C.
+lounge@conference.a.test, shows what crossed between domains, splits
+b.test off and merges it back, then keeps everything running for your own
+client until Ctrl-C.
 
   --master PATH     the dmuc-master binary
   --peerhost PATH   the dmuc-peerhost binary (default: next to the master)
   --script-only     exit after the conversation: 0 if it went as expected
 
 Environment: DMUC_TESTBED_PROSODY_LOG, DMUC_TESTBED_MASTER_LOG,
-DMUC_TESTBED_PEERHOST_LOG (log levels, default info), DMUC_TESTBED_KEEP=1
-(keep the testbed directory and its logs).";
+DMUC_TESTBED_PEERHOST_LOG (log levels, default info; keep the master's at
+info or finer: the script reads it), DMUC_TESTBED_KEEP=1 (keep the testbed
+directory and its logs).";
 
 /// The command line.
 struct Args {
@@ -157,10 +161,10 @@ async fn run(args: Args) -> ExitCode {
         log_filter: log_level("DMUC_TESTBED_MASTER_LOG"),
         ..MasterSetup::default()
     };
-    let peers = PeerhostSetup {
+    let peers = demo::peerhost_setup(PeerhostSetup {
         log_filter: log_level("DMUC_TESTBED_PEERHOST_LOG"),
         ..PeerhostSetup::default()
-    };
+    });
     let started = start_distributed(
         &args.master,
         &peerhost,
@@ -263,10 +267,13 @@ fn print_setup(system: &Distributed, master: &std::path::Path, peerhost: &std::p
             ip(domain)
         );
         println!(
-            "  {:<18} dmuc-peerhost ({}): gRPC on {}:{PEERING_PORT}",
+            "  {:<18} dmuc-peerhost ({}): dials the master",
             peerhost_jid(domain),
             peerhost.display(),
-            ip(domain)
+        );
+        println!(
+            "  {:<18} over gRPC; {domain} hands it its users' stanzas for the room",
+            ""
         );
     }
     let relays: Vec<String> = testbed.domains().map(relay).collect();
@@ -275,7 +282,7 @@ fn print_setup(system: &Distributed, master: &std::path::Path, peerhost: &std::p
         "links"
     );
     println!(
-        "  {:<18} the master to each peerhost: all through counting relays",
+        "  {:<18} each peerhost to the master: all through counting relays",
         ""
     );
     println!("  {:<18} on {}", "", relays.join(", "));
