@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use dmuc_protocol::pb::{self, master_frame};
 use dmuc_protocol::{RoomEvent, SlaveStart};
-use dmuc_room::relay::NodeId;
+use dmuc_room::relay::{NodeId, Report, Why};
 use dmuc_room::{Action, Input, Room};
 use jid::BareJid;
 use tokio::sync::mpsc;
@@ -47,6 +47,10 @@ const LOG_LIMIT: usize = 4096;
 
 /// How soon to look again at a slave due to end that still owes stanzas.
 const RECHECK: Duration = Duration::from_secs(1);
+
+/// How long a slave reached only through the tree may owe shares without
+/// acknowledging any before the master delivers them itself.
+pub const DETOUR_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Something the room task must do, in order.
 #[derive(Debug)]
@@ -114,6 +118,16 @@ enum Mode {
     /// unreachable (a split): nobody delivers to them until it is back and
     /// resumes after `direct_until`, the last event it acknowledged.
     Cut,
+    /// The slave's stream is down but, in the room's tree, it follows
+    /// another slave, which relays its events down and its acknowledgements
+    /// up: it still delivers its domain's share. If nothing it owes is
+    /// acknowledged for [`DETOUR_PATIENCE`], the master delivers directly.
+    Detour {
+        unacked: VecDeque<(u64, Vec<Action>)>,
+        acked: u64,
+        /// Since when it has owed shares without acknowledging any.
+        waiting: Option<Instant>,
+    },
 }
 
 /// One room's slaves.
@@ -198,16 +212,23 @@ impl Fanout {
                 _ => None,
             })
             .collect();
+        // Slaves reached through the tree only stay in it (and are told
+        // nothing: they have no stream).
+        let members: BTreeSet<NodeId> = domains
+            .iter()
+            .filter(|(_, e)| matches!(e.mode, Mode::Slave { .. } | Mode::Detour { .. }))
+            .map(|(d, _)| NodeId::peer(d))
+            .collect();
         let gone: Vec<NodeId> = sp
             .tree
             .nodes()
-            .filter(|n| !slaves.contains_key(*n))
+            .filter(|n| !members.contains(*n))
             .cloned()
             .collect();
         for node in &gone {
             sp.tree.remove(node, &sp.health);
         }
-        for node in slaves.keys() {
+        for node in &members {
             if !sp.tree.contains(node) {
                 sp.tree.add(node.clone(), &sp.health);
             }
@@ -219,15 +240,30 @@ impl Fanout {
                 .map(|e| e.peer.target.jid.to_string())
                 .unwrap_or_default(),
         };
+        let endpoint = |n: &NodeId| match n {
+            NodeId::Master => String::new(),
+            NodeId::Peer(d) => domains
+                .get(&**d)
+                .and_then(|e| e.peer.target.endpoint.clone())
+                .unwrap_or_default(),
+        };
         for (node, (domain, entry, session)) in &slaves {
             let parent = sp.tree.parent(node).cloned().unwrap_or(NodeId::Master);
-            let parent_endpoint = match &parent {
-                NodeId::Master => String::new(),
-                NodeId::Peer(d) => domains
-                    .get(&**d)
-                    .and_then(|e| e.peer.target.endpoint.clone())
-                    .unwrap_or_default(),
-            };
+            let parent_endpoint = endpoint(&parent);
+            // Where it may go if its stream breaks: any slave with a
+            // stream outside its own subtree.
+            let fallbacks = slaves
+                .keys()
+                .filter(|other| {
+                    *other != node
+                        && !sp.tree.path(other).contains(node)
+                        && !endpoint(other).is_empty()
+                })
+                .map(|other| pb::Fallback {
+                    jid: jid(other),
+                    endpoint: endpoint(other),
+                })
+                .collect();
             let assign = pb::Assign {
                 room: self.room.to_string(),
                 parent_jid: jid(&parent),
@@ -241,6 +277,7 @@ impl Fanout {
                     .collect(),
                 children: sp.tree.children(node).iter().map(jid).collect(),
                 master_key: sp.setup.signer.public_key(),
+                fallbacks,
             };
             if sp.told.get(*domain) == Some(&(*session, assign.clone())) {
                 continue;
@@ -255,6 +292,7 @@ impl Fanout {
             ));
             sp.told.insert((*domain).clone(), (*session, assign));
         }
+        // A slave on a detour is told again when its stream is back.
         sp.told.retain(|d, _| slaves.contains_key(&NodeId::peer(d)));
         let stats = sp.tree.stats();
         if stats != sp.stats {
@@ -481,6 +519,11 @@ impl Fanout {
                         self.sync_tree(effects);
                         return None;
                     }
+                    if self.detour(key, acked) {
+                        self.sync_tree(effects);
+                        return None;
+                    }
+                    let entry = self.domains.get_mut(key)?;
                     let Mode::Slave { unacked, .. } =
                         std::mem::replace(&mut entry.mode, Mode::Direct)
                     else {
@@ -501,6 +544,10 @@ impl Fanout {
                 seq: acked,
             } => {
                 acknowledge(domain, entry, session, acked);
+                None
+            }
+            PeerNews::Relayed { child, seq } => {
+                self.relayed_ack(key, &child, seq);
                 None
             }
             PeerNews::Resync { session, have } => {
@@ -553,7 +600,155 @@ impl Fanout {
 
     /// When [`Self::occupancy`] should look again.
     pub fn next_check(&self) -> Option<Instant> {
-        self.domains.values().filter_map(|d| d.ends_at).min()
+        let detours = self.domains.values().filter_map(|d| match d.mode {
+            Mode::Detour {
+                waiting: Some(since),
+                ..
+            } => Some(since + DETOUR_PATIENCE),
+            _ => None,
+        });
+        self.domains
+            .values()
+            .filter_map(|d| d.ends_at)
+            .chain(detours)
+            .min()
+    }
+
+    /// Slaves reached through the tree that have acknowledged nothing they
+    /// owe for [`DETOUR_PATIENCE`]: the master delivers to their domains
+    /// itself, as for a slave that is lost.
+    pub fn detours(&mut self, now: Instant) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let mut lost = false;
+        for (domain, entry) in &mut self.domains {
+            let Mode::Detour {
+                waiting: Some(since),
+                ..
+            } = entry.mode
+            else {
+                continue;
+            };
+            if now < since + DETOUR_PATIENCE {
+                continue;
+            }
+            let Mode::Detour { unacked, .. } = std::mem::replace(&mut entry.mode, Mode::Direct)
+            else {
+                unreachable!()
+            };
+            info!(%domain, unacked = unacked.len(), "tree: no news of the slave through its parent: delivering directly");
+            entry.direct_until = self.released;
+            let owed: Vec<Action> = unacked.into_iter().flat_map(|(_, a)| a).collect();
+            if !owed.is_empty() {
+                effects.push(Effect::Direct(owed));
+            }
+            lost = true;
+        }
+        if lost {
+            self.sync_tree(&mut effects);
+        }
+        effects
+    }
+
+    /// `domain`'s stream is down with everything up to `acked` applied: if
+    /// the room runs a tree in which another slave can reach it, it stays
+    /// a slave there (a detour) and the master delivers nothing directly.
+    fn detour(&mut self, domain: &str, acked: u64) -> bool {
+        let Some(sp) = &mut self.spanning else {
+            return false;
+        };
+        let node = NodeId::peer(domain);
+        let others = self.domains.iter().any(|(d, e)| {
+            d != domain
+                && matches!(e.mode, Mode::Slave { .. })
+                && sp.tree.contains(&NodeId::peer(d))
+        });
+        if !others || !sp.tree.contains(&node) {
+            return false;
+        }
+        let parent = sp.tree.parent(&node).cloned().unwrap_or(NodeId::Master);
+        let report = Report {
+            node: node.clone(),
+            unusable: NodeId::Master,
+            why: Why::Unreachable,
+            keeps: None,
+            have: acked,
+        };
+        if parent.is_master() {
+            sp.tree.report(&report, &mut sp.health);
+        } else {
+            // It still has its parent: only its own link to us is broken.
+            sp.health.broken(&node, &NodeId::Master);
+        }
+        let parent = sp.tree.parent(&node).cloned().unwrap_or(NodeId::Master);
+        if parent.is_master() {
+            return false;
+        }
+        let entry = self.domains.get_mut(domain).expect("known domain");
+        let Mode::Slave { unacked, acked, .. } = std::mem::replace(&mut entry.mode, Mode::Direct)
+        else {
+            unreachable!("a slave")
+        };
+        info!(%domain, %parent, acked, unacked = unacked.len(), "tree: stream down, the slave is reached through its parent");
+        entry.mode = Mode::Detour {
+            waiting: (!unacked.is_empty()).then(Instant::now),
+            unacked,
+            acked,
+        };
+        true
+    }
+
+    /// `child`'s acknowledgement of `seq`, carried up by `relay`'s slave:
+    /// taken if `relay` is the child's parent in the tree.
+    fn relayed_ack(&mut self, relay: &str, child: &BareJid, seq: u64) {
+        let Some((domain, entry)) = self
+            .domains
+            .iter_mut()
+            .find(|(_, e)| e.peer.target.jid == *child)
+        else {
+            return debug!(%child, "relayed acknowledgement of a peerhost without a slave");
+        };
+        let parent = self
+            .spanning
+            .as_ref()
+            .and_then(|sp| sp.tree.parent(&NodeId::peer(domain)).cloned());
+        if parent != Some(NodeId::peer(relay)) {
+            return debug!(%child, %relay, "relayed acknowledgement from a peerhost that is not its parent");
+        }
+        match &mut entry.mode {
+            Mode::Detour {
+                unacked,
+                acked,
+                waiting,
+            } => {
+                *acked = (*acked).max(seq);
+                let before = unacked.len();
+                while unacked.front().is_some_and(|(s, _)| *s <= seq) {
+                    unacked.pop_front();
+                }
+                if unacked.is_empty() {
+                    *waiting = None;
+                } else if unacked.len() < before {
+                    *waiting = Some(Instant::now());
+                }
+            }
+            Mode::Slave { session, .. } => {
+                let session = *session;
+                acknowledge(entry, session, seq);
+            }
+            _ => {}
+        }
+    }
+
+    /// `domain`'s own stream is back: its link to the master works, and the
+    /// tree may return to its preferred shape.
+    fn heal_tree(&mut self, domain: &str) {
+        let Some(sp) = &mut self.spanning else { return };
+        let node = NodeId::peer(domain);
+        if sp.health.link(&node, &NodeId::Master).broken {
+            sp.health.healed(&node, &NodeId::Master);
+            let moves = sp.tree.replan(&sp.health);
+            info!(%domain, moves = moves.len(), "tree: link to the master healed, replanned");
+        }
     }
 
     /// The room closes: every slave goes.
@@ -635,6 +830,15 @@ impl Fanout {
                         }
                         // In the log, for the slave's resume.
                         Mode::Cut => {}
+                        // Its parent relays it.
+                        Mode::Detour {
+                            unacked, waiting, ..
+                        } => {
+                            if let Some(share) = share {
+                                unacked.push_back((event.seq, share));
+                                waiting.get_or_insert_with(Instant::now);
+                            }
+                        }
                     }
                 }
                 // Shares of domains whose slave went meanwhile.
@@ -661,7 +865,9 @@ impl Fanout {
                     Start::Create(start) => {
                         // The new slave delivers nothing up to its snapshot:
                         // what the old one did not acknowledge is ours.
-                        if let Mode::Slave { unacked, .. } = &mut entry.mode {
+                        if let Mode::Slave { unacked, .. } | Mode::Detour { unacked, .. } =
+                            &mut entry.mode
+                        {
                             let owed: Vec<Action> =
                                 unacked.drain(..).flat_map(|(_, a)| a).collect();
                             if !owed.is_empty() {
@@ -694,15 +900,26 @@ impl Fanout {
                             };
                             effects.push(Effect::Peer(entry.peer.clone(), msg));
                         }
-                        if let Mode::Slave { session: s, .. } = &mut entry.mode {
-                            *s = session;
-                        } else {
-                            entry.mode = Mode::Slave {
-                                session,
-                                unacked: VecDeque::new(),
-                                acked: have,
-                            };
+                        match std::mem::replace(&mut entry.mode, Mode::Direct) {
+                            Mode::Slave { unacked, acked, .. }
+                            | Mode::Detour { unacked, acked, .. } => {
+                                // Back on its own stream (a detour ends).
+                                entry.mode = Mode::Slave {
+                                    session,
+                                    unacked,
+                                    acked: acked.max(have),
+                                };
+                                acknowledge(entry, session, have);
+                            }
+                            _ => {
+                                entry.mode = Mode::Slave {
+                                    session,
+                                    unacked: VecDeque::new(),
+                                    acked: have,
+                                };
+                            }
                         }
+                        self.heal_tree(&domain);
                         self.sync_tree(&mut effects);
                         return effects;
                     }
@@ -719,6 +936,7 @@ impl Fanout {
                     unacked: VecDeque::new(),
                     acked: entry.direct_until,
                 };
+                self.heal_tree(&domain);
                 self.sync_tree(&mut effects);
             }
             Release::Destroy { domain, peer } => {
@@ -989,6 +1207,116 @@ mod tests {
             have: 3,
         });
         assert_eq!(summary(&effects), ["resume>=3", "event4"]);
+    }
+
+    /// The bed with c.test's peerhost too, up on session 1, and the room
+    /// running a tree without a fan-out limit (a star).
+    fn tree_bed() -> (Bed, watch::Sender<LinkState>, mpsc::Receiver<ToPeer>) {
+        let mut bed = Bed::new();
+        let (peer, rx, state) = PeerHandle::detached(PeerTarget {
+            domain: "c.test".parse().unwrap(),
+            jid: "muc-peer.c.test".parse().unwrap(),
+            endpoint: Some("https://127.0.0.1:2".into()),
+        });
+        state.send_replace(LinkState::Up(1));
+        bed.directory.insert(peer);
+        let metrics = dmuc_component::metrics::Metrics::new();
+        let setup = TreeSetup {
+            max_fanout: usize::MAX,
+            signer: dmuc_protocol::signing::Signer::generate(),
+            reparents: metrics.counter("r", "r"),
+            metrics,
+        };
+        let fanout = std::mem::replace(
+            &mut bed.fanout,
+            Fanout::new(bed.room.jid().clone(), GRACE, mpsc::unbounded_channel().0),
+        );
+        bed.fanout = fanout.with_tree(Some(Arc::new(setup)));
+        (bed, state, rx)
+    }
+
+    fn news_of(bed: &mut Bed, domain: &str, news: PeerNews) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let step = bed.fanout.on_news(
+            &domain.parse().unwrap(),
+            news,
+            &bed.room,
+            bed.seq,
+            &bed.directory,
+            &mut effects,
+        );
+        if let Some(step) = step {
+            effects.extend(bed.fanout.release(step));
+        }
+        effects
+    }
+
+    fn assigns(effects: &[Effect]) -> Vec<(String, String, Vec<String>)> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Peer(peer, ToPeer::Frame { frame, .. }) => match frame.as_ref() {
+                    master_frame::Frame::Assign(a) => Some((
+                        peer.target.domain.to_string(),
+                        a.parent_jid.clone(),
+                        a.children.clone(),
+                    )),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_slave_cut_off_from_the_master_is_reached_through_another() {
+        let (mut bed, c_state, _c) = tree_bed();
+        bed.input(join("bob@b.test/1", "bob"));
+        let (_, effects) = bed.input(join("carol@c.test/1", "carol"));
+        // A star: both under the master, each may fall back on the other.
+        assert!(
+            assigns(&effects)
+                .iter()
+                .all(|(_, parent, children)| parent.is_empty() && children.is_empty())
+        );
+        news_of(&mut bed, "c.test", PeerNews::Ack { session: 1, seq: 3 });
+        c_state.send_replace(LinkState::Down);
+        let effects = news_of(&mut bed, "c.test", PeerNews::Down { session: 1 });
+        // Nothing direct; b.test is told to take c.test as its child.
+        assert_eq!(
+            assigns(&effects),
+            [(
+                "b.test".into(),
+                String::new(),
+                vec!["muc-peer.c.test".into()]
+            )]
+        );
+        assert_eq!(effects.len(), 1, "nothing but the assignment");
+        // Alice speaks: the master sends it to b.test only, nothing direct.
+        let (direct, effects) = bed.input(say("alice@a.test/1", "hi"));
+        assert_eq!(summary(&effects), ["signed4"]);
+        assert_eq!(recipients(&direct), ["alice@a.test/1"]);
+        // c.test acknowledges through b.test: nothing is owed, even later.
+        let child: BareJid = "muc-peer.c.test".parse().unwrap();
+        news_of(
+            &mut bed,
+            "b.test",
+            PeerNews::Relayed {
+                child: child.clone(),
+                seq: 4,
+            },
+        );
+        assert!(
+            bed.fanout
+                .detours(Instant::now() + DETOUR_PATIENCE * 2)
+                .is_empty()
+        );
+        // An acknowledgement through a peerhost that is not its parent is ignored,
+        // and what c.test does not acknowledge in time is delivered directly.
+        bed.input(say("alice@a.test/1", "again"));
+        news_of(&mut bed, "c.test", PeerNews::Relayed { child, seq: 5 });
+        let effects = bed.fanout.detours(Instant::now() + DETOUR_PATIENCE * 2);
+        assert_eq!(summary(&effects)[0], "direct:carol@c.test/1");
     }
 
     #[test]

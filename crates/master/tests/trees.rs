@@ -25,6 +25,10 @@ fn is_room_groupchat(el: &Element) -> bool {
 }
 
 async fn system(max_fanout: usize) -> Distributed {
+    system_of(max_fanout, &DOMAINS).await
+}
+
+async fn system_of(max_fanout: usize, domains: &[&str]) -> Distributed {
     let master = env!("CARGO_BIN_EXE_dmuc-master");
     distributed::start_counted(
         master,
@@ -34,7 +38,7 @@ async fn system(max_fanout: usize) -> Distributed {
             extra_toml: "[limits]\nrate_per_second = 0\n".into(),
             ..MasterSetup::default()
         },
-        &DOMAINS,
+        domains,
         &PeerhostSetup::default(),
     )
     .await
@@ -73,11 +77,16 @@ struct Figures {
 /// A room with alice (a.test) and one user on each peer domain; alice says
 /// `MESSAGES` things, one at a time; nobody gets anything twice.
 async fn conversation(system: &Distributed) -> Figures {
+    conversation_of(system, &DOMAINS).await
+}
+
+/// The room with alice and one user of each of `domains`, joined in order.
+async fn occupants(system: &Distributed, domains: &[&str]) -> Vec<Client> {
     let t = &system.testbed;
     let mut alice = t.client("a.test", "alice").await.unwrap();
     alice.create_instant_room(ROOM, "alice").await.unwrap();
     let mut clients = vec![alice];
-    for domain in DOMAINS {
+    for domain in domains {
         let nick = format!("u-{domain}");
         let mut c = t.client(domain, &nick).await.unwrap();
         c.join(ROOM, &nick).await.unwrap();
@@ -89,6 +98,11 @@ async fn conversation(system: &Distributed) -> Figures {
         }
         clients.push(c);
     }
+    clients
+}
+
+async fn conversation_of(system: &Distributed, domains: &[&str]) -> Figures {
+    let mut clients = occupants(system, domains).await;
     // Every slave has its place (and has followed its parent) by now.
     exchange(&mut clients, 0, "warm-up").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -99,15 +113,7 @@ async fn conversation(system: &Distributed) -> Figures {
         latencies.push(exchange(&mut clients, 0, &format!("m{i}")).await);
     }
     let after = system.master_sent().unwrap();
-    // Nothing twice: a barrier through each client's own server, then
-    // nothing of the room left over.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    for c in clients.iter_mut() {
-        let server = c.bare_jid().split('@').nth(1).unwrap().to_owned();
-        c.barrier(&server).await.unwrap();
-        c.expect_none_pending("a second copy", is_room_groupchat)
-            .unwrap();
-    }
+    nothing_twice(&mut clients).await;
     latencies.sort();
     Figures {
         sent: before
@@ -116,6 +122,18 @@ async fn conversation(system: &Distributed) -> Figures {
             .map(|((domain, b), (_, a))| (domain.clone(), a - b))
             .collect(),
         median: latencies[latencies.len() / 2],
+    }
+}
+
+/// Nothing twice: a barrier through each client's own server, then
+/// nothing of the room left over.
+async fn nothing_twice(clients: &mut [Client]) {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for c in clients.iter_mut() {
+        let server = c.bare_jid().split('@').nth(1).unwrap().to_owned();
+        c.barrier(&server).await.unwrap();
+        c.expect_none_pending("a second copy", is_room_groupchat)
+            .unwrap();
     }
 }
 
@@ -160,6 +178,36 @@ async fn with_fanout_two_the_master_sends_each_event_twice() {
     );
 }
 
+/// The figures of a 3-level tree (max_fanout 1 over three peerhosts: the
+/// master feeds b.test, which relays to c.test, which relays to d.test)
+/// against the star over the same peerhosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_of_three_against_the_star() {
+    const PEERS: [&str; 3] = ["b.test", "c.test", "d.test"];
+    let mut report = Vec::new();
+    for (name, max_fanout) in [("chain (max_fanout 1, depth 3)", 1), ("star", 0)] {
+        let system = system_of(max_fanout, &PEERS).await;
+        let figures = conversation_of(&system, &PEERS).await;
+        let fed = fed(&figures);
+        if max_fanout == 1 {
+            assert_eq!(fed, ["b.test"], "{figures:?}");
+            system
+                .master
+                .wait_for_log_line(&["tree changed", "depth=3"], Duration::from_secs(5))
+                .await
+                .unwrap();
+        } else {
+            assert_eq!(fed.len(), PEERS.len(), "{figures:?}");
+        }
+        report.push(format!(
+            "{name}: latency to the last recipient (median) {:?}, master sends {} B/message",
+            figures.median,
+            per_message(&figures)
+        ));
+    }
+    println!("3 peerhosts: {}", report.join("; "));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_fanout_limit_the_master_feeds_every_peerhost() {
     let system = system(0).await;
@@ -173,4 +221,137 @@ async fn without_fanout_limit_the_master_feeds_every_peerhost() {
         figures.sent
     );
     assert_eq!(fed.len(), DOMAINS.len(), "{figures:?}");
+}
+
+/// Waits until one line of the master's log written after `from` (bytes)
+/// contains every one of `parts`.
+async fn master_logs_after(system: &Distributed, from: usize, parts: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = system.master.log();
+        if log[from.min(log.len())..]
+            .lines()
+            .any(|line| parts.iter().all(|p| line.contains(p)))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no master log line with {parts:?}; last lines:\n{}",
+            log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn peerhost<'a>(system: &'a Distributed, domain: &str) -> &'a distributed::Peerhost {
+    system
+        .peerhosts
+        .iter()
+        .find(|p| p.domain == domain)
+        .expect("a peerhost of the domain")
+}
+
+/// Routing around a cut link (issue 5): a.test's master, b, c and d
+/// peerhosts in a star (trees on, a fan-out limit above the peerhosts).
+/// The master's gRPC link to c.test is cut while b.test and c.test still
+/// reach each other: c.test's slave goes on through b.test (events relayed
+/// by b, its acknowledgements carried up by b), so c.test's user gets every
+/// message exactly once, in real time, and the master delivers nothing to
+/// c.test over s2s. Healed, c.test goes back under the master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_is_routed_around_through_another_peerhost() {
+    const PEERS: [&str; 3] = ["b.test", "c.test", "d.test"];
+    let system = system_of(8, &PEERS).await;
+    let mut clients = occupants(&system, &PEERS).await;
+    exchange(&mut clients, 0, "warm-up").await;
+    master_logs_after(&system, 0, &["tree changed", "nodes=3", "depth=1"]).await;
+
+    // Cut the master's link to c.test's peerhost (both ways).
+    let mark = system.master.log().len();
+    let c = peerhost(&system, "c.test");
+    let via_b = system.link("c.test", "b.test").unwrap().traffic();
+    let s2s_c = system.testbed.s2s_traffic("c.test").unwrap();
+    c.relay.as_ref().unwrap().cut();
+    master_logs_after(
+        &system,
+        mark,
+        &[
+            "stream down, the slave is reached through its parent",
+            "c.test",
+        ],
+    )
+    .await;
+    master_logs_after(
+        &system,
+        mark,
+        &["tree changed", "depth=2", "master_fanout=2"],
+    )
+    .await;
+
+    // Alice, then c.test's user (over s2s to a.test, which the cut does
+    // not touch), keep talking: everyone gets everything once, in order.
+    let mut latencies = Vec::new();
+    for i in 0..MESSAGES {
+        let sender = if i % 4 == 3 { 2 } else { 0 };
+        latencies.push(exchange(&mut clients, sender, &format!("cut{i}")).await);
+    }
+    let s2s_messages = system.testbed.s2s_traffic("c.test").unwrap().since(&s2s_c);
+    // Longer than the master waits for acknowledgements of a slave it
+    // reaches through the tree: c.test's came up through b.test.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    exchange(&mut clients, 0, "after-patience").await;
+    nothing_twice(&mut clients).await;
+    assert!(
+        !system.master.log()[mark..].contains("no news of the slave"),
+        "c.test's acknowledgements did not reach the master through b.test"
+    );
+    latencies.sort();
+    let relayed = system
+        .link("c.test", "b.test")
+        .unwrap()
+        .traffic()
+        .since(&via_b);
+    let s2s = system.testbed.s2s_traffic("c.test").unwrap().since(&s2s_c);
+    println!("s2s into c.test over the whole cut: {s2s:?}");
+    println!(
+        "cut master-c.test: {MESSAGES} messages, latency to the last recipient (median) {:?}, \
+         max {:?}; b.test relayed {} B to c.test; s2s stanzas into c.test: {}",
+        latencies[latencies.len() / 2],
+        latencies.last().unwrap(),
+        relayed.bytes_out,
+        s2s_messages.stanzas_in
+    );
+    assert!(
+        relayed.bytes_out > 50 * MESSAGES as u64,
+        "b.test relays to c.test: {relayed:?}"
+    );
+    // The master delivered nothing to c.test's user itself (its messages
+    // came from c.test's slave): nothing near one stanza a message.
+    assert!(
+        s2s.stanzas_in < MESSAGES as u64 / 2,
+        "the master fell back to s2s: {s2s:?}"
+    );
+
+    // Heal: c.test's stream comes back, its slave resumes on it, and the
+    // tree is a star again.
+    let mark = system.master.log().len();
+    c.relay.as_ref().unwrap().heal();
+    master_logs_after(&system, mark, &["link to the master healed", "c.test"]).await;
+    master_logs_after(
+        &system,
+        mark,
+        &["tree changed", "depth=1", "master_fanout=3"],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = system.master_sent().unwrap();
+    for i in 0..5 {
+        exchange(&mut clients, 0, &format!("healed{i}")).await;
+    }
+    nothing_twice(&mut clients).await;
+    let after = system.master_sent().unwrap();
+    let to_c = after.iter().find(|(d, _)| d == "c.test").unwrap().1
+        - before.iter().find(|(d, _)| d == "c.test").unwrap().1;
+    assert!(to_c > 50 * 5, "the master feeds c.test again: {to_c} B");
 }

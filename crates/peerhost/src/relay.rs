@@ -18,6 +18,34 @@
 //! master), so a parent can delay or drop events but not forge them. Its
 //! slave drops duplicates (by sequence number) and asks the master for a
 //! resync on a gap, as it does for the master's own stream.
+//!
+//! # Detours: a slave whose stream to the master breaks
+//! When the master's stream ends (and the peerhost is not shutting down,
+//! and its users' traffic is not intercepted: then the slaves split, see
+//! [`crate::shadow`]), a slave of a room running a tree does not stop: it
+//! becomes an *orphan* held here. It keeps following its parent if it has
+//! one, or else tries the `Assign.fallbacks` the master gave it, which
+//! accept it once the master (which saw the same stream end) has named it
+//! as their child. Its acknowledgements go up through that parent
+//! (`TreeRelay.Report`, carried to the master as a `RelayedFrame`), so
+//! the master knows it still delivers and delivers nothing directly. The
+//! master's next stream takes the orphan back (it offers to resume from
+//! the slave's last event, as after a split) and the master puts it back
+//! where the tree prefers it.
+//!
+//! ```text
+//!  stream ends ─▶ Hub::orphan: slave.reattach(upstream to the parent) ─▶ follow parent | fallbacks
+//!                 Relayed ─▶ orphan feed ─▶ Hub::publish + slave          │ accepted by b
+//!                 slave's Ack ─▶ reporter ── TreeRelay.Report ──▶ b ── RelayedFrame ──▶ master
+//!  next stream ─▶ Hub::adopt: the slaves come back, offered for resume
+//! ```
+//!
+//! Why `Hub` and not `dmuc_room::relay::RelayNode`: the node is a complete
+//! per-room relay machine (reports through any path, heads, fetches), but
+//! the runtime here already has its window, follow task and signatures
+//! tested end to end, and the master does not yet speak `RelayNode`'s
+//! reports and heads. Moving the runtime onto the node (the node decides,
+//! `Hub` only dials and sends) is the next step, not taken in this change.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +66,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::slave::{Slave, SlaveSender};
+use crate::stream::Upstream;
 
 /// Events a parent keeps per room for its children's (re)subscriptions.
 const WINDOW: usize = 1024;
@@ -72,6 +103,8 @@ pub struct Hub {
     /// the parent's JID (`[peering] routes`).
     routes: Arc<HashMap<String, String>>,
     rooms: Arc<Mutex<HashMap<BareJid, Place>>>,
+    /// The stream of each master, for children's frames carried up.
+    upstreams: Arc<Mutex<HashMap<BareJid, Upstream>>>,
     metrics: HubMetrics,
 }
 
@@ -100,6 +133,22 @@ struct Place {
     subscribers: HashMap<String, mpsc::Sender<Result<pb::RelayBatch, Status>>>,
     /// Events dropped as already had.
     duplicates: u64,
+    /// The master's key, from its last `Assign`.
+    verifier: Option<Verifier>,
+    /// Where to go if the master's stream ends (`Assign.fallbacks`).
+    fallbacks: Vec<(String, String)>,
+    /// The slave, while the master's stream is down (a detour).
+    orphan: Option<Orphan>,
+}
+
+/// A slave whose master's stream ended, fed by its parent.
+#[derive(Debug)]
+struct Orphan {
+    slave: Slave,
+    /// Carries its acknowledgements up to its parent; stops when dropped.
+    _reporter: Follow,
+    /// Hands it what the parent relays; stops when dropped.
+    _feeder: Follow,
 }
 
 /// A task following a parent; stops when dropped.
@@ -119,6 +168,7 @@ impl Hub {
             tls,
             routes: Arc::new(routes),
             rooms: Arc::default(),
+            upstreams: Arc::default(),
             metrics: HubMetrics::default(),
         }
     }
@@ -176,6 +226,12 @@ impl Hub {
         let mut rooms = self.lock();
         let place = rooms.entry(room.clone()).or_default();
         place.master = Some(master.clone());
+        place.verifier = Some(verifier.clone());
+        place.fallbacks = assign
+            .fallbacks
+            .into_iter()
+            .map(|f| (f.jid, f.endpoint))
+            .collect();
         place.children = assign.children.into_iter().collect();
         let children = &place.children;
         place.subscribers.retain(|c, _| children.contains(c));
@@ -196,27 +252,145 @@ impl Hub {
             info!(room = %room, "tree: reparented");
         }
         place.parent = parent.map(|parent_jid| {
-            let endpoint = self
-                .routes
-                .get(&parent_jid)
-                .cloned()
-                .unwrap_or(assign.parent_endpoint);
-            let follow = Following {
-                hub: self.clone(),
-                room: room.clone(),
-                parent: parent_jid.clone(),
-                endpoint,
+            let follow = self.following(
+                &room,
+                vec![(parent_jid.clone(), assign.parent_endpoint)],
                 verifier,
-                last: place.last.clone(),
+                place.last.clone(),
                 feed,
-            };
-            let span = info_span!("follow", room = %room, parent = %parent_jid);
-            (
-                parent_jid,
-                Follow(tokio::spawn(follow.run().instrument(span))),
-            )
+                None,
+            );
+            (parent_jid, follow)
         });
         Ok(())
+    }
+
+    /// A task following the first of `candidates` that accepts this node.
+    fn following(
+        &self,
+        room: &BareJid,
+        candidates: Vec<(String, String)>,
+        verifier: Verifier,
+        last: Arc<AtomicU64>,
+        feed: mpsc::Sender<Relayed>,
+        reporter: Option<Arc<Mutex<Option<Reporter>>>>,
+    ) -> Follow {
+        let candidates: Vec<(String, String)> = candidates
+            .into_iter()
+            .map(|(jid, endpoint)| {
+                let endpoint = self.routes.get(&jid).cloned().unwrap_or(endpoint);
+                (jid, endpoint)
+            })
+            .collect();
+        let span = info_span!("follow", room = %room, parent = %candidates.first().map_or("", |c| c.0.as_str()));
+        let follow = Following {
+            hub: self.clone(),
+            room: room.clone(),
+            candidates,
+            verifier,
+            last,
+            feed,
+            reporter,
+        };
+        Follow(tokio::spawn(follow.run().instrument(span)))
+    }
+
+    /// `master`'s stream is up: children's frames for it go there.
+    pub fn stream_up(&self, master: &BareJid, up: Upstream) {
+        self.upstreams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(master.clone(), up);
+    }
+
+    /// `master`'s stream ended: the slaves of rooms whose tree can still
+    /// reach this node become orphans here (taken out of `slaves`), fed by
+    /// their parent or a fallback (see the module docs).
+    pub async fn orphan(&self, master: &BareJid, slaves: &mut HashMap<BareJid, Slave>) {
+        self.upstreams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(master);
+        let rooms: Vec<BareJid> = self
+            .lock()
+            .iter()
+            .filter(|(room, place)| {
+                place.master.as_ref() == Some(master)
+                    && place.verifier.is_some()
+                    && (place.parent.is_some() || !place.fallbacks.is_empty())
+                    && slaves.contains_key(*room)
+            })
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in rooms {
+            let slave = slaves.remove(&room).expect("listed");
+            let (frames, reports) = mpsc::channel(64);
+            let Some(_) = slave.reattach(Upstream::to_parent(frames)).await else {
+                continue;
+            };
+            let (feed, fed) = mpsc::channel::<Relayed>(CHILD_QUEUE);
+            let mut rooms = self.lock();
+            let Some(place) = rooms.get_mut(&room) else {
+                continue;
+            };
+            let mut candidates: Vec<(String, String)> = Vec::new();
+            if let Some((parent, _)) = &place.parent {
+                // Its parent still works, most likely: keep it first.
+                if let Some(f) = place.fallbacks.iter().find(|(jid, _)| jid == parent) {
+                    candidates.push(f.clone());
+                } else {
+                    candidates.push((parent.clone(), String::new()));
+                }
+            }
+            for f in &place.fallbacks {
+                if !candidates.iter().any(|(jid, _)| *jid == f.0) && !place.children.contains(&f.0)
+                {
+                    candidates.push(f.clone());
+                }
+            }
+            info!(room = %room, candidates = candidates.len(), "tree: stream down, the slave goes on through the tree");
+            let reporter = Arc::new(Mutex::new(None));
+            let follow = self.following(
+                &room,
+                candidates,
+                place.verifier.clone().expect("checked"),
+                place.last.clone(),
+                feed,
+                Some(reporter.clone()),
+            );
+            place.parent = Some((String::new(), follow));
+            let span = info_span!("orphan", room = %room);
+            let feeder = Feeder {
+                hub: self.clone(),
+                room: room.clone(),
+                slave: slave.sender(),
+            };
+            place.orphan = Some(Orphan {
+                slave,
+                _reporter: Follow(tokio::spawn(
+                    report(self.me.clone(), reports, reporter).instrument(span.clone()),
+                )),
+                _feeder: Follow(tokio::spawn(feeder.run(fed).instrument(span))),
+            });
+        }
+    }
+
+    /// A new stream of `master`: its orphaned slaves come back to it (the
+    /// stream offers to resume them); their places wait for new `Assign`s.
+    pub fn adopt(&self, master: &BareJid) -> Vec<(BareJid, Slave)> {
+        let mut rooms = self.lock();
+        let mut back = Vec::new();
+        for (room, place) in rooms.iter_mut() {
+            if place.master.as_ref() != Some(master) {
+                continue;
+            }
+            if let Some(orphan) = place.orphan.take() {
+                place.parent = None;
+                info!(room = %room, "tree: the master's stream is back: the slave returns to it");
+                back.push((room.clone(), orphan.slave));
+            }
+        }
+        back
     }
 
     /// `room`'s slave starts after event `seq` (a snapshot).
@@ -268,10 +442,59 @@ impl Hub {
     }
 
     /// `master`'s stream ended: its rooms' places go (the next stream
-    /// assigns them again).
+    /// assigns them again), but those of orphans.
     pub fn end_stream(&self, master: &BareJid) {
         self.lock()
-            .retain(|_, place| place.master.as_ref() != Some(master));
+            .retain(|_, place| place.master.as_ref() != Some(master) || place.orphan.is_some());
+    }
+
+    /// A child's frame for the master, carried up on the room's master's
+    /// stream.
+    async fn carry_up(
+        &self,
+        request: &pb::ReportRequest,
+        names: Option<&[String]>,
+    ) -> Result<(), Status> {
+        let child = request.child_jid.as_str();
+        if self.tls.is_some() && !names.is_some_and(|n| tls::cert_matches_jid(n, child)) {
+            return Err(Status::permission_denied(
+                "child_jid: not a name of the client's certificate",
+            ));
+        }
+        use prost::Message;
+        let frame = pb::PeerFrame::decode(request.frame.as_slice())
+            .map_err(|_| Status::invalid_argument("frame: malformed"))?;
+        let room = match &frame.frame {
+            Some(pb::peer_frame::Frame::Ack(a)) => &a.room,
+            Some(pb::peer_frame::Frame::Resync(r)) => &r.room,
+            _ => return Err(Status::invalid_argument("frame: only an ack or a resync")),
+        };
+        let room = room
+            .parse::<BareJid>()
+            .map_err(|_| Status::invalid_argument("room: malformed"))?;
+        let master = self
+            .lock()
+            .get(&room)
+            .filter(|p| p.children.contains(child))
+            .and_then(|p| p.master.clone())
+            .ok_or_else(|| Status::failed_precondition("not a child of this node in that room"))?;
+        let up = self
+            .upstreams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&master)
+            .cloned()
+            .ok_or_else(|| Status::unavailable("no stream to the master"))?;
+        debug!(room = %room, %child, "tree: carrying a child's frame up");
+        let relayed = pb::peer_frame::Frame::Relayed(pb::RelayedFrame {
+            from: child.to_owned(),
+            frame: request.frame.clone(),
+        });
+        if up.send(relayed).await {
+            Ok(())
+        } else {
+            Err(Status::unavailable("no stream to the master"))
+        }
     }
 
     /// A child subscribes: checked, then what it misses from the window.
@@ -331,34 +554,124 @@ impl TreeRelay for Hub {
         let rx = Hub::subscribe(self, request.get_ref(), names.as_deref())?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+
+    async fn report(
+        &self,
+        request: Request<pb::ReportRequest>,
+    ) -> Result<Response<pb::ReportReply>, Status> {
+        let names = match &self.tls {
+            Some(_) => Some(
+                tls::client_names(&request)
+                    .map_err(|_| Status::unauthenticated("a client certificate is required"))?,
+            ),
+            None => None,
+        };
+        self.carry_up(request.get_ref(), names.as_deref()).await?;
+        Ok(Response::new(pb::ReportReply {}))
+    }
+}
+
+/// The parent an orphan's frames go to: the one that accepted it.
+type Reporter = TreeRelayClient<tonic::transport::Channel>;
+
+/// Carries an orphan's frames (its acknowledgements; only the latest
+/// matters) up to the parent that accepted it.
+async fn report(
+    me: BareJid,
+    mut frames: mpsc::Receiver<Result<pb::PeerFrame, Status>>,
+    parent: Arc<Mutex<Option<Reporter>>>,
+) {
+    use prost::Message;
+    let mut pending: Option<pb::PeerFrame> = None;
+    let mut tick = tokio::time::interval(RETRY_MIN * 2);
+    loop {
+        tokio::select! {
+            frame = frames.recv() => match frame {
+                Some(Ok(frame)) => pending = Some(frame),
+                _ => return,
+            },
+            _ = tick.tick() => {}
+        }
+        let Some(frame) = pending.take() else {
+            continue;
+        };
+        let client = parent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let Some(mut client) = client else {
+            pending = Some(frame);
+            continue;
+        };
+        let request = pb::ReportRequest {
+            child_jid: me.to_string(),
+            frame: frame.encode_to_vec(),
+        };
+        if let Err(status) = client.report(request).await {
+            debug!(%status, "tree: the parent did not carry a frame up");
+            pending = Some(frame);
+        }
+    }
+}
+
+/// Hands an orphan what its parent relays, after publishing it to this
+/// node's own children.
+struct Feeder {
+    hub: Hub,
+    room: BareJid,
+    slave: SlaveSender,
+}
+
+impl Feeder {
+    async fn run(self, mut fed: mpsc::Receiver<Relayed>) {
+        while let Some(relayed) = fed.recv().await {
+            if !self
+                .hub
+                .publish(&self.room, relayed.event.seq, relayed.signed.clone())
+            {
+                continue;
+            }
+            if !self.slave.send(relayed.event, relayed.encoded).await {
+                return;
+            }
+        }
+    }
 }
 
 /// A child's task: follows its parent in one room until replaced.
 struct Following {
     hub: Hub,
     room: BareJid,
-    parent: String,
-    endpoint: String,
+    /// Parents to try, in order: JID and endpoint.
+    candidates: Vec<(String, String)>,
     verifier: Verifier,
     last: Arc<AtomicU64>,
     feed: mpsc::Sender<Relayed>,
+    /// Where to leave the parent that accepted this node (for an orphan's
+    /// frames).
+    reporter: Option<Arc<Mutex<Option<Reporter>>>>,
 }
 
 impl Following {
     async fn run(self) {
         let mut wait = RETRY_MIN;
         loop {
-            match self.once().await {
-                Ok(got) => {
-                    if got {
-                        wait = RETRY_MIN;
+            for (parent, endpoint) in &self.candidates {
+                match self.once(parent, endpoint).await {
+                    Ok(got) => {
+                        if got {
+                            wait = RETRY_MIN;
+                        }
+                        info!(%parent, "tree: parent's stream ended");
                     }
-                    info!("tree: parent's stream ended");
+                    Err(reason) => debug!(%parent, %reason, "tree: cannot follow the parent"),
                 }
-                Err(reason) => debug!(%reason, "tree: cannot follow the parent"),
-            }
-            if self.feed.is_closed() {
-                return;
+                if let Some(reporter) = &self.reporter {
+                    *reporter.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                }
+                if self.feed.is_closed() {
+                    return;
+                }
             }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(RETRY_MAX);
@@ -366,19 +679,20 @@ impl Following {
     }
 
     /// One subscription; whether it got any event.
-    async fn once(&self) -> Result<bool, String> {
-        if self.endpoint.is_empty() {
+    async fn once(&self, parent: &str, endpoint: &str) -> Result<bool, String> {
+        if endpoint.is_empty() {
             return Err("no endpoint for the parent".into());
         }
-        let mut endpoint = Endpoint::from_shared(self.endpoint.clone())
+        let https = endpoint.starts_with("https://");
+        let mut endpoint = Endpoint::from_shared(endpoint.to_owned())
             .map_err(|e| e.to_string())?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
-        if self.endpoint.starts_with("https://") {
+        if https {
             let Some(tls) = &self.hub.tls else {
                 return Err("https parent, but no [peering] tls_cert".into());
             };
-            let config = tls::client_config(tls, &self.parent).map_err(|e| e.to_string())?;
+            let config = tls::client_config(tls, parent).map_err(|e| e.to_string())?;
             endpoint = endpoint.tls_config(config).map_err(|e| e.to_string())?;
         } else if self.hub.tls.is_some() {
             return Err("plaintext parent refused: this peerhost uses TLS".into());
@@ -395,7 +709,11 @@ impl Following {
             .await
             .map_err(|s| s.to_string())?
             .into_inner();
-        info!(after, "tree: following the parent");
+        info!(after, %parent, "tree: following the parent");
+        if let Some(reporter) = &self.reporter {
+            *reporter.lock().unwrap_or_else(PoisonError::into_inner) = Some(client.clone());
+            self.hub.metrics.reparents.inc();
+        }
         let mut got = false;
         while let Some(batch) = stream.message().await.map_err(|s| s.to_string())? {
             for signed in batch.events {

@@ -254,6 +254,12 @@ impl Slave {
             .is_ok()
     }
 
+    /// A handle that queues events for the slave (one fed from elsewhere
+    /// than its stream: an orphan, see `crate::relay`).
+    pub fn sender(&self) -> SlaveSender {
+        SlaveSender(self.inbox.clone())
+    }
+
     /// Queues the master's `Resume`: a stalled slave goes on from its state.
     pub async fn resume_here(&self, deliver_after: u64) -> bool {
         self.inbox
@@ -309,6 +315,17 @@ impl Slave {
         let _ = self.inbox.send(Command::Discard).await;
         drop(self.inbox);
         let _ = self.task.await;
+    }
+}
+
+/// Queues events for a slave (see [`Slave::sender`]).
+#[derive(Debug, Clone)]
+pub struct SlaveSender(mpsc::Sender<Command>);
+
+impl SlaveSender {
+    /// Queues an event; `false` if the slave has stopped.
+    pub async fn send(&self, event: RoomEvent, encoded: Vec<u8>) -> bool {
+        self.0.send(Command::Event(event, encoded)).await.is_ok()
     }
 }
 

@@ -246,6 +246,17 @@ impl Upstream {
         }
     }
 
+    /// An upstream that hands frames to `frames` (an orphan's, carried up
+    /// through its parent in the room's tree, see `crate::relay`).
+    pub fn to_parent(frames: mpsc::Sender<Result<pb::PeerFrame, Status>>) -> Upstream {
+        Upstream {
+            frames,
+            resync: true,
+            keepalive_echo: false,
+            end: CancellationToken::new(),
+        }
+    }
+
     /// Sends a frame; `false` once the stream is gone or ending. A master
     /// that has stopped reading cannot hold up a slave that is stopping.
     pub async fn send(&self, frame: peer_frame::Frame) -> bool {
@@ -395,6 +406,17 @@ pub(crate) async fn serve(
             }
         }
     }
+    // Slaves that went on through their rooms' trees while the stream was
+    // down come back too.
+    for (room, slave) in service.relay.adopt(&stream.master) {
+        if let Some((seq, _)) = slave.reattach(stream.up.clone()).await {
+            welcome.resumable.push(pb::Resumable {
+                room: room.to_string(),
+                seq,
+            });
+            stream.slaves.insert(room, slave);
+        }
+    }
     let stored = stream.resume_stored().await;
     welcome.resumable.extend(stored);
     welcome.intercepts = shadow.is_some();
@@ -410,6 +432,7 @@ pub(crate) async fn serve(
     if let Some(shadow) = &shadow {
         shadow.up(stream.up.clone()).await;
     }
+    service.relay.stream_up(&stream.master, stream.up.clone());
     loop {
         let message = tokio::select! {
             biased;
@@ -439,6 +462,12 @@ pub(crate) async fn serve(
     }
     // Nothing more goes to the master.
     end.cancel();
+    if shadow.is_none() && !service.shutdown.is_cancelled() {
+        service
+            .relay
+            .orphan(&stream.master, &mut stream.slaves)
+            .await;
+    }
     service.relay.end_stream(&stream.master);
     stream.end(shadow).await;
     // Only now may a newer stream of the master load what they stored.

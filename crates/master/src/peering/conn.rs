@@ -449,6 +449,21 @@ impl Conn {
                 },
             ),
             Some(peer_frame::Frame::Keepalive(_)) => return,
+            Some(peer_frame::Frame::Relayed(relayed)) => match relayed_ack(&relayed) {
+                Some((room, seq)) => (
+                    room,
+                    PeerNews::Relayed {
+                        child: match relayed.from.parse() {
+                            Ok(child) => child,
+                            Err(_) => {
+                                return warn!(from = %relayed.from, "relayed frame from a malformed jid");
+                            }
+                        },
+                        seq,
+                    },
+                ),
+                None => return debug!(from = %relayed.from, "relayed frame ignored"),
+            },
             Some(peer_frame::Frame::Submit(submit)) => return self.on_submit(submit),
             Some(peer_frame::Frame::Forward(forward)) => return self.on_forward(forward),
             other => {
@@ -608,6 +623,20 @@ impl Conn {
 }
 
 /// Sleeps until `at` (forever if `None`).
+/// The room and sequence number of a child's `Ack` its parent carried up
+/// (other relayed frames are not acted on: a child's `Resync` waits for
+/// its own stream).
+fn relayed_ack(relayed: &pb::RelayedFrame) -> Option<(String, u64)> {
+    use prost::Message;
+    match pb::PeerFrame::decode(relayed.frame.as_slice())
+        .ok()?
+        .frame?
+    {
+        peer_frame::Frame::Ack(a) => Some((a.room, a.seq)),
+        _ => None,
+    }
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,

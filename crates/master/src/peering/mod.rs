@@ -168,7 +168,7 @@ pub struct News {
 }
 
 /// What a peer's task tells a room.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerNews {
     /// Session `session` is open; the peerhost kept a slave of the room at
     /// `resume_from`, if any.
@@ -182,6 +182,9 @@ pub enum PeerNews {
     Ack { session: u64, seq: u64 },
     /// The slave is stuck at `have` and needs the rest or a snapshot.
     Resync { session: u64, have: u64 },
+    /// `child`'s slave applied the room's events up to `seq`: it said so
+    /// to this peerhost (its parent in the room's tree), which carried it up.
+    Relayed { child: BareJid, seq: u64 },
 }
 
 /// The peerhosts known to serve domains, shared by the service (which
