@@ -543,7 +543,7 @@ impl Fanout {
                 session,
                 seq: acked,
             } => {
-                acknowledge(domain, entry, session, acked);
+                acknowledge(key, entry, session, acked);
                 None
             }
             PeerNews::Relayed { child, seq } => {
@@ -559,7 +559,7 @@ impl Fanout {
                 }
                 debug!(%domain, have, "slave asks for a resync");
                 // It applied (and delivered) everything up to `have`.
-                acknowledge(domain, entry, session, have);
+                acknowledge(key, entry, session, have);
                 Some(self.attach(key, session, Some(have).filter(|&h| h > 0), room, seq))
             }
         }
@@ -733,7 +733,7 @@ impl Fanout {
             }
             Mode::Slave { session, .. } => {
                 let session = *session;
-                acknowledge(entry, session, seq);
+                acknowledge(domain, entry, session, seq);
             }
             _ => {}
         }
@@ -909,7 +909,7 @@ impl Fanout {
                                     unacked,
                                     acked: acked.max(have),
                                 };
-                                acknowledge(entry, session, have);
+                                acknowledge(&domain, entry, session, have);
                             }
                             _ => {
                                 entry.mode = Mode::Slave {
@@ -960,7 +960,7 @@ impl Fanout {
     }
 }
 
-fn acknowledge(domain: &BareJid, entry: &mut Domain, session: u64, seq: u64) {
+fn acknowledge(domain: &str, entry: &mut Domain, session: u64, seq: u64) {
     if let Mode::Slave {
         session: s,
         unacked,
@@ -977,7 +977,7 @@ fn acknowledge(domain: &BareJid, entry: &mut Domain, session: u64, seq: u64) {
         if before > 0 && unacked.is_empty() {
             // Nothing left that the master would deliver itself if the
             // peerhost died now (tests wait for this before killing it).
-            debug!(%domain, seq = acked, "slave acknowledged everything");
+            debug!(domain, seq = acked, "slave acknowledged everything");
         }
     }
 }
