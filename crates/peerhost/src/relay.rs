@@ -444,6 +444,12 @@ impl Hub {
     /// `master`'s stream ended: its rooms' places go (the next stream
     /// assigns them again), but those of orphans.
     pub fn end_stream(&self, master: &BareJid) {
+        // The stream's frames must not outlive it: its response ends only
+        // once every sender is gone (a shutdown waits for that).
+        self.upstreams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(master);
         self.lock()
             .retain(|_, place| place.master.as_ref() != Some(master) || place.orphan.is_some());
     }
