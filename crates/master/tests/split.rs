@@ -151,6 +151,16 @@ async fn local_chat_goes_on_during_a_cut_and_everyone_gets_everything_once() {
     bea.join(ROOM, "bea").await.unwrap();
     let mut carol = t.client("c.test", "carol").await.unwrap();
     carol.join(ROOM, "carol").await.unwrap();
+    // Bob may moderate, at the master: an admin.
+    let granted = alice
+        .admin_set(
+            ROOM,
+            &[("jid", "bob@b.test"), ("affiliation", "admin")],
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stanza::stanza_type(&granted), "result", "{granted:?}");
     alice.say(ROOM, "before").await.unwrap();
     for client in [&mut bob, &mut bea, &mut carol] {
         next_is(client, "before").await;
@@ -173,7 +183,8 @@ async fn local_chat_goes_on_during_a_cut_and_everyone_gets_everything_once() {
     // Nobody is out of the room: the split answers self-pings.
     self_ping_ok(&mut bob, "bob").await;
     self_ping_ok(&mut bea, "bea").await;
-    // No takeovers: no joins, nick changes or moderation during the split.
+    // No takeovers: no joins, nick changes or moderation during the split,
+    // not even by bob, an admin.
     let mut dan = t.client("b.test", "dan").await.unwrap();
     let refused = dan
         .join_refused(ROOM, "dan", &JoinOptions::default())
@@ -198,6 +209,15 @@ async fn local_chat_goes_on_during_a_cut_and_everyone_gets_everything_once() {
         .await
         .unwrap();
     assert!(stanza::is_error(&kick, "not-allowed"), "{kick:?}");
+    let promote = bob
+        .admin_set(
+            ROOM,
+            &[("jid", "bea@b.test"), ("affiliation", "admin")],
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(stanza::is_error(&promote, "not-allowed"), "{promote:?}");
 
     heal(&system).await;
     notice_says(&mut bob, "whole again").await;
