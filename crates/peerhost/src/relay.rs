@@ -78,6 +78,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// First and longest wait before following a parent again.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// How long a parent may fail before the master is told (on this node's
+/// own stream, while it works).
+const REPORT_AFTER: Duration = Duration::from_secs(1);
 /// Largest relayed batch accepted.
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
@@ -410,6 +413,15 @@ impl Hub {
         };
         let newest = place.window.back().map_or(0, |(s, _)| *s);
         if seq <= newest {
+            if let Err(at) = place.window.binary_search_by_key(&seq, |(s, _)| *s)
+                && place.window.len() < WINDOW
+            {
+                // An older event the master sends a new parent for the
+                // children it gains (it came unsigned before): kept for
+                // their subscriptions, not sent to children already here.
+                place.window.insert(at, (seq, signed));
+                return false;
+            }
             place.duplicates += 1;
             self.metrics.duplicates.inc();
             debug!(room = %room, seq, duplicates = place.duplicates, "tree: duplicate dropped");
@@ -652,19 +664,50 @@ struct Following {
     reporter: Option<Arc<Mutex<Option<Reporter>>>>,
 }
 
+/// Why a subscription to a parent failed.
+struct Failed {
+    /// The parent answered, and refused this node as its child.
+    refused: bool,
+    reason: String,
+}
+
+impl<T: Into<String>> From<T> for Failed {
+    fn from(reason: T) -> Failed {
+        Failed {
+            refused: false,
+            reason: reason.into(),
+        }
+    }
+}
+
 impl Following {
     async fn run(self) {
         let mut wait = RETRY_MIN;
+        // Since when the parent has given nothing, and whether the master
+        // was told (once per parent: it assigns another, or this one again).
+        let mut failing: Option<tokio::time::Instant> = None;
+        let mut reported = false;
         loop {
             for (parent, endpoint) in &self.candidates {
+                let mut refused = false;
                 match self.once(parent, endpoint).await {
                     Ok(got) => {
                         if got {
                             wait = RETRY_MIN;
+                            failing = None;
                         }
                         info!(%parent, "tree: parent's stream ended");
                     }
-                    Err(reason) => debug!(%parent, %reason, "tree: cannot follow the parent"),
+                    Err(failed) => {
+                        refused = failed.refused;
+                        debug!(%parent, reason = %failed.reason, "tree: cannot follow the parent");
+                    }
+                }
+                let since = *failing.get_or_insert_with(tokio::time::Instant::now);
+                if self.reporter.is_none() && !reported && since.elapsed() >= REPORT_AFTER {
+                    // The stream to the master works (this is no orphan):
+                    // the master assigns another parent.
+                    reported = self.report(parent, refused).await;
                 }
                 if let Some(reporter) = &self.reporter {
                     *reporter.lock().unwrap_or_else(PoisonError::into_inner) = None;
@@ -678,8 +721,41 @@ impl Following {
         }
     }
 
+    /// Tells the master, on this node's own stream, that it cannot use
+    /// `parent` (`TreeReport`); whether it went.
+    async fn report(&self, parent: &str, refused: bool) -> bool {
+        let master = self
+            .hub
+            .lock()
+            .get(&self.room)
+            .and_then(|p| p.master.clone());
+        let up = master.and_then(|m| {
+            self.hub
+                .upstreams
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&m)
+                .cloned()
+        });
+        let Some(up) = up else { return false };
+        let why = if refused {
+            pb::Unusable::Refused
+        } else {
+            pb::Unusable::Unreachable
+        };
+        let have = self.last.load(Ordering::Relaxed);
+        info!(%parent, refused, have, "tree: cannot use the parent: telling the master");
+        up.send(pb::peer_frame::Frame::Report(pb::TreeReport {
+            room: self.room.to_string(),
+            parent_jid: parent.to_owned(),
+            why: why as i32,
+            have,
+        }))
+        .await
+    }
+
     /// One subscription; whether it got any event.
-    async fn once(&self, parent: &str, endpoint: &str) -> Result<bool, String> {
+    async fn once(&self, parent: &str, endpoint: &str) -> Result<bool, Failed> {
         if endpoint.is_empty() {
             return Err("no endpoint for the parent".into());
         }
@@ -707,7 +783,13 @@ impl Following {
                 child_jid: self.hub.me.to_string(),
             })
             .await
-            .map_err(|s| s.to_string())?
+            .map_err(|s| Failed {
+                refused: matches!(
+                    s.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition
+                ),
+                reason: s.to_string(),
+            })?
             .into_inner();
         info!(after, %parent, "tree: following the parent");
         if let Some(reporter) = &self.reporter {
@@ -721,7 +803,7 @@ impl Following {
                 let encoded = signed.event.clone();
                 let event = RoomEvent::try_from(event).map_err(|e| e.to_string())?;
                 if event.room != self.room {
-                    return Err(format!("an event of {} from the parent", event.room));
+                    return Err(format!("an event of {} from the parent", event.room).into());
                 }
                 got = true;
                 if event.seq <= self.last.load(Ordering::Relaxed) {
