@@ -13,13 +13,22 @@
 //!  news          Ack: drop acknowledged shares; Down: deliver every unacked share directly
 //! ```
 //!
-//! With `[peering] max_fanout`, the room's slaves form a spanning tree
-//! ([`crate::tree`]): the master sends each event (signed) only to its own
-//! children in the tree, tells every slave its place (`Assign`: parent,
-//! children, the master's key) whenever the tree changes, and the slaves
-//! relay to each other. Every slave still acknowledges on its own stream,
-//! so what a slave has not acknowledged is still the master's to deliver
-//! if its stream drops.
+//! The room's slaves form a spanning tree ([`crate::tree`]; a star unless
+//! `[peering] max_fanout` limits it or a link is broken or slow): the
+//! master sends each event only to its own children in the tree, tells
+//! every slave its place (`Assign`: parent, children, the master's key,
+//! fallbacks) whenever the tree changes, and the slaves relay to each
+//! other. Only events for a slave with children are signed, so a plain
+//! star's wire is that of no tree at all; a slave that gains children is
+//! sent, signed, what they have not acknowledged, for its window. Every
+//! slave still acknowledges on its own stream, so what a slave has not
+//! acknowledged is still the master's to deliver if its stream drops.
+//!
+//! ```text
+//!  tree news     Down, others in the tree ─▶ Detour under another slave (acks come up relayed)
+//!                TreeReport on the slave's own stream ─▶ Tree::report: it, and only it, moves
+//!                Up / Resume ─▶ heal: replan; keepalive round trips ─▶ Health (master links)
+//! ```
 //!
 //! Every decision is taken here, without I/O: the room task carries out
 //! the [`Effect`]s in order. Everything a slave is sent is released behind

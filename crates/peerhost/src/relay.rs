@@ -13,6 +13,15 @@
 //!           then every event published                             └─ parent is the master: nothing to dial
 //! ```
 //!
+//! The master signs only the events it sends a slave with children (the
+//! others, leaves of a star most often, get them plain, as without a tree);
+//! a slave that gains children is sent, signed, the events they have not
+//! acknowledged, and [`Hub::publish`] keeps them in the window in order.
+//!
+//! A slave that cannot follow its parent peerhost for `REPORT_AFTER` (1 s)
+//! while its own stream works tells the master on that stream
+//! (`TreeReport`, once per parent); the master assigns it another.
+//!
 //! What a relay gets is only what the master signed: a child checks every
 //! event against the master's key (which it got on its own stream from the
 //! master), so a parent can delay or drop events but not forge them. Its
@@ -43,8 +52,10 @@
 //! Why `Hub` and not `dmuc_room::relay::RelayNode`: the node is a complete
 //! per-room relay machine (reports through any path, heads, fetches), but
 //! the runtime here already has its window, follow task and signatures
-//! tested end to end, and the master does not yet speak `RelayNode`'s
-//! reports and heads. Moving the runtime onto the node (the node decides,
+//! tested end to end, and the master speaks only part of `RelayNode`'s
+//! reports (`TreeReport` on the slave's own stream: unreachable or
+//! refused; not through other paths, not `Declined`) and none of its
+//! heads. Moving the runtime onto the node (the node decides,
 //! `Hub` only dials and sends) is the next step, not taken in this change.
 
 use std::collections::{HashMap, HashSet, VecDeque};
