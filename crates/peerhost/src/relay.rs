@@ -833,3 +833,47 @@ impl Following {
         Ok(got)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in for a signed event (the window does not check signatures).
+    fn signed(seq: u64) -> Arc<pb::SignedEvent> {
+        Arc::new(pb::SignedEvent {
+            event: vec![seq as u8],
+            signature: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn older_events_sent_for_new_children_are_kept_in_order() {
+        let hub = Hub::new("muc-peer.b.test".parse().unwrap(), None, HashMap::new());
+        let room: BareJid = "r@conference.a.test".parse().unwrap();
+        hub.started(&room, 4);
+        assert!(hub.publish(&room, 5, signed(5)));
+        assert!(hub.publish(&room, 6, signed(6)));
+        // The master gives this node a child that has events up to 2 only,
+        // and sends what follows, signed: 3 and 4 are new to the window,
+        // 5 and 6 are duplicates.
+        for seq in 3..=6 {
+            assert!(!hub.publish(&room, seq, signed(seq)), "{seq}");
+        }
+        assert_eq!(hub.lock()[&room].duplicates, 2);
+        let child = "muc-peer.c.test";
+        hub.lock()
+            .get_mut(&room)
+            .unwrap()
+            .children
+            .insert(child.into());
+        let request = pb::SubscribeRequest {
+            room: room.to_string(),
+            after: 2,
+            child_jid: child.into(),
+        };
+        let mut rx = hub.subscribe(&request, None).unwrap();
+        let batch = rx.try_recv().unwrap().unwrap();
+        let seqs: Vec<u8> = batch.events.iter().map(|e| e.event[0]).collect();
+        assert_eq!(seqs, [3, 4, 5, 6]);
+    }
+}
