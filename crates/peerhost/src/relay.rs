@@ -59,7 +59,7 @@
 //! `Hub` only dials and sends) is the next step, not taken in this change.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -305,6 +305,7 @@ impl Hub {
             last,
             feed,
             reporter,
+            subscribed: AtomicBool::new(false),
         };
         Follow(tokio::spawn(follow.run().instrument(span)))
     }
@@ -673,6 +674,8 @@ struct Following {
     /// Where to leave the parent that accepted this node (for an orphan's
     /// frames).
     reporter: Option<Arc<Mutex<Option<Reporter>>>>,
+    /// The last subscription was accepted (whatever ended it).
+    subscribed: AtomicBool,
 }
 
 /// Why a subscription to a parent failed.
@@ -701,11 +704,16 @@ impl Following {
         loop {
             for (parent, endpoint) in &self.candidates {
                 let mut refused = false;
-                match self.once(parent, endpoint).await {
+                let result = self.once(parent, endpoint).await;
+                if self.subscribed.swap(false, Ordering::Relaxed) {
+                    // It worked for a while: a new failure starts now.
+                    failing = None;
+                    reported = false;
+                }
+                match result {
                     Ok(got) => {
                         if got {
                             wait = RETRY_MIN;
-                            failing = None;
                         }
                         info!(%parent, "tree: parent's stream ended");
                     }
@@ -803,6 +811,7 @@ impl Following {
             })?
             .into_inner();
         info!(after, %parent, "tree: following the parent");
+        self.subscribed.store(true, Ordering::Relaxed);
         if let Some(reporter) = &self.reporter {
             *reporter.lock().unwrap_or_else(PoisonError::into_inner) = Some(client.clone());
             self.hub.metrics.reparents.inc();
