@@ -40,8 +40,9 @@
 //! discovery_timeout_ms = 5000    # a joiner waits at most this (twice) the first time
 //! slave_grace_secs = 30          # a slave outlives its domain's last occupant
 //! keepalive_secs = 10            # probe peer streams; a dead one is noticed within twice this
-//! max_fanout = 0                 # >0: rooms' slaves relay to each other in spanning trees,
-//!                                #   no node (the master included) feeding more than this
+//! max_fanout = 0                 # children per node of rooms' spanning trees (the master
+//!                                #   included); 0: no limit (a star, but a slave cut off
+//!                                #   from the master still goes on through another)
 //! tls_cert = "/etc/dmuc/master.crt"   # mutual TLS towards peerhosts: this
 //! tls_key = "/etc/dmuc/master.key"    #   service's certificate (valid for its JID)
 //! tls_ca = "/etc/dmuc/peers-ca.crt"   #   and the peerhosts' roots (default: system)
@@ -98,7 +99,8 @@ pub struct PeeringSection {
     pub discovery_timeout_ms: u64,
     pub slave_grace_secs: u64,
     pub keepalive_secs: u64,
-    /// Children per node of a room's spanning tree; 0: no trees (a star).
+    /// Children per node of a room's spanning tree; 0: no limit (a star
+    /// that still routes around a broken link).
     pub max_fanout: usize,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,

@@ -13,13 +13,22 @@
 //!  news          Ack: drop acknowledged shares; Down: deliver every unacked share directly
 //! ```
 //!
-//! With `[peering] max_fanout`, the room's slaves form a spanning tree
-//! ([`crate::tree`]): the master sends each event (signed) only to its own
-//! children in the tree, tells every slave its place (`Assign`: parent,
-//! children, the master's key) whenever the tree changes, and the slaves
-//! relay to each other. Every slave still acknowledges on its own stream,
-//! so what a slave has not acknowledged is still the master's to deliver
-//! if its stream drops.
+//! The room's slaves form a spanning tree ([`crate::tree`]; a star unless
+//! `[peering] max_fanout` limits it or a link is broken or slow): the
+//! master sends each event only to its own children in the tree, tells
+//! every slave its place (`Assign`: parent, children, the master's key,
+//! fallbacks) whenever the tree changes, and the slaves relay to each
+//! other. Only events for a slave with children are signed, so a plain
+//! star's wire is that of no tree at all; a slave that gains children is
+//! sent, signed, what they have not acknowledged, for its window. Every
+//! slave still acknowledges on its own stream, so what a slave has not
+//! acknowledged is still the master's to deliver if its stream drops.
+//!
+//! ```text
+//!  tree news     Down, others in the tree ─▶ Detour under another slave (acks come up relayed)
+//!                TreeReport on the slave's own stream ─▶ Tree::report: it, and only it, moves
+//!                Up / Resume ─▶ heal: replan; keepalive round trips ─▶ Health (master links)
+//! ```
 //!
 //! Every decision is taken here, without I/O: the room task carries out
 //! the [`Effect`]s in order. Everything a slave is sent is released behind
@@ -202,7 +211,11 @@ impl Fanout {
     /// every slave whose place changed.
     fn sync_tree(&mut self, effects: &mut Vec<Effect>) {
         let Fanout {
-            spanning, domains, ..
+            spanning,
+            domains,
+            log,
+            released,
+            ..
         } = self;
         let Some(sp) = spanning else { return };
         let slaves: BTreeMap<NodeId, (&String, &Domain, u64)> = domains
@@ -219,6 +232,17 @@ impl Fanout {
             .filter(|(_, e)| matches!(e.mode, Mode::Slave { .. } | Mode::Detour { .. }))
             .map(|(d, _)| NodeId::peer(d))
             .collect();
+        // The master's links as its keepalives measure them (a link
+        // reported broken stays so until the slave's stream is back).
+        for (d, e) in domains.iter() {
+            let node = NodeId::peer(d);
+            if let Some(rtt) = e.peer.rtt_ms()
+                && members.contains(&node)
+                && !sp.health.link(&node, &NodeId::Master).broken
+            {
+                sp.health.measured(&node, &NodeId::Master, rtt, 0);
+            }
+        }
         let gone: Vec<NodeId> = sp
             .tree
             .nodes()
@@ -290,6 +314,41 @@ impl Fanout {
                     frame: Box::new(master_frame::Frame::Assign(assign.clone())),
                 },
             ));
+            // A new parent was sent its events unsigned, which it cannot
+            // relay: what its new children may lack follows, signed, for
+            // its window (its own slave drops them as had).
+            let before: BTreeSet<&String> = match sp.told.get(*domain) {
+                Some((s, told)) if s == session => told.children.iter().collect(),
+                _ => BTreeSet::new(),
+            };
+            let from = assign
+                .children
+                .iter()
+                .filter(|c| !before.contains(c))
+                .filter_map(|c| domains.values().find(|e| e.peer.target.jid.as_str() == c))
+                .filter_map(|e| match e.mode {
+                    Mode::Slave { acked, .. } | Mode::Detour { acked, .. } => Some(acked),
+                    _ => None,
+                })
+                .min();
+            if let Some(from) = from {
+                let backfill: Vec<&RoomEvent> = log
+                    .iter()
+                    .filter(|e| e.seq > from && e.seq <= *released)
+                    .collect();
+                if !backfill.is_empty() {
+                    debug!(%domain, from, events = backfill.len(), "tree: signed events for a new parent's children");
+                }
+                for event in backfill {
+                    effects.push(Effect::Peer(
+                        entry.peer.clone(),
+                        ToPeer::Signed {
+                            session: *session,
+                            event: Arc::new(sp.setup.signer.sign(&pb::Event::from(event))),
+                        },
+                    ));
+                }
+            }
             sp.told.insert((*domain).clone(), (*session, assign));
         }
         // A slave on a detour is told again when its stream is back.
@@ -321,6 +380,14 @@ impl Fanout {
                 .parent(&NodeId::peer(domain))
                 .is_none_or(NodeId::is_master)
         })
+    }
+
+    /// Whether `domain`'s slave relays events to children of its own (the
+    /// events it is sent are then signed, for them to check).
+    fn relays(&self, domain: &str) -> bool {
+        self.spanning
+            .as_ref()
+            .is_some_and(|sp| !sp.tree.children(&NodeId::peer(domain)).is_empty())
     }
 
     /// Whether any domain is (or may become) served by a slave.
@@ -550,6 +617,15 @@ impl Fanout {
                 self.relayed_ack(key, &child, seq);
                 None
             }
+            PeerNews::Report {
+                session,
+                parent,
+                refused,
+                have,
+            } => {
+                self.reported(key, session, &parent, refused, have, effects);
+                None
+            }
             PeerNews::Resync { session, have } => {
                 let Mode::Slave { session: s, .. } = entry.mode else {
                     return None;
@@ -739,6 +815,47 @@ impl Fanout {
         }
     }
 
+    /// `domain`'s slave says, on its own `session`, that it cannot use
+    /// `parent`: it gets another (the master, most often). A slave speaks
+    /// only for itself: it can move itself, and mark broken only a link
+    /// of its own.
+    fn reported(
+        &mut self,
+        domain: &str,
+        session: u64,
+        parent: &BareJid,
+        refused: bool,
+        have: u64,
+        effects: &mut Vec<Effect>,
+    ) {
+        let on_stream = self
+            .domains
+            .get(domain)
+            .is_some_and(|e| matches!(e.mode, Mode::Slave { session: s, .. } if s == session));
+        let unusable = self
+            .domains
+            .iter()
+            .find(|(_, e)| e.peer.target.jid == *parent)
+            .map(|(d, _)| NodeId::peer(d));
+        let (true, Some(unusable), Some(sp)) = (on_stream, unusable, &mut self.spanning) else {
+            return debug!(%domain, %parent, "tree: report ignored (not a slave on its stream, or no such parent)");
+        };
+        let report = Report {
+            node: NodeId::peer(domain),
+            unusable,
+            why: if refused {
+                Why::Refused
+            } else {
+                Why::Unreachable
+            },
+            keeps: None,
+            have,
+        };
+        let moves = sp.tree.report(&report, &mut sp.health);
+        info!(%domain, %parent, refused, have, moves = moves.len(), "tree: a slave cannot use its parent");
+        self.sync_tree(effects);
+    }
+
     /// `domain`'s own stream is back: its link to the master works, and the
     /// tree may return to its preferred shape.
     fn heal_tree(&mut self, domain: &str) {
@@ -786,6 +903,9 @@ impl Fanout {
                     .filter(|d| self.feeds(d))
                     .cloned()
                     .collect();
+                // Only a slave with children relays: only its events are signed.
+                let relays: BTreeSet<String> =
+                    fed.iter().filter(|d| self.relays(d)).cloned().collect();
                 let signer = self.spanning.as_ref().map(|s| s.setup.clone());
                 let mut wire: Option<Arc<pb::Event>> = None;
                 let mut signed: Option<Arc<pb::SignedEvent>> = None;
@@ -802,7 +922,8 @@ impl Fanout {
                                 wire.get_or_insert_with(|| Arc::new(pb::Event::from(&event)));
                             // In a tree, the slave's parent relays it.
                             if fed.contains(domain) {
-                                let msg = match &signer {
+                                let msg = match signer.as_ref().filter(|_| relays.contains(domain))
+                                {
                                     Some(setup) => ToPeer::Signed {
                                         session: *session,
                                         event: signed
@@ -851,7 +972,11 @@ impl Fanout {
                 session,
                 start,
             } => {
-                let signer = self.spanning.as_ref().map(|s| s.setup.clone());
+                let signer = self
+                    .spanning
+                    .as_ref()
+                    .filter(|_| self.relays(&domain))
+                    .map(|s| s.setup.clone());
                 let Some(entry) = self.domains.get_mut(&domain) else {
                     return effects;
                 };
@@ -1280,9 +1405,13 @@ mod tests {
                 .all(|(_, parent, children)| parent.is_empty() && children.is_empty())
         );
         news_of(&mut bed, "c.test", PeerNews::Ack { session: 1, seq: 3 });
+        // In the star, nothing is signed: nobody relays.
+        let (_, effects) = bed.input(say("alice@a.test/1", "before"));
+        assert_eq!(summary(&effects), ["event4", "event4"]);
         c_state.send_replace(LinkState::Down);
         let effects = news_of(&mut bed, "c.test", PeerNews::Down { session: 1 });
-        // Nothing direct; b.test is told to take c.test as its child.
+        // Nothing direct; b.test is told to take c.test as its child, and
+        // gets signed what c.test did not acknowledge, to relay it.
         assert_eq!(
             assigns(&effects),
             [(
@@ -1291,10 +1420,10 @@ mod tests {
                 vec!["muc-peer.c.test".into()]
             )]
         );
-        assert_eq!(effects.len(), 1, "nothing but the assignment");
+        assert_eq!(summary(&effects)[1..], ["signed4"]);
         // Alice speaks: the master sends it to b.test only, nothing direct.
         let (direct, effects) = bed.input(say("alice@a.test/1", "hi"));
-        assert_eq!(summary(&effects), ["signed4"]);
+        assert_eq!(summary(&effects), ["signed5"]);
         assert_eq!(recipients(&direct), ["alice@a.test/1"]);
         // c.test acknowledges through b.test: nothing is owed, even later.
         let child: BareJid = "muc-peer.c.test".parse().unwrap();
@@ -1303,7 +1432,7 @@ mod tests {
             "b.test",
             PeerNews::Relayed {
                 child: child.clone(),
-                seq: 4,
+                seq: 5,
             },
         );
         assert!(
@@ -1314,9 +1443,83 @@ mod tests {
         // An acknowledgement through a peerhost that is not its parent is ignored,
         // and what c.test does not acknowledge in time is delivered directly.
         bed.input(say("alice@a.test/1", "again"));
-        news_of(&mut bed, "c.test", PeerNews::Relayed { child, seq: 5 });
+        news_of(&mut bed, "c.test", PeerNews::Relayed { child, seq: 6 });
         let effects = bed.fanout.detours(Instant::now() + DETOUR_PATIENCE * 2);
         assert_eq!(summary(&effects)[0], "direct:carol@c.test/1");
+    }
+
+    /// The bed of [`tree_bed`] with the keepalives' round trips measured:
+    /// 20 ms to b.test, `to_c` ms to c.test; bob and carol joined.
+    fn measured_bed(to_c: u32) -> (Bed, Vec<Effect>) {
+        let (mut bed, _, _) = tree_bed();
+        for (domain, rtt) in [("b.test", 20), ("c.test", to_c)] {
+            let peer = bed.directory.get(&domain.parse().unwrap()).unwrap();
+            peer.set_rtt_ms(rtt);
+        }
+        bed.input(join("bob@b.test/1", "bob"));
+        let (_, effects) = bed.input(join("carol@c.test/1", "carol"));
+        (bed, effects)
+    }
+
+    #[test]
+    fn a_slow_master_link_loses_to_a_faster_detour_by_measured_round_trips() {
+        // c.test's link (400 ms) costs more than through b.test (20 ms,
+        // then b-c unmeasured, 100 ms, one relay hop each): c.test goes
+        // under b.test, which gets its events signed to relay them.
+        let (mut bed, effects) = measured_bed(400);
+        assert_eq!(
+            assigns(&effects),
+            [
+                (
+                    "b.test".into(),
+                    String::new(),
+                    vec!["muc-peer.c.test".into()]
+                ),
+                ("c.test".into(), "muc-peer.b.test".into(), vec![]),
+            ]
+        );
+        let (_, effects) = bed.input(say("alice@a.test/1", "hi"));
+        assert_eq!(summary(&effects), ["signed4"]);
+        // A link about as fast as the detour: a star, nothing signed.
+        let (mut bed, effects) = measured_bed(60);
+        assert!(
+            assigns(&effects)
+                .iter()
+                .all(|(_, parent, children)| parent.is_empty() && children.is_empty())
+        );
+        let (_, effects) = bed.input(say("alice@a.test/1", "hi"));
+        assert_eq!(summary(&effects), ["event4", "event4"]);
+    }
+
+    #[test]
+    fn a_slave_that_cannot_reach_its_parent_is_moved_when_it_reports_it() {
+        let (mut bed, _) = measured_bed(400);
+        let b: BareJid = "muc-peer.b.test".parse().unwrap();
+        let report = |session| PeerNews::Report {
+            session,
+            parent: b.clone(),
+            refused: false,
+            have: 3,
+        };
+        // Not on c.test's current stream: ignored.
+        assert!(news_of(&mut bed, "c.test", report(2)).is_empty());
+        // b.test cannot speak for c.test: its report is about its own
+        // place (under the master), which does not change.
+        assert!(news_of(&mut bed, "b.test", report(1)).is_empty());
+        // c.test reports on its own stream: back under the master, which
+        // feeds it (and b.test, no longer a relay) unsigned events.
+        let effects = news_of(&mut bed, "c.test", report(1));
+        assert_eq!(
+            assigns(&effects),
+            [
+                ("b.test".into(), String::new(), vec![]),
+                ("c.test".into(), String::new(), vec![]),
+            ]
+        );
+        let (_, effects) = bed.input(say("alice@a.test/1", "hi"));
+        assert_eq!(summary(&effects), ["event4", "event4"]);
+        // The same report again (late, or by two paths): nothing moves.
+        assert!(news_of(&mut bed, "c.test", report(1)).is_empty());
     }
 
     #[test]

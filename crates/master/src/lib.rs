@@ -182,17 +182,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 tls,
                 allow_plaintext: config.peering.allow_plaintext,
                 keepalive: Duration::from_secs(config.peering.keepalive_secs),
-                trees: (config.peering.max_fanout > 0).then(|| {
-                    Arc::new(tree::TreeSetup {
-                        max_fanout: config.peering.max_fanout,
-                        signer: dmuc_protocol::signing::Signer::generate(),
-                        metrics: metrics.clone(),
-                        reparents: metrics.counter(
-                            "dmuc_reparents_total",
-                            "Slaves the master moved to another parent in rooms' trees",
-                        ),
-                    })
-                }),
+                trees: Some(Arc::new(tree::TreeSetup {
+                    max_fanout: config.peering.max_fanout,
+                    signer: dmuc_protocol::signing::Signer::generate(),
+                    metrics: metrics.clone(),
+                    reparents: metrics.counter(
+                        "dmuc_reparents_total",
+                        "Slaves the master moved to another parent in rooms' trees",
+                    ),
+                })),
             },
         },
         link.handle,

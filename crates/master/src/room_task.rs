@@ -87,7 +87,8 @@ pub struct RoomContext {
     pub epoch: u64,
     /// How long a slave outlives its domain's last occupant.
     pub slave_grace: Duration,
-    /// Spanning trees of slaves, when `[peering] max_fanout` is set.
+    /// Spanning trees of slaves (always, from the config; `None`: a bare
+    /// star without detours).
     pub trees: Option<Arc<crate::tree::TreeSetup>>,
 }
 

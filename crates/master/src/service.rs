@@ -81,7 +81,8 @@ pub struct PeeringOptions {
     pub allow_plaintext: bool,
     /// How often peer streams are probed (see `PeerContext::keepalive`).
     pub keepalive: Duration,
-    /// Rooms' slaves relay to each other (`[peering] max_fanout`).
+    /// Rooms' slaves relay to each other (`[peering] max_fanout`; `None`:
+    /// a bare star without detours).
     pub trees: Option<Arc<crate::tree::TreeSetup>>,
 }
 

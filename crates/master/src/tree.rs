@@ -14,10 +14,16 @@
 //!  slave needed / gone ──────▶ Tree::add / Tree::remove ─┐
 //!  Report (relay: lost parent,                           │
 //!   refused, loop, declined) ─▶ Tree::report ────────────┼─▶ Vec<Assignment>
-//!  measured links ─▶ Health ──▶ Tree::replan (rarely) ───┘        │
+//!  keepalive RTTs ─▶ Health ──▶ Tree::replan (rarely) ───┘        │
 //!                                                                 ▼
 //!                          RelayInput::Assign { parent, path } at each node
 //! ```
+//!
+//! The master's links are measured by its keepalives (the round trip of
+//! each peerhost's stream, `crate::fanout` copies it into the room's
+//! [`Health`]); links between peerhosts are not measured yet and cost
+//! [`DEFAULT_RTT_MS`]; a link a node reports it cannot use is broken
+//! until its stream is back.
 //!
 //! # Minimal changes
 //! A change moves as few nodes as it can: a new slave is placed under the
@@ -144,7 +150,8 @@ struct Step {
     cost: u64,
 }
 
-/// How a master's rooms run spanning trees (`[peering] max_fanout`).
+/// How a master's rooms run spanning trees (`[peering] max_fanout`; 0: a
+/// star, still with detours).
 #[derive(Debug)]
 pub struct TreeSetup {
     /// Children per node at most (the master included).

@@ -33,7 +33,11 @@ async fn system_of(max_fanout: usize, domains: &[&str]) -> Distributed {
     distributed::start_counted(
         master,
         &MasterSetup {
-            peering_toml: format!("max_fanout = {max_fanout}\n"),
+            // 0 is the default: no key at all.
+            peering_toml: match max_fanout {
+                0 => String::new(),
+                n => format!("max_fanout = {n}\n"),
+            },
             // One sender, many messages: no flood control.
             extra_toml: "[limits]\nrate_per_second = 0\n".into(),
             ..MasterSetup::default()
@@ -253,7 +257,7 @@ fn peerhost<'a>(system: &'a Distributed, domain: &str) -> &'a distributed::Peerh
 }
 
 /// Routing around a cut link (issue 5): a.test's master, b, c and d
-/// peerhosts in a star (trees on, a fan-out limit above the peerhosts).
+/// peerhosts in a star (the default configuration: no fan-out limit).
 /// The master's gRPC link to c.test is cut while b.test and c.test still
 /// reach each other: c.test's slave goes on through b.test (events relayed
 /// by b, its acknowledgements carried up by b), so c.test's user gets every
@@ -262,7 +266,7 @@ fn peerhost<'a>(system: &'a Distributed, domain: &str) -> &'a distributed::Peerh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_link_is_routed_around_through_another_peerhost() {
     const PEERS: [&str; 3] = ["b.test", "c.test", "d.test"];
-    let system = system_of(8, &PEERS).await;
+    let system = system_of(0, &PEERS).await;
     let mut clients = occupants(&system, &PEERS).await;
     exchange(&mut clients, 0, "warm-up").await;
     master_logs_after(&system, 0, &["tree changed", "nodes=3", "depth=1"]).await;
@@ -354,4 +358,56 @@ async fn a_cut_link_is_routed_around_through_another_peerhost() {
     let to_c = after.iter().find(|(d, _)| d == "c.test").unwrap().1
         - before.iter().find(|(d, _)| d == "c.test").unwrap().1;
     assert!(to_c > 50 * 5, "the master feeds c.test again: {to_c} B");
+}
+
+/// A slave that loses its peerhost parent while its own stream to the
+/// master works (issue 5): a chain a.test → b.test → c.test → d.test
+/// (max_fanout 1); the b.test→c.test relay link is cut. c.test tells the
+/// master on its own stream, the master moves it (under d.test, the only
+/// node with room), and every occupant still gets every message exactly
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_that_loses_its_parent_reports_it_and_is_moved() {
+    const PEERS: [&str; 3] = ["b.test", "c.test", "d.test"];
+    let system = system_of(1, &PEERS).await;
+    let mut clients = occupants(&system, &PEERS).await;
+    exchange(&mut clients, 0, "warm-up").await;
+    master_logs_after(&system, 0, &["tree changed", "nodes=3", "depth=3"]).await;
+
+    let mark = system.master.log().len();
+    system.link("c.test", "b.test").unwrap().cut();
+    let started = Instant::now();
+    master_logs_after(
+        &system,
+        mark,
+        &[
+            "tree: a slave cannot use its parent",
+            "c.test",
+            "muc-peer.b.test",
+        ],
+    )
+    .await;
+    let reported = started.elapsed();
+    master_logs_after(&system, mark, &["tree changed", "depth=3", "reparents="]).await;
+    let mut latencies = Vec::new();
+    for i in 0..MESSAGES {
+        latencies.push(exchange(&mut clients, i % 3, &format!("moved{i}")).await);
+    }
+    nothing_twice(&mut clients).await;
+    latencies.sort();
+    println!(
+        "b.test-c.test cut in a chain: reported and moved {reported:?} after the cut; \
+         then latency to the last recipient (median) {:?}",
+        latencies[latencies.len() / 2]
+    );
+    // c.test now follows d.test (which follows b.test): the cut link is unused.
+    let via_d = system.link("c.test", "d.test").unwrap().traffic();
+    exchange(&mut clients, 0, "through-d").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let since = system
+        .link("c.test", "d.test")
+        .unwrap()
+        .traffic()
+        .since(&via_d);
+    assert!(since.bytes_out > 50, "d.test relays to c.test: {since:?}");
 }

@@ -13,6 +13,15 @@
 //!           then every event published                             └─ parent is the master: nothing to dial
 //! ```
 //!
+//! The master signs only the events it sends a slave with children (the
+//! others, leaves of a star most often, get them plain, as without a tree);
+//! a slave that gains children is sent, signed, the events they have not
+//! acknowledged, and [`Hub::publish`] keeps them in the window in order.
+//!
+//! A slave that cannot follow its parent peerhost for `REPORT_AFTER` (1 s)
+//! while its own stream works tells the master on that stream
+//! (`TreeReport`, once per parent); the master assigns it another.
+//!
 //! What a relay gets is only what the master signed: a child checks every
 //! event against the master's key (which it got on its own stream from the
 //! master), so a parent can delay or drop events but not forge them. Its
@@ -43,12 +52,14 @@
 //! Why `Hub` and not `dmuc_room::relay::RelayNode`: the node is a complete
 //! per-room relay machine (reports through any path, heads, fetches), but
 //! the runtime here already has its window, follow task and signatures
-//! tested end to end, and the master does not yet speak `RelayNode`'s
-//! reports and heads. Moving the runtime onto the node (the node decides,
+//! tested end to end, and the master speaks only part of `RelayNode`'s
+//! reports (`TreeReport` on the slave's own stream: unreachable or
+//! refused; not through other paths, not `Declined`) and none of its
+//! heads. Moving the runtime onto the node (the node decides,
 //! `Hub` only dials and sends) is the next step, not taken in this change.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -78,6 +89,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// First and longest wait before following a parent again.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(2);
+/// How long a parent may fail before the master is told (on this node's
+/// own stream, while it works).
+const REPORT_AFTER: Duration = Duration::from_secs(1);
 /// Largest relayed batch accepted.
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
@@ -291,6 +305,7 @@ impl Hub {
             last,
             feed,
             reporter,
+            subscribed: AtomicBool::new(false),
         };
         Follow(tokio::spawn(follow.run().instrument(span)))
     }
@@ -410,6 +425,15 @@ impl Hub {
         };
         let newest = place.window.back().map_or(0, |(s, _)| *s);
         if seq <= newest {
+            if let Err(at) = place.window.binary_search_by_key(&seq, |(s, _)| *s)
+                && place.window.len() < WINDOW
+            {
+                // An older event the master sends a new parent for the
+                // children it gains (it came unsigned before): kept for
+                // their subscriptions, not sent to children already here.
+                place.window.insert(at, (seq, signed));
+                return false;
+            }
             place.duplicates += 1;
             self.metrics.duplicates.inc();
             debug!(room = %room, seq, duplicates = place.duplicates, "tree: duplicate dropped");
@@ -656,21 +680,59 @@ struct Following {
     /// Where to leave the parent that accepted this node (for an orphan's
     /// frames).
     reporter: Option<Arc<Mutex<Option<Reporter>>>>,
+    /// The last subscription was accepted (whatever ended it).
+    subscribed: AtomicBool,
+}
+
+/// Why a subscription to a parent failed.
+struct Failed {
+    /// The parent answered, and refused this node as its child.
+    refused: bool,
+    reason: String,
+}
+
+impl<T: Into<String>> From<T> for Failed {
+    fn from(reason: T) -> Failed {
+        Failed {
+            refused: false,
+            reason: reason.into(),
+        }
+    }
 }
 
 impl Following {
     async fn run(self) {
         let mut wait = RETRY_MIN;
+        // Since when the parent has given nothing, and whether the master
+        // was told (once per parent: it assigns another, or this one again).
+        let mut failing: Option<tokio::time::Instant> = None;
+        let mut reported = false;
         loop {
             for (parent, endpoint) in &self.candidates {
-                match self.once(parent, endpoint).await {
+                let mut refused = false;
+                let result = self.once(parent, endpoint).await;
+                if self.subscribed.swap(false, Ordering::Relaxed) {
+                    // It worked for a while: a new failure starts now.
+                    failing = None;
+                    reported = false;
+                }
+                match result {
                     Ok(got) => {
                         if got {
                             wait = RETRY_MIN;
                         }
                         info!(%parent, "tree: parent's stream ended");
                     }
-                    Err(reason) => debug!(%parent, %reason, "tree: cannot follow the parent"),
+                    Err(failed) => {
+                        refused = failed.refused;
+                        debug!(%parent, reason = %failed.reason, "tree: cannot follow the parent");
+                    }
+                }
+                let since = *failing.get_or_insert_with(tokio::time::Instant::now);
+                if self.reporter.is_none() && !reported && since.elapsed() >= REPORT_AFTER {
+                    // The stream to the master works (this is no orphan):
+                    // the master assigns another parent.
+                    reported = self.report(parent, refused).await;
                 }
                 if let Some(reporter) = &self.reporter {
                     *reporter.lock().unwrap_or_else(PoisonError::into_inner) = None;
@@ -684,8 +746,41 @@ impl Following {
         }
     }
 
+    /// Tells the master, on this node's own stream, that it cannot use
+    /// `parent` (`TreeReport`); whether it went.
+    async fn report(&self, parent: &str, refused: bool) -> bool {
+        let master = self
+            .hub
+            .lock()
+            .get(&self.room)
+            .and_then(|p| p.master.clone());
+        let up = master.and_then(|m| {
+            self.hub
+                .upstreams
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&m)
+                .cloned()
+        });
+        let Some(up) = up else { return false };
+        let why = if refused {
+            pb::Unusable::Refused
+        } else {
+            pb::Unusable::Unreachable
+        };
+        let have = self.last.load(Ordering::Relaxed);
+        info!(%parent, refused, have, "tree: cannot use the parent: telling the master");
+        up.send(pb::peer_frame::Frame::Report(pb::TreeReport {
+            room: self.room.to_string(),
+            parent_jid: parent.to_owned(),
+            why: why as i32,
+            have,
+        }))
+        .await
+    }
+
     /// One subscription; whether it got any event.
-    async fn once(&self, parent: &str, endpoint: &str) -> Result<bool, String> {
+    async fn once(&self, parent: &str, endpoint: &str) -> Result<bool, Failed> {
         if endpoint.is_empty() {
             return Err("no endpoint for the parent".into());
         }
@@ -713,9 +808,16 @@ impl Following {
                 child_jid: self.hub.me.to_string(),
             })
             .await
-            .map_err(|s| s.to_string())?
+            .map_err(|s| Failed {
+                refused: matches!(
+                    s.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::FailedPrecondition
+                ),
+                reason: s.to_string(),
+            })?
             .into_inner();
         info!(after, %parent, "tree: following the parent");
+        self.subscribed.store(true, Ordering::Relaxed);
         if let Some(reporter) = &self.reporter {
             *reporter.lock().unwrap_or_else(PoisonError::into_inner) = Some(client.clone());
             self.hub.metrics.reparents.inc();
@@ -727,7 +829,7 @@ impl Following {
                 let encoded = signed.event.clone();
                 let event = RoomEvent::try_from(event).map_err(|e| e.to_string())?;
                 if event.room != self.room {
-                    return Err(format!("an event of {} from the parent", event.room));
+                    return Err(format!("an event of {} from the parent", event.room).into());
                 }
                 got = true;
                 if event.seq <= self.last.load(Ordering::Relaxed) {
@@ -744,5 +846,49 @@ impl Following {
             }
         }
         Ok(got)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in for a signed event (the window does not check signatures).
+    fn signed(seq: u64) -> Arc<pb::SignedEvent> {
+        Arc::new(pb::SignedEvent {
+            event: vec![seq as u8],
+            signature: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn older_events_sent_for_new_children_are_kept_in_order() {
+        let hub = Hub::new("muc-peer.b.test".parse().unwrap(), None, HashMap::new());
+        let room: BareJid = "r@conference.a.test".parse().unwrap();
+        hub.started(&room, 4);
+        assert!(hub.publish(&room, 5, signed(5)));
+        assert!(hub.publish(&room, 6, signed(6)));
+        // The master gives this node a child that has events up to 2 only,
+        // and sends what follows, signed: 3 and 4 are new to the window,
+        // 5 and 6 are duplicates.
+        for seq in 3..=6 {
+            assert!(!hub.publish(&room, seq, signed(seq)), "{seq}");
+        }
+        assert_eq!(hub.lock()[&room].duplicates, 2);
+        let child = "muc-peer.c.test";
+        hub.lock()
+            .get_mut(&room)
+            .unwrap()
+            .children
+            .insert(child.into());
+        let request = pb::SubscribeRequest {
+            room: room.to_string(),
+            after: 2,
+            child_jid: child.into(),
+        };
+        let mut rx = hub.subscribe(&request, None).unwrap();
+        let batch = rx.try_recv().unwrap().unwrap();
+        let seqs: Vec<u8> = batch.events.iter().map(|e| e.event[0]).collect();
+        assert_eq!(seqs, [3, 4, 5, 6]);
     }
 }

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use dmuc_component::metrics::{Counter, Gauge, Metrics};
@@ -91,6 +91,7 @@ pub fn spawn(
     let (adopt_tx, adopt) = mpsc::channel(4);
     let span = info_span!("peer", domain = %target.domain, peer = %target.jid);
     let intercepts = Arc::new(AtomicBool::new(false));
+    let rtt_ms = Arc::new(AtomicU32::new(0));
     let domain = [("domain", target.domain.as_str())];
     let up = context.metrics.gauge_with(
         "dmuc_peer_up",
@@ -108,10 +109,12 @@ pub fn spawn(
         state,
         adopt: adopt_tx,
         intercepts: intercepts.clone(),
+        rtt_ms: rtt_ms.clone(),
     };
     let conn = Conn {
         target,
         intercepts,
+        rtt_ms,
         context,
         rooms: HashMap::new(),
         state: state_tx,
@@ -175,6 +178,8 @@ struct Conn {
     target: PeerTarget,
     /// Shared with the handles: `Welcome.intercepts` of the last stream.
     intercepts: Arc<AtomicBool>,
+    /// Shared with the handles: the last keepalive round trip, in ms.
+    rtt_ms: Arc<AtomicU32>,
     context: Arc<PeerContext>,
     /// The rooms with a slave (or wanting one) on this peerhost.
     rooms: HashMap<BareJid, mpsc::UnboundedSender<News>>,
@@ -327,7 +332,7 @@ impl Conn {
 
         let every = self.context.keepalive;
         let mut keepalive = tokio::time::interval_at(Instant::now() + every, every);
-        let mut outstanding: Option<u64> = None;
+        let mut outstanding: Option<(u64, Instant)> = None;
         let mut batch = Batch::default();
         loop {
             tokio::select! {
@@ -353,9 +358,13 @@ impl Conn {
                 frame = inbound.message() => match frame {
                     Ok(Some(frame)) => {
                         if let Some(peer_frame::Frame::Keepalive(k)) = &frame.frame
-                            && outstanding == Some(k.nonce)
+                            && let Some((nonce, sent)) = outstanding
+                            && nonce == k.nonce
                         {
                             outstanding = None;
+                            // The link's health, for rooms' trees.
+                            let rtt = sent.elapsed().as_millis().clamp(1, u128::from(u32::MAX));
+                            self.rtt_ms.store(rtt as u32, Ordering::Relaxed);
                         }
                         self.on_peer_frame(session, frame);
                     }
@@ -386,7 +395,7 @@ impl Conn {
                         return Ended::Failed("keepalive unanswered".into());
                     }
                     let nonce = rand::random();
-                    outstanding = Some(nonce);
+                    outstanding = Some((nonce, Instant::now()));
                     let ping = master_frame::Frame::Keepalive(pb::Keepalive { nonce });
                     if frames.send(pb::MasterFrame { frame: Some(ping) }).await.is_err() {
                         return Ended::Failed("stream closed".into());
@@ -449,6 +458,20 @@ impl Conn {
                 },
             ),
             Some(peer_frame::Frame::Keepalive(_)) => return,
+            Some(peer_frame::Frame::Report(r)) => {
+                let Ok(parent) = r.parent_jid.parse() else {
+                    return warn!(parent = %r.parent_jid, "tree report of a malformed parent jid");
+                };
+                (
+                    r.room,
+                    PeerNews::Report {
+                        session,
+                        parent,
+                        refused: r.why == pb::Unusable::Refused as i32,
+                        have: r.have,
+                    },
+                )
+            }
             Some(peer_frame::Frame::Relayed(relayed)) => match relayed_ack(&relayed) {
                 Some((room, seq)) => (
                     room,

@@ -34,7 +34,7 @@ pub mod iq;
 pub mod listen;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use dmuc_protocol::pb;
@@ -68,9 +68,22 @@ pub struct PeerHandle {
     /// Whether, on its current or last stream, the peerhost said it
     /// intercepts its users' traffic to us (`Welcome.intercepts`).
     intercepts: Arc<AtomicBool>,
+    /// The last keepalive round trip on its stream, in ms (0: none yet).
+    rtt_ms: Arc<AtomicU32>,
 }
 
 impl PeerHandle {
+    /// The last keepalive round trip measured on its stream, if any.
+    pub fn rtt_ms(&self) -> Option<u32> {
+        Some(self.rtt_ms.load(Ordering::Relaxed)).filter(|&ms| ms > 0)
+    }
+
+    /// As if a keepalive had taken `ms` to come back, for tests.
+    #[cfg(test)]
+    pub fn set_rtt_ms(&self, ms: u32) {
+        self.rtt_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
     pub fn state(&self) -> LinkState {
         *self.state.borrow()
     }
@@ -105,6 +118,7 @@ impl PeerHandle {
             state,
             adopt: mpsc::channel(1).0,
             intercepts: Arc::default(),
+            rtt_ms: Arc::default(),
         };
         (handle, rx, state_tx)
     }
@@ -185,6 +199,15 @@ pub enum PeerNews {
     /// `child`'s slave applied the room's events up to `seq`: it said so
     /// to this peerhost (its parent in the room's tree), which carried it up.
     Relayed { child: BareJid, seq: u64 },
+    /// The slave cannot use `parent`, its parent in the room's tree
+    /// (`refused`: it refused the slave; else it cannot be reached); it
+    /// has every event up to `have`.
+    Report {
+        session: u64,
+        parent: BareJid,
+        refused: bool,
+        have: u64,
+    },
 }
 
 /// The peerhosts known to serve domains, shared by the service (which
