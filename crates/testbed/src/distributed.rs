@@ -26,7 +26,7 @@ pub const PEERHOST_SECRET: &str = "dmuc-peerhost-secret";
 /// The gRPC port of each peerhost, on its domain's loopback address.
 pub const PEERING_PORT: u16 = 7400;
 /// How long a peerhost may take to connect its component.
-const PEERHOST_START_TIMEOUT: Duration = Duration::from_secs(15);
+const PEERHOST_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The `dmuc-peerhost` binary built next to `master_binary` (the tests of
 /// one package only know their own package's binaries; `cargo test
