@@ -49,17 +49,36 @@
 //!  next stream ─▶ Hub::adopt: the slaves come back, offered for resume
 //! ```
 //!
+//! # Sequence numbers: [`window`]
+//! What a node decides with sequence numbers is the pure
+//! [`window::Window`], one per room's place: which events from a parent
+//! are worth handing on (`wants`: the follow task), which are new, held
+//! in order for later subscribers or dropped as duplicates (`publish`:
+//! [`Hub::publish`], for the stream and an orphan's feeder alike), and
+//! what a child subscribing after some event is sent (`catch_up`), with a
+//! gap when the window no longer holds what follows the child's last
+//! event. The window does not hold back what is ahead of a gap; the slave
+//! does (its replica applies only the next event and, on a gap, stalls
+//! and asks the master for a resync), and the master resumes it from its
+//! history, on this stream or on the next one. That is the logic the
+//! property test `crates/peerhost/tests/window.rs` runs over a simulated
+//! tree (links cut, events lost, delayed, reordered and duplicated, slaves
+//! moved, windows exceeded, master streams cut): every slave delivers the
+//! master's events exactly once, in order, with no gaps once links heal
+//! and the room has one more event (in a quiet room a slave may stay
+//! behind until then: see that test's `run`).
+//!
 //! Why `Hub` and not `dmuc_room::relay::RelayNode`: the node is a complete
 //! per-room relay machine (reports through any path, heads, fetches), but
-//! the runtime here already has its window, follow task and signatures
-//! tested end to end, and the master speaks only part of `RelayNode`'s
-//! reports (`TreeReport` on the slave's own stream: unreachable or
-//! refused; not through other paths, not `Declined`) and none of its
-//! heads. Moving the runtime onto the node (the node decides,
-//! `Hub` only dials and sends) is the next step, not taken in this change.
+//! the master speaks only part of `RelayNode`'s reports (`TreeReport` on
+//! the slave's own stream: unreachable or refused; not through other
+//! paths, not `Declined`) and none of its heads. The runtime keeps its
+//! own, smaller machine ([`window`], above), property-tested as it runs;
+//! `RelayNode` and its proptest (`crates/room/tests/relay.rs`) describe
+//! the fuller protocol the master does not speak yet.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -80,6 +99,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::slave::{Slave, SlaveSender};
 use crate::stream::Upstream;
+
+pub mod window;
+
+use window::{Publish, Window};
 
 /// Events a parent keeps per room for its children's (re)subscriptions.
 const WINDOW: usize = 1024;
@@ -131,7 +154,7 @@ struct HubMetrics {
 }
 
 /// One room's place in its tree.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Place {
     /// The master the room belongs to (its stream's).
     master: Option<BareJid>,
@@ -139,20 +162,32 @@ struct Place {
     children: HashSet<String>,
     /// The parent followed, if it is a peerhost, and the task doing it.
     parent: Option<(String, Follow)>,
-    /// The last event this node has (from any path).
-    last: Arc<AtomicU64>,
-    /// Recent events, in the order published.
-    window: VecDeque<(u64, Arc<pb::SignedEvent>)>,
+    /// The last event this node has (from any path) and the recent ones,
+    /// for children's subscriptions.
+    window: Window<Arc<pb::SignedEvent>>,
     /// The children subscribed now.
     subscribers: HashMap<String, mpsc::Sender<Result<pb::RelayBatch, Status>>>,
-    /// Events dropped as already had.
-    duplicates: u64,
     /// The master's key, from its last `Assign`.
     verifier: Option<Verifier>,
     /// Where to go if the master's stream ends (`Assign.fallbacks`).
     fallbacks: Vec<(String, String)>,
     /// The slave, while the master's stream is down (a detour).
     orphan: Option<Orphan>,
+}
+
+impl Default for Place {
+    fn default() -> Place {
+        Place {
+            master: None,
+            children: HashSet::new(),
+            parent: None,
+            window: Window::new(WINDOW),
+            subscribers: HashMap::new(),
+            verifier: None,
+            fallbacks: Vec::new(),
+            orphan: None,
+        }
+    }
 }
 
 /// A slave whose master's stream ended, fed by its parent.
@@ -270,7 +305,6 @@ impl Hub {
                 &room,
                 vec![(parent_jid.clone(), assign.parent_endpoint)],
                 verifier,
-                place.last.clone(),
                 feed,
                 None,
             );
@@ -285,7 +319,6 @@ impl Hub {
         room: &BareJid,
         candidates: Vec<(String, String)>,
         verifier: Verifier,
-        last: Arc<AtomicU64>,
         feed: mpsc::Sender<Relayed>,
         reporter: Option<Arc<Mutex<Option<Reporter>>>>,
     ) -> Follow {
@@ -302,7 +335,6 @@ impl Hub {
             room: room.clone(),
             candidates,
             verifier,
-            last,
             feed,
             reporter,
             subscribed: AtomicBool::new(false),
@@ -369,7 +401,6 @@ impl Hub {
                 &room,
                 candidates,
                 place.verifier.clone().expect("checked"),
-                place.last.clone(),
                 feed,
                 Some(reporter.clone()),
             );
@@ -412,7 +443,7 @@ impl Hub {
     pub fn started(&self, room: &BareJid, seq: u64) {
         let mut rooms = self.lock();
         let place = rooms.entry(room.clone()).or_default();
-        place.last.fetch_max(seq, Ordering::Relaxed);
+        place.window.started(seq);
     }
 
     /// This node has event `seq` of `room`, signed by the master: keep it
@@ -423,26 +454,18 @@ impl Hub {
         let Some(place) = rooms.get_mut(room) else {
             return true;
         };
-        let newest = place.window.back().map_or(0, |(s, _)| *s);
-        if seq <= newest {
-            if let Err(at) = place.window.binary_search_by_key(&seq, |(s, _)| *s)
-                && place.window.len() < WINDOW
-            {
-                // An older event the master sends a new parent for the
-                // children it gains (it came unsigned before): kept for
-                // their subscriptions, not sent to children already here.
-                place.window.insert(at, (seq, signed));
+        match place.window.publish(seq, signed.clone()) {
+            Publish::New => {}
+            // An older event the master sends a new parent for the
+            // children it gains (it came unsigned before): kept for their
+            // subscriptions, not sent to children already here.
+            Publish::Backfilled => return false,
+            Publish::Duplicate => {
+                self.metrics.duplicates.inc();
+                let duplicates = place.window.duplicates();
+                debug!(room = %room, seq, duplicates, "tree: duplicate dropped");
                 return false;
             }
-            place.duplicates += 1;
-            self.metrics.duplicates.inc();
-            debug!(room = %room, seq, duplicates = place.duplicates, "tree: duplicate dropped");
-            return false;
-        }
-        place.last.fetch_max(seq, Ordering::Relaxed);
-        place.window.push_back((seq, signed.clone()));
-        if place.window.len() > WINDOW {
-            place.window.pop_front();
         }
         place.subscribers.retain(|child, tx| {
             let batch = pb::RelayBatch {
@@ -550,12 +573,12 @@ impl Hub {
             .filter(|p| p.children.contains(child))
             .ok_or_else(|| Status::failed_precondition("not a child of this node in that room"))?;
         let (tx, rx) = mpsc::channel(CHILD_QUEUE);
-        let events: Vec<pb::SignedEvent> = place
-            .window
-            .iter()
-            .filter(|(seq, _)| *seq > request.after)
-            .map(|(_, e)| (**e).clone())
-            .collect();
+        let catch_up = place.window.catch_up(request.after);
+        if catch_up.gap {
+            // Its slave finds the gap and asks the master for a resync.
+            info!(room = %room, %child, after = request.after, "tree: the window no longer holds what the child misses");
+        }
+        let events: Vec<pb::SignedEvent> = catch_up.events.iter().map(|e| (**e).clone()).collect();
         if !events.is_empty() {
             self.metrics.caught_up.inc_by(events.len() as u64);
             let _ = tx.try_send(Ok(pb::RelayBatch { events }));
@@ -675,7 +698,6 @@ struct Following {
     /// Parents to try, in order: JID and endpoint.
     candidates: Vec<(String, String)>,
     verifier: Verifier,
-    last: Arc<AtomicU64>,
     feed: mpsc::Sender<Relayed>,
     /// Where to leave the parent that accepted this node (for an orphan's
     /// frames).
@@ -701,6 +723,22 @@ impl<T: Into<String>> From<T> for Failed {
 }
 
 impl Following {
+    /// The last event this node has in the room.
+    fn last(&self) -> u64 {
+        self.hub
+            .lock()
+            .get(&self.room)
+            .map_or(0, |p| p.window.last())
+    }
+
+    /// Whether an event the parent relays is not had yet.
+    fn wants(&self, seq: u64) -> bool {
+        self.hub
+            .lock()
+            .get(&self.room)
+            .is_none_or(|p| p.window.wants(seq))
+    }
+
     async fn run(self) {
         let mut wait = RETRY_MIN;
         // Since when the parent has given nothing, and whether the master
@@ -768,7 +806,7 @@ impl Following {
         } else {
             pb::Unusable::Unreachable
         };
-        let have = self.last.load(Ordering::Relaxed);
+        let have = self.last();
         info!(%parent, refused, have, "tree: cannot use the parent: telling the master");
         up.send(pb::peer_frame::Frame::Report(pb::TreeReport {
             room: self.room.to_string(),
@@ -800,7 +838,7 @@ impl Following {
         }
         let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
         let mut client = TreeRelayClient::new(channel).max_decoding_message_size(MAX_BATCH_BYTES);
-        let after = self.last.load(Ordering::Relaxed);
+        let after = self.last();
         let mut stream = client
             .subscribe(pb::SubscribeRequest {
                 room: self.room.to_string(),
@@ -832,7 +870,7 @@ impl Following {
                     return Err(format!("an event of {} from the parent", event.room).into());
                 }
                 got = true;
-                if event.seq <= self.last.load(Ordering::Relaxed) {
+                if !self.wants(event.seq) {
                     continue;
                 }
                 let relayed = Relayed {
@@ -874,7 +912,7 @@ mod tests {
         for seq in 3..=6 {
             assert!(!hub.publish(&room, seq, signed(seq)), "{seq}");
         }
-        assert_eq!(hub.lock()[&room].duplicates, 2);
+        assert_eq!(hub.lock()[&room].window.duplicates(), 2);
         let child = "muc-peer.c.test";
         hub.lock()
             .get_mut(&room)
