@@ -1000,6 +1000,13 @@ impl Fanout {
                             }
                         }
                         entry.direct_until = start.seq;
+                        if let Some(sp) = &mut self.spanning {
+                            // Its window may hold nothing its children
+                            // lack (they may be behind the snapshot): as
+                            // for a new parent, what they have not
+                            // acknowledged follows, signed (`sync_tree`).
+                            sp.told.remove(&domain);
+                        }
                         info!(%domain, seq = start.seq, "creating slave");
                         master_frame::Frame::Create(pb::CreateSlave::from(start.as_ref()))
                     }
@@ -1446,6 +1453,41 @@ mod tests {
         news_of(&mut bed, "c.test", PeerNews::Relayed { child, seq: 6 });
         let effects = bed.fanout.detours(Instant::now() + DETOUR_PATIENCE * 2);
         assert_eq!(summary(&effects)[0], "direct:carol@c.test/1");
+    }
+
+    #[test]
+    fn a_parent_made_again_from_a_snapshot_gets_what_its_children_lack() {
+        let (mut bed, c_state, _c) = tree_bed();
+        bed.input(join("bob@b.test/1", "bob"));
+        bed.input(join("carol@c.test/1", "carol"));
+        news_of(&mut bed, "b.test", PeerNews::Ack { session: 1, seq: 3 });
+        news_of(&mut bed, "c.test", PeerNews::Ack { session: 1, seq: 3 });
+        bed.input(say("alice@a.test/1", "before"));
+        c_state.send_replace(LinkState::Down);
+        let effects = news_of(&mut bed, "c.test", PeerNews::Down { session: 1 });
+        assert_eq!(summary(&effects)[1..], ["signed4"]);
+        // b.test, c.test's parent now, lost its state: a new slave after
+        // event 4, whose window holds nothing c.test lacks. What c.test
+        // has not acknowledged follows, signed, as for a new parent.
+        let effects = news_of(
+            &mut bed,
+            "b.test",
+            PeerNews::Resync {
+                session: 1,
+                have: 0,
+            },
+        );
+        let summary = summary(&effects);
+        assert_eq!(summary[..2], ["direct:bob@b.test/1", "create@4"]);
+        assert_eq!(summary[3..], ["signed4"]);
+        assert_eq!(
+            assigns(&effects),
+            [(
+                "b.test".into(),
+                String::new(),
+                vec!["muc-peer.c.test".into()]
+            )]
+        );
     }
 
     /// The bed of [`tree_bed`] with the keepalives' round trips measured:
