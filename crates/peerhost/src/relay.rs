@@ -60,13 +60,20 @@
 //! event. The window does not hold back what is ahead of a gap; the slave
 //! does (its replica applies only the next event and, on a gap, stalls
 //! and asks the master for a resync), and the master resumes it from its
-//! history, on this stream or on the next one. That is the logic the
-//! property test `crates/peerhost/tests/window.rs` runs over a simulated
-//! tree (links cut, events lost, delayed, reordered and duplicated, slaves
-//! moved, windows exceeded, master streams cut): every slave delivers the
-//! master's events exactly once, in order, with no gaps once links heal
-//! and the room has one more event (in a quiet room a slave may stay
-//! behind until then: see that test's `run`).
+//! history, on this stream or on the next one. What the node got from its
+//! parent while its slave was stalled is in the window but not in the
+//! slave (which dropped it), and the master's `Resume` may end before it:
+//! the stream hands the slave what the window holds after the master's
+//! first event (`Window::resume`, `Window::resumed`), or after a new
+//! slave's snapshot (`Window::started`). A parent whose resync is answered
+//! with a new slave (`CreateSlave`) is sent, signed, what its children have
+//! not acknowledged, as a new parent is (the master's `Fanout`), since its
+//! window may hold nothing they lack. That is the logic the property test
+//! `crates/peerhost/tests/window.rs` runs over a simulated tree (links cut,
+//! events lost, delayed, reordered and duplicated, slaves moved, windows
+//! exceeded, master streams cut, the master's history short): every slave
+//! delivers the master's events exactly once, in order, with no gaps, and
+//! once links heal every slave has them all, with no later event needed.
 //!
 //! Why `Hub` and not `dmuc_room::relay::RelayNode`: the node is a complete
 //! per-room relay machine (reports through any path, heads, fetches), but
@@ -439,11 +446,34 @@ impl Hub {
         back
     }
 
-    /// `room`'s slave starts after event `seq` (a snapshot).
-    pub fn started(&self, room: &BareJid, seq: u64) {
+    /// `room`'s slave starts after event `seq` (a snapshot). Returns what
+    /// the window holds after it, for the new slave (see
+    /// [`Window::started`]).
+    pub fn started(&self, room: &BareJid, seq: u64) -> Vec<(RoomEvent, Vec<u8>)> {
         let mut rooms = self.lock();
         let place = rooms.entry(room.clone()).or_default();
-        place.window.started(seq);
+        for_slave(place.window.started(seq))
+    }
+
+    /// The master resumes `room`'s slave (see [`Window::resume`]).
+    pub fn resume(&self, room: &BareJid) {
+        if let Some(place) = self.lock().get_mut(room) {
+            place.window.resume();
+        }
+    }
+
+    /// The master handed `room`'s slave event `seq`: what to hand it next
+    /// from the window (see [`Window::resumed`]).
+    pub fn resumed(&self, room: &BareJid, seq: u64) -> Vec<(RoomEvent, Vec<u8>)> {
+        let mut rooms = self.lock();
+        let Some(place) = rooms.get_mut(room) else {
+            return Vec::new();
+        };
+        let events = place.window.resumed(seq);
+        if !events.is_empty() {
+            debug!(room = %room, seq, events = events.len(), "tree: window events for the resumed slave");
+        }
+        for_slave(events)
     }
 
     /// This node has event `seq` of `room`, signed by the master: keep it
@@ -665,6 +695,17 @@ async fn report(
             pending = Some(frame);
         }
     }
+}
+
+/// Window events (checked when they came) as the slave takes them.
+fn for_slave(events: Vec<Arc<pb::SignedEvent>>) -> Vec<(RoomEvent, Vec<u8>)> {
+    events
+        .into_iter()
+        .filter_map(|signed| {
+            let event = dmuc_protocol::signing::decode(&signed).ok()?;
+            Some((RoomEvent::try_from(event).ok()?, signed.event.clone()))
+        })
+        .collect()
 }
 
 /// Hands an orphan what its parent relays, after publishing it to this

@@ -702,17 +702,21 @@ impl StreamState<'_> {
                 self.dormant.remove(&room);
                 self.resync_asked.remove(&room);
                 info!(room = %room, seq = start.seq, deliver_after = start.deliver_after, "slave created");
-                self.service.relay.started(&room, start.seq);
+                let missed = self.service.relay.started(&room, start.seq);
                 let slave = Slave::create(
                     start,
                     &self.service.domain,
                     self.service.outlets(self.up.clone()),
                 );
                 self.slaves.insert(room, slave);
+                for (event, encoded) in missed {
+                    self.route(event, encoded).await;
+                }
                 Ok(())
             }
             Some(master_frame::Frame::Resume(resume)) => {
                 let room = frame_room(&resume.room, "resume.room")?;
+                self.service.relay.resume(&room);
                 self.resume(room, resume.deliver_after).await;
                 Ok(())
             }
@@ -720,7 +724,7 @@ impl StreamState<'_> {
                 for event in batch.events {
                     let encoded = event.encode_to_vec();
                     let event = RoomEvent::try_from(event)?;
-                    self.route(event, encoded).await;
+                    self.master_event(event, encoded).await;
                 }
                 Ok(())
             }
@@ -750,7 +754,7 @@ impl StreamState<'_> {
                     self.service
                         .relay
                         .publish(&event.room, event.seq, Arc::new(signed));
-                    self.route(event, encoded).await;
+                    self.master_event(event, encoded).await;
                 }
                 Ok(())
             }
@@ -822,6 +826,17 @@ impl StreamState<'_> {
             debug!(room = %room, "resume of a room without state");
             self.resync_asked.insert(room.clone());
             self.up.resync(&room, 0).await;
+        }
+    }
+
+    /// An event from the master for its room's slave, then what the node
+    /// got from its parent while a resumed slave was stalled (see
+    /// [`crate::relay::window::Window::resume`]).
+    async fn master_event(&mut self, event: RoomEvent, encoded: Vec<u8>) {
+        let (room, seq) = (event.room.clone(), event.seq);
+        self.route(event, encoded).await;
+        for (event, encoded) in self.service.relay.resumed(&room, seq) {
+            self.route(event, encoded).await;
         }
     }
 

@@ -22,6 +22,14 @@
 //! Events missing from the window that arrive later (the master sends a
 //! slave that gains children, signed, what they have not acknowledged)
 //! fill its holes, in order, while it has room.
+//!
+//! What a parent relays while the slave is stalled is the node's (it is
+//! in the window, and `wants` refuses it again) but not the slave's (it
+//! dropped it). So when the master resumes the slave, the first event the
+//! master hands it is followed by what the window holds after it
+//! ([`Window::resume`], [`Window::resumed`]), and a new slave from a
+//! snapshot gets what the window holds after the snapshot
+//! ([`Window::started`]).
 
 use std::collections::VecDeque;
 
@@ -59,6 +67,9 @@ pub struct Window<E> {
     events: VecDeque<(u64, E)>,
     /// Events dropped as already had.
     duplicates: u64,
+    /// The master resumes the slave: what the window holds goes to it
+    /// after the master's first event (see [`Window::resume`]).
+    resuming: bool,
 }
 
 impl<E: Clone> Window<E> {
@@ -69,12 +80,39 @@ impl<E: Clone> Window<E> {
             last: 0,
             events: VecDeque::new(),
             duplicates: 0,
+            resuming: false,
         }
     }
 
-    /// The node's slave starts after event `seq` (a snapshot).
-    pub fn started(&mut self, seq: u64) {
+    /// The node's slave starts after event `seq` (a snapshot). Returns
+    /// what the window holds after it, for the new slave: events a parent
+    /// relayed while the old slave was stalled, which the node has (a
+    /// parent does not send them again) but no slave applied.
+    pub fn started(&mut self, seq: u64) -> Vec<E> {
         self.last = self.last.max(seq);
+        self.resuming = true;
+        self.resumed(seq)
+    }
+
+    /// The master resumes the slave (`Resume`: the answer to its resync,
+    /// or a new stream). Events a parent relayed while it was stalled are
+    /// in the window (the node has them: a parent does not send them
+    /// again) but the slave dropped them, and the master's events may end
+    /// before them: the first event the master hands the slave is followed
+    /// by what the window holds after it ([`Window::resumed`]).
+    pub fn resume(&mut self) {
+        self.resuming = true;
+    }
+
+    /// The master handed the slave event `seq`: if it is the first since
+    /// [`Window::resume`], the window's events after it, to hand the slave
+    /// next (else none). A hole among them stalls the slave, which asks
+    /// the master for a resync again: slower, never wrong.
+    pub fn resumed(&mut self, seq: u64) -> Vec<E> {
+        if !std::mem::take(&mut self.resuming) {
+            return Vec::new();
+        }
+        self.catch_up(seq).events
     }
 
     /// The last event this node has: what it subscribes after, and what
@@ -212,7 +250,7 @@ mod tests {
     #[test]
     fn a_snapshot_sets_what_the_node_has_but_not_the_window() {
         let mut w = Window::new(8);
-        w.started(4);
+        assert!(w.started(4).is_empty());
         assert_eq!(w.last(), 4);
         assert!(!w.wants(4));
         assert!(w.wants(5));
@@ -228,5 +266,23 @@ mod tests {
         // `started` never goes back.
         w.started(1);
         assert_eq!(w.last(), 6);
+    }
+
+    #[test]
+    fn a_resumed_slave_is_handed_what_the_node_got_while_it_was_stalled() {
+        let mut w = Window::new(8);
+        for seq in [1, 2, 4, 5] {
+            w.publish(seq, seq);
+        }
+        // Not resuming: nothing to hand.
+        assert!(w.resumed(3).is_empty());
+        // The slave stalled at 2 (no 3); the master resumes it with 3.
+        w.resume();
+        assert_eq!(w.resumed(3), [4, 5]);
+        // Only after the first of the master's events.
+        assert!(w.resumed(4).is_empty());
+        // A new slave from a snapshot at 4 is handed 5 at once.
+        assert_eq!(w.started(4), [5]);
+        assert!(w.resumed(5).is_empty());
     }
 }
