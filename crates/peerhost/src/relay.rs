@@ -970,4 +970,41 @@ mod tests {
         let seqs: Vec<u8> = batch.events.iter().map(|e| e.event[0]).collect();
         assert_eq!(seqs, [3, 4, 5, 6]);
     }
+
+    /// Event `seq` of `room`, encoded as the master signs it (unsigned:
+    /// the window does not check signatures).
+    fn encoded(room: &BareJid, seq: u64) -> Arc<pb::SignedEvent> {
+        use prost::Message;
+        let event = RoomEvent {
+            room: room.clone(),
+            seq,
+            now: dmuc_room::Timestamp(seq as i64),
+            input: dmuc_room::testing::join("alice@a.test/1", "alice"),
+        };
+        Arc::new(pb::SignedEvent {
+            event: pb::Event::from(&event).encode_to_vec(),
+            signature: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn a_resumed_slave_is_handed_what_the_node_got_while_it_was_stalled() {
+        let hub = Hub::new("muc-peer.b.test".parse().unwrap(), None, HashMap::new());
+        let room: BareJid = "r@conference.a.test".parse().unwrap();
+        assert!(hub.started(&room, 1).is_empty());
+        // The slave stalls at 1 (3 came first); the parent relays 4 too.
+        for seq in [3, 4] {
+            assert!(hub.publish(&room, seq, encoded(&room, seq)));
+        }
+        assert!(hub.resumed(&room, 2).is_empty());
+        // The master resumes it with 2 only: 3 and 4 follow from the window.
+        hub.resume(&room);
+        assert!(!hub.publish(&room, 2, encoded(&room, 2)), "backfilled");
+        let handed: Vec<u64> = hub.resumed(&room, 2).iter().map(|(e, _)| e.seq).collect();
+        assert_eq!(handed, [3, 4]);
+        assert!(hub.resumed(&room, 3).is_empty());
+        // A new slave after 3 is handed 4.
+        let handed: Vec<u64> = hub.started(&room, 3).iter().map(|(e, _)| e.seq).collect();
+        assert_eq!(handed, [4]);
+    }
 }
