@@ -331,8 +331,26 @@ pub async fn start_distributed(
             links,
         });
     }
-    for domain in peer_domains {
-        wait_for_peerhost(&testbed, domain).await?;
+    for peerhost in &peerhosts {
+        if let Err(e) = wait_for_peerhost(&testbed, &peerhost.domain).await {
+            // What the peerhost itself said is what explains it.
+            return Err(match e {
+                Error::Timeout {
+                    what,
+                    timeout,
+                    received,
+                } => Error::Timeout {
+                    what,
+                    timeout,
+                    received: format!(
+                        "{received}\n--- {} log:\n{}",
+                        peerhost_jid(&peerhost.domain),
+                        crate::process::tail(&peerhost.process.log(), 30)
+                    ),
+                },
+                e => e,
+            });
+        }
     }
     Ok(Distributed {
         peerhosts,
