@@ -159,16 +159,25 @@ impl TestCa {
 }
 
 /// Writes a file; a private key only readable by its owner.
+/// Writes `path` whole or not at all: into a temporary file next to it,
+/// then renamed over it. The CA's certificate is written again with every
+/// certificate issued, while processes started earlier may be reading it.
 fn write(path: &Path, contents: &[u8], private: bool) -> Result<()> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
     let context = || format!("writing {}", path.display());
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if private { 0o600 } else { 0o644 })
-        .open(path)
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut file = tempfile::Builder::new()
+        .permissions(std::fs::Permissions::from_mode(if private {
+            0o600
+        } else {
+            0o644
+        }))
+        .tempfile_in(dir)
         .map_err(Error::io(context()))?;
-    file.write_all(contents).map_err(Error::io(context()))
+    file.write_all(contents).map_err(Error::io(context()))?;
+    file.persist(path)
+        .map_err(|e| e.error)
+        .map_err(Error::io(context()))?;
+    Ok(())
 }
