@@ -61,16 +61,24 @@ async fn notice_says(client: &mut Client, text: &str) {
 /// a.test with the master; the peerhosts of `peers` dial it and intercept
 /// their domains' traffic.
 async fn system(peers: &[&str]) -> Distributed {
+    system_with(peers, "").await
+}
+
+/// [`system`] with `peering` added to the `[peering]` section of the master
+/// and of every peerhost (say, shorter keepalives).
+async fn system_with(peers: &[&str], peering: &str) -> Distributed {
     let master = env!("CARGO_BIN_EXE_dmuc-master");
     let system = distributed::start_counted(
         master,
         &MasterSetup {
             extra_toml: "[limits]\nrate_per_second = 0\n".into(),
+            peering_toml: peering.into(),
             ..MasterSetup::default()
         },
         peers,
         &PeerhostSetup {
             intercept: true,
+            peering_toml: peering.into(),
             ..PeerhostSetup::default()
         },
     )
@@ -429,27 +437,7 @@ async fn a_master_killed_during_a_split_loses_nothing() {
 /// like a cut one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_cut_is_noticed_by_keepalives() {
-    let master = env!("CARGO_BIN_EXE_dmuc-master");
-    let system = distributed::start_counted(
-        master,
-        &MasterSetup {
-            peering_toml: "keepalive_secs = 1\n".into(),
-            ..MasterSetup::default()
-        },
-        &["b.test"],
-        &PeerhostSetup {
-            intercept: true,
-            peering_toml: "keepalive_secs = 1\n".into(),
-            ..PeerhostSetup::default()
-        },
-    )
-    .await
-    .unwrap();
-    system
-        .master
-        .wait_for_log("peerhost stream up", WAIT)
-        .await
-        .unwrap();
+    let system = system_with(&["b.test"], "keepalive_secs = 1\n").await;
     let (mut alice, mut bob) = alice_and_bob(&system, &[]).await;
 
     let uplink = system.peerhosts[0].uplink_relay.as_ref().unwrap();
