@@ -46,7 +46,7 @@ use dmuc_room::{Action, Input, Room};
 use jid::BareJid;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::peering::{Directory, LinkState, News, PeerHandle, PeerNews, ToPeer};
 use crate::tree::{Health, Tree, TreeSetup, TreeStats};
@@ -68,6 +68,9 @@ pub enum Effect {
     Direct(Vec<Action>),
     /// Hand this to a peerhost's task.
     Peer(PeerHandle, ToPeer),
+    /// A stanza a slave's users sent, intercepted and carried up the
+    /// room's tree, checked: handle it as that peerhost's own `Forward`.
+    Forward(Box<minidom::Element>),
 }
 
 /// A step that waits its turn in the room's pipeline (behind the commits
@@ -617,6 +620,12 @@ impl Fanout {
                 self.relayed_ack(key, &child, seq);
                 None
             }
+            PeerNews::RelayedForward { child, stanza } => {
+                if self.relayed_forward(key, &child, &stanza, room) {
+                    effects.push(Effect::Forward(stanza));
+                }
+                None
+            }
             PeerNews::Report {
                 session,
                 parent,
@@ -813,6 +822,49 @@ impl Fanout {
             }
             _ => {}
         }
+    }
+
+    /// Whether a stanza `child` intercepted, carried up by `relay`'s
+    /// slave, is taken: `relay` is the child's parent in the tree, the
+    /// stanza is to this room and from a user of the child's domain (the
+    /// checks the child's own `Forward` gets, and the parent's).
+    fn relayed_forward(
+        &self,
+        relay: &str,
+        child: &BareJid,
+        stanza: &minidom::Element,
+        room: &Room,
+    ) -> bool {
+        let Some(domain) = self
+            .domains
+            .iter()
+            .find(|(_, e)| e.peer.target.jid == *child)
+            .map(|(d, _)| d)
+        else {
+            debug!(%child, "relayed forward of a peerhost without a slave");
+            return false;
+        };
+        let parent = self
+            .spanning
+            .as_ref()
+            .and_then(|sp| sp.tree.parent(&NodeId::peer(domain)).cloned());
+        if parent != Some(NodeId::peer(relay)) {
+            warn!(%child, %relay, "relayed forward from a peerhost that is not its parent rejected");
+            return false;
+        }
+        let jid_of = |attr: &str| stanza.attr(attr).and_then(|j| j.parse::<jid::Jid>().ok());
+        let from_child = jid_of("from").is_some_and(|j| j.domain().as_str() == domain.as_str());
+        let to_room = jid_of("to").is_some_and(|j| j.to_bare() == *room.jid());
+        if !(from_child && to_room) {
+            warn!(
+                %child,
+                from = ?stanza.attr("from"),
+                to = ?stanza.attr("to"),
+                "relayed forward rejected: not from the child's domain to this room"
+            );
+            return false;
+        }
+        true
     }
 
     /// `domain`'s slave says, on its own `session`, that it cannot use
@@ -1236,6 +1288,7 @@ mod tests {
                     other => format!("{other:?}"),
                 },
                 Effect::Peer(_, ToPeer::Merged(m)) => format!("merged<{}", m.next_index),
+                Effect::Forward(_) => "forward".into(),
             })
             .collect()
     }
@@ -1453,6 +1506,48 @@ mod tests {
         news_of(&mut bed, "c.test", PeerNews::Relayed { child, seq: 6 });
         let effects = bed.fanout.detours(Instant::now() + DETOUR_PATIENCE * 2);
         assert_eq!(summary(&effects)[0], "direct:carol@c.test/1");
+    }
+
+    #[test]
+    fn a_stanza_carried_up_is_taken_only_from_the_parent_for_the_childs_users() {
+        let (mut bed, c_state, _c) = tree_bed();
+        bed.input(join("bob@b.test/1", "bob"));
+        bed.input(join("carol@c.test/1", "carol"));
+        let child: BareJid = "muc-peer.c.test".parse().unwrap();
+        let forward = |from: &str, to: &str| {
+            PeerNews::RelayedForward {
+            child: child.clone(),
+            stanza: Box::new(
+                format!(
+                    "<message xmlns='jabber:client' type='groupchat' from='{from}' to='{to}'><body>hi</body></message>"
+                )
+                .parse()
+                .unwrap(),
+            ),
+        }
+        };
+        let forwarded = |effects: &[Effect]| {
+            effects
+                .iter()
+                .filter(|e| matches!(e, Effect::Forward(_)))
+                .count()
+        };
+        // c.test is under the master: b.test is not its parent.
+        let good = forward("carol@c.test/1", "r@conference.a.test");
+        assert_eq!(forwarded(&news_of(&mut bed, "b.test", good.clone())), 0);
+        c_state.send_replace(LinkState::Down);
+        news_of(&mut bed, "c.test", PeerNews::Down { session: 1 });
+        // Now b.test is its parent: what carol sent to the room is taken.
+        let effects = news_of(&mut bed, "b.test", good);
+        assert_eq!(forwarded(&effects), 1);
+        // Not a user of b.test's own domain, not another room, not c.test
+        // relaying for itself.
+        let bobs = forward("bob@b.test/1", "r@conference.a.test");
+        assert_eq!(forwarded(&news_of(&mut bed, "b.test", bobs)), 0);
+        let elsewhere = forward("carol@c.test/1", "s@conference.a.test");
+        assert_eq!(forwarded(&news_of(&mut bed, "b.test", elsewhere)), 0);
+        let own = forward("carol@c.test/1", "r@conference.a.test");
+        assert_eq!(forwarded(&news_of(&mut bed, "c.test", own)), 0);
     }
 
     #[test]
