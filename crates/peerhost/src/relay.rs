@@ -548,13 +548,20 @@ impl Hub {
         let frame = pb::PeerFrame::decode(request.frame.as_slice())
             .map_err(|_| Status::invalid_argument("frame: malformed"))?;
         let room = match &frame.frame {
-            Some(pb::peer_frame::Frame::Ack(a)) => &a.room,
-            Some(pb::peer_frame::Frame::Resync(r)) => &r.room,
-            _ => return Err(Status::invalid_argument("frame: only an ack or a resync")),
-        };
-        let room = room
-            .parse::<BareJid>()
-            .map_err(|_| Status::invalid_argument("room: malformed"))?;
+            Some(pb::peer_frame::Frame::Ack(a)) => a.room.parse::<BareJid>(),
+            Some(pb::peer_frame::Frame::Resync(r)) => r.room.parse::<BareJid>(),
+            // A stanza the child intercepted while its own stream is down:
+            // for the room it is sent to (the master checks its sender).
+            Some(pb::peer_frame::Frame::Forward(f)) => forward_room(&f.stanza)
+                .ok_or_else(|| Status::invalid_argument("frame: a stanza not to a room"))?
+                .parse::<BareJid>(),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "frame: only an ack, a resync or a forward",
+                ));
+            }
+        }
+        .map_err(|_| Status::invalid_argument("room: malformed"))?;
         let master = self
             .lock()
             .get(&room)
@@ -695,6 +702,13 @@ async fn report(
             pending = Some(frame);
         }
     }
+}
+
+/// The room (bare `to`) of a forwarded stanza, if it names one.
+fn forward_room(stanza: &str) -> Option<String> {
+    let el = stanza.parse::<minidom::Element>().ok()?;
+    let to = el.attr("to")?.parse::<jid::Jid>().ok()?.to_bare();
+    to.node().is_some().then(|| to.to_string())
 }
 
 /// Window events (checked when they came) as the slave takes them.
@@ -969,6 +983,50 @@ mod tests {
         let batch = rx.try_recv().unwrap().unwrap();
         let seqs: Vec<u8> = batch.events.iter().map(|e| e.event[0]).collect();
         assert_eq!(seqs, [3, 4, 5, 6]);
+    }
+
+    #[tokio::test]
+    async fn a_childs_forward_is_carried_up_for_its_room_only() {
+        use prost::Message;
+        let hub = Hub::new("muc-peer.b.test".parse().unwrap(), None, HashMap::new());
+        let master: BareJid = "conference.a.test".parse().unwrap();
+        let room: BareJid = "r@conference.a.test".parse().unwrap();
+        let child = "muc-peer.c.test";
+        {
+            let mut rooms = hub.lock();
+            let place = rooms.entry(room.clone()).or_default();
+            place.master = Some(master.clone());
+            place.children.insert(child.into());
+        }
+        let (frames, mut up) = mpsc::channel(4);
+        hub.stream_up(&master, Upstream::to_parent(frames));
+        let forward = |to: &str| pb::ReportRequest {
+            child_jid: child.into(),
+            frame: pb::PeerFrame {
+                frame: Some(pb::peer_frame::Frame::Forward(pb::Forward {
+                    stanza: format!(
+                        "<message xmlns='jabber:client' from='carol@c.test/1' to='{to}'/>"
+                    ),
+                })),
+            }
+            .encode_to_vec(),
+        };
+        let request = forward("r@conference.a.test");
+        hub.carry_up(&request, None).await.unwrap();
+        let Some(Ok(pb::PeerFrame {
+            frame: Some(pb::peer_frame::Frame::Relayed(relayed)),
+        })) = up.recv().await
+        else {
+            panic!("not carried up as a relayed frame");
+        };
+        assert_eq!(relayed.from, child);
+        assert_eq!(relayed.frame, request.frame);
+        // Not to a room of which the child is a child here; not to a room.
+        let elsewhere = forward("s@conference.a.test");
+        assert!(hub.carry_up(&elsewhere, None).await.is_err());
+        let service = forward("conference.a.test");
+        assert!(hub.carry_up(&service, None).await.is_err());
+        assert!(up.try_recv().is_err());
     }
 
     /// Event `seq` of `room`, encoded as the master signs it (unsigned:
