@@ -580,7 +580,16 @@ impl Fanout {
                 } = entry.mode
                     && s <= session
                 {
-                    if entry.peer.intercepts() {
+                    let intercepts = entry.peer.intercepts();
+                    // It may go on through another slave (its users'
+                    // stanzas too, if it intercepts: carried up by its
+                    // parent).
+                    if self.detour(key, acked) {
+                        self.sync_tree(effects);
+                        return None;
+                    }
+                    let entry = self.domains.get_mut(key)?;
+                    if intercepts {
                         // Its users can only be reached through it: they
                         // wait, and its slave catches up when it is back.
                         info!(%domain, acked, "split: the slave's events wait for it");
@@ -589,11 +598,6 @@ impl Fanout {
                         self.sync_tree(effects);
                         return None;
                     }
-                    if self.detour(key, acked) {
-                        self.sync_tree(effects);
-                        return None;
-                    }
-                    let entry = self.domains.get_mut(key)?;
                     let Mode::Slave { unacked, .. } =
                         std::mem::replace(&mut entry.mode, Mode::Direct)
                     else {
@@ -714,6 +718,18 @@ impl Fanout {
                 continue;
             };
             if now < since + DETOUR_PATIENCE {
+                continue;
+            }
+            if entry.peer.intercepts() {
+                // Its users can only be reached through it: they wait (it
+                // splits), and its slave catches up when it is back.
+                let Mode::Detour { acked, .. } = std::mem::replace(&mut entry.mode, Mode::Cut)
+                else {
+                    unreachable!()
+                };
+                info!(%domain, acked, "tree: no news of the slave through its parent: split, its events wait for it");
+                entry.direct_until = acked;
+                lost = true;
                 continue;
             }
             let Mode::Detour { unacked, .. } = std::mem::replace(&mut entry.mode, Mode::Direct)

@@ -84,7 +84,7 @@
 //! `RelayNode` and its proptest (`crates/room/tests/relay.rs`) describe
 //! the fuller protocol the master does not speak yet.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -122,6 +122,8 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// How long a parent may fail before the master is told (on this node's
 /// own stream, while it works).
 const REPORT_AFTER: Duration = Duration::from_secs(1);
+/// An orphan's intercepted stanzas that may wait for its parent.
+const FORWARD_QUEUE: usize = 1024;
 /// Largest relayed batch accepted.
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
@@ -359,8 +361,15 @@ impl Hub {
 
     /// `master`'s stream ended: the slaves of rooms whose tree can still
     /// reach this node become orphans here (taken out of `slaves`), fed by
-    /// their parent or a fallback (see the module docs).
-    pub async fn orphan(&self, master: &BareJid, slaves: &mut HashMap<BareJid, Slave>) {
+    /// their parent or a fallback (see the module docs). Returns each
+    /// orphan's way up (through the parent that accepts it), for the
+    /// stanzas its room's users send (`crate::shadow`).
+    pub async fn orphan(
+        &self,
+        master: &BareJid,
+        slaves: &mut HashMap<BareJid, Slave>,
+    ) -> HashMap<BareJid, Upstream> {
+        let mut ups = HashMap::new();
         self.upstreams
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -379,7 +388,8 @@ impl Hub {
         for room in rooms {
             let slave = slaves.remove(&room).expect("listed");
             let (frames, reports) = mpsc::channel(64);
-            let Some(_) = slave.reattach(Upstream::to_parent(frames)).await else {
+            let up = Upstream::to_parent(frames);
+            let Some(_) = slave.reattach(up.clone()).await else {
                 continue;
             };
             let (feed, fed) = mpsc::channel::<Relayed>(CHILD_QUEUE);
@@ -425,7 +435,9 @@ impl Hub {
                 )),
                 _feeder: Follow(tokio::spawn(feeder.run(fed).instrument(span))),
             });
+            ups.insert(room, up);
         }
+        ups
     }
 
     /// A new stream of `master`: its orphaned slaves come back to it (the
@@ -664,8 +676,9 @@ impl TreeRelay for Hub {
 /// The parent an orphan's frames go to: the one that accepted it.
 type Reporter = TreeRelayClient<tonic::transport::Channel>;
 
-/// Carries an orphan's frames (its acknowledgements; only the latest
-/// matters) up to the parent that accepted it.
+/// Carries an orphan's frames up to the parent that accepted it: its
+/// acknowledgements (only the latest matters) and, in order, the stanzas
+/// its room's users sent (`Forward`s; at most `FORWARD_QUEUE` wait).
 async fn report(
     me: BareJid,
     mut frames: mpsc::Receiver<Result<pb::PeerFrame, Status>>,
@@ -673,24 +686,47 @@ async fn report(
 ) {
     use prost::Message;
     let mut pending: Option<pb::PeerFrame> = None;
+    let mut forwards: VecDeque<pb::PeerFrame> = VecDeque::new();
     let mut tick = tokio::time::interval(RETRY_MIN * 2);
     loop {
         tokio::select! {
             frame = frames.recv() => match frame {
+                Some(Ok(frame @ pb::PeerFrame { frame: Some(pb::peer_frame::Frame::Forward(_)) })) => {
+                    if forwards.len() >= FORWARD_QUEUE {
+                        warn!("tree: the parent does not carry stanzas up: one dropped");
+                        forwards.pop_front();
+                    }
+                    forwards.push_back(frame);
+                }
                 Some(Ok(frame)) => pending = Some(frame),
                 _ => return,
             },
             _ = tick.tick() => {}
         }
-        let Some(frame) = pending.take() else {
+        if pending.is_none() && forwards.is_empty() {
             continue;
-        };
+        }
         let client = parent
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let Some(mut client) = client else {
-            pending = Some(frame);
+            continue;
+        };
+        // Stanzas first, in the order the users sent them; a failure
+        // leaves the rest for the next try.
+        while let Some(frame) = forwards.front() {
+            let request = pb::ReportRequest {
+                child_jid: me.to_string(),
+                frame: frame.encode_to_vec(),
+            };
+            if let Err(status) = client.report(request).await {
+                debug!(%status, "tree: the parent did not carry a stanza up");
+                break;
+            }
+            forwards.pop_front();
+        }
+        let Some(frame) = pending.take() else {
             continue;
         };
         let request = pb::ReportRequest {

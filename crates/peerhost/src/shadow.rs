@@ -91,8 +91,13 @@ impl SplitMetrics {
 #[derive(Debug)]
 enum Msg {
     Stanza(Element),
-    /// The master's stream ended: its slaves split.
-    Down(HashMap<BareJid, Slave>),
+    /// The master's stream ended: its slaves split; the rooms whose
+    /// slaves follow a parent in their trees (orphans) do not, and their
+    /// stanzas go up through it.
+    Down {
+        slaves: HashMap<BareJid, Slave>,
+        orphans: HashMap<BareJid, Upstream>,
+    },
     /// A new stream of the master takes the split slaves.
     Take(oneshot::Sender<HashMap<BareJid, Slave>>),
     /// The new stream is ready for forwarded stanzas.
@@ -121,6 +126,7 @@ impl Shadow {
             up: None,
             waiting: None,
             split: HashMap::new(),
+            orphans: HashMap::new(),
             metrics: metrics.clone(),
         };
         tokio::spawn(router.run(rx, shutdown).instrument(span));
@@ -137,10 +143,16 @@ impl Shadow {
         let _ = self.tx.send(Msg::Stanza(stanza)).await;
     }
 
-    /// Hands over the slaves of a stream that ended: they split.
-    pub async fn down(&self, slaves: HashMap<BareJid, Slave>) {
-        if let Err(e) = self.tx.send(Msg::Down(slaves)).await
-            && let Msg::Down(slaves) = e.0
+    /// Hands over the slaves of a stream that ended: they split. The
+    /// stanzas for `orphans`' rooms go up their way (through a parent in
+    /// the room's tree) instead.
+    pub async fn down(
+        &self,
+        slaves: HashMap<BareJid, Slave>,
+        orphans: HashMap<BareJid, Upstream>,
+    ) {
+        if let Err(e) = self.tx.send(Msg::Down { slaves, orphans }).await
+            && let Msg::Down { slaves, .. } = e.0
         {
             // Shutting down: the router is gone.
             for (_, slave) in slaves {
@@ -177,6 +189,9 @@ struct Router {
     waiting: Option<Vec<Element>>,
     /// The master's slaves while its stream is down.
     split: HashMap<BareJid, Slave>,
+    /// While the master's stream is down, the way up of the rooms whose
+    /// slaves follow a parent (`crate::relay` orphans).
+    orphans: HashMap<BareJid, Upstream>,
     metrics: SplitMetrics,
 }
 
@@ -194,8 +209,12 @@ impl Router {
             };
             match msg {
                 Msg::Stanza(stanza) => self.route(stanza).await,
-                Msg::Down(slaves) => {
+                Msg::Down { slaves, orphans } => {
                     self.up = None;
+                    if !orphans.is_empty() {
+                        info!(rooms = orphans.len(), "the master's stream is down: these rooms go on through their trees");
+                    }
+                    self.orphans = orphans;
                     let waiting = self.waiting.take().unwrap_or_default();
                     if !slaves.is_empty() {
                         info!(rooms = slaves.len(), "the master's stream is down: split");
@@ -215,6 +234,7 @@ impl Router {
                 }
                 Msg::Take(reply) => {
                     self.waiting = Some(Vec::new());
+                    self.orphans.clear();
                     if !self.split.is_empty() {
                         self.metrics.heals.inc();
                     }
@@ -287,7 +307,18 @@ impl Router {
             self.forward(&up, stanza).await;
             return;
         }
-        let slave = room_of(&stanza).and_then(|room| self.split.get(&room));
+        let room = room_of(&stanza);
+        if let Some(orphan) = room.as_ref().and_then(|room| self.orphans.get(room)) {
+            // Its slave follows a parent: the stanza goes up through it.
+            let frame = peer_frame::Frame::Forward(pb::Forward {
+                stanza: String::from(&stanza),
+            });
+            if orphan.send(frame).await {
+                return;
+            }
+            self.orphans.remove(room.as_ref().expect("checked"));
+        }
+        let slave = room.and_then(|room| self.split.get(&room));
         let stanza = match slave {
             Some(slave) => match slave.local(stanza).await {
                 Ok(()) => return,
