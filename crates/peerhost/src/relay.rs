@@ -122,6 +122,9 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// How long a parent may fail before the master is told (on this node's
 /// own stream, while it works).
 const REPORT_AFTER: Duration = Duration::from_secs(1);
+/// How long an intercepting peerhost's orphan may follow no parent before
+/// it is given up (it splits).
+const ORPHAN_PATIENCE: Duration = Duration::from_secs(3);
 /// An orphan's intercepted stanzas that may wait for its parent.
 const FORWARD_QUEUE: usize = 1024;
 /// Largest relayed batch accepted.
@@ -207,6 +210,14 @@ struct Orphan {
     _reporter: Follow,
     /// Hands it what the parent relays; stops when dropped.
     _feeder: Follow,
+}
+
+/// What a task following a parent for an orphan needs.
+struct Orphaned {
+    /// Where to leave the parent that accepted it (for its frames).
+    reporter: Arc<Mutex<Option<Reporter>>>,
+    /// Where to hand the slave if no parent accepts it in time.
+    lost: Option<mpsc::UnboundedSender<(BareJid, Slave)>>,
 }
 
 /// A task following a parent; stops when dropped.
@@ -329,7 +340,7 @@ impl Hub {
         candidates: Vec<(String, String)>,
         verifier: Verifier,
         feed: mpsc::Sender<Relayed>,
-        reporter: Option<Arc<Mutex<Option<Reporter>>>>,
+        orphaned: Option<Orphaned>,
     ) -> Follow {
         let candidates: Vec<(String, String)> = candidates
             .into_iter()
@@ -345,7 +356,7 @@ impl Hub {
             candidates,
             verifier,
             feed,
-            reporter,
+            orphaned,
             subscribed: AtomicBool::new(false),
         };
         Follow(tokio::spawn(follow.run().instrument(span)))
@@ -364,10 +375,15 @@ impl Hub {
     /// their parent or a fallback (see the module docs). Returns each
     /// orphan's way up (through the parent that accepts it), for the
     /// stanzas its room's users send (`crate::shadow`).
+    ///
+    /// With `lost` (the master's traffic is intercepted), an orphan that
+    /// follows no parent for `ORPHAN_PATIENCE` is given up and sent there,
+    /// to split.
     pub async fn orphan(
         &self,
         master: &BareJid,
         slaves: &mut HashMap<BareJid, Slave>,
+        lost: Option<mpsc::UnboundedSender<(BareJid, Slave)>>,
     ) -> HashMap<BareJid, Upstream> {
         let mut ups = HashMap::new();
         self.upstreams
@@ -419,7 +435,10 @@ impl Hub {
                 candidates,
                 place.verifier.clone().expect("checked"),
                 feed,
-                Some(reporter.clone()),
+                Some(Orphaned {
+                    reporter: reporter.clone(),
+                    lost: lost.clone(),
+                }),
             );
             place.parent = Some((String::new(), follow));
             let span = info_span!("orphan", room = %room);
@@ -790,9 +809,9 @@ struct Following {
     candidates: Vec<(String, String)>,
     verifier: Verifier,
     feed: mpsc::Sender<Relayed>,
-    /// Where to leave the parent that accepted this node (for an orphan's
-    /// frames).
-    reporter: Option<Arc<Mutex<Option<Reporter>>>>,
+    /// An orphan's: where to leave the parent that accepted it, and where
+    /// to give it up.
+    orphaned: Option<Orphaned>,
     /// The last subscription was accepted (whatever ended it).
     subscribed: AtomicBool,
 }
@@ -858,13 +877,31 @@ impl Following {
                     }
                 }
                 let since = *failing.get_or_insert_with(tokio::time::Instant::now);
-                if self.reporter.is_none() && !reported && since.elapsed() >= REPORT_AFTER {
+                if self.orphaned.is_none() && !reported && since.elapsed() >= REPORT_AFTER {
                     // The stream to the master works (this is no orphan):
                     // the master assigns another parent.
                     reported = self.report(parent, refused).await;
                 }
-                if let Some(reporter) = &self.reporter {
-                    *reporter.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                if let Some(orphaned) = &self.orphaned {
+                    *orphaned
+                        .reporter
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = None;
+                    if let Some(lost) = &orphaned.lost
+                        && since.elapsed() >= ORPHAN_PATIENCE
+                    {
+                        // No parent, no master: the slave splits.
+                        let orphan = self
+                            .hub
+                            .lock()
+                            .get_mut(&self.room)
+                            .and_then(|p| p.orphan.take());
+                        if let Some(orphan) = orphan {
+                            info!("tree: no parent accepts the slave: it is given up");
+                            let _ = lost.send((self.room.clone(), orphan.slave));
+                        }
+                        return;
+                    }
                 }
                 if self.feed.is_closed() {
                     return;
@@ -947,8 +984,11 @@ impl Following {
             .into_inner();
         info!(after, %parent, "tree: following the parent");
         self.subscribed.store(true, Ordering::Relaxed);
-        if let Some(reporter) = &self.reporter {
-            *reporter.lock().unwrap_or_else(PoisonError::into_inner) = Some(client.clone());
+        if let Some(orphaned) = &self.orphaned {
+            *orphaned
+                .reporter
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(client.clone());
             self.hub.metrics.reparents.inc();
         }
         let mut got = false;

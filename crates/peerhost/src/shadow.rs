@@ -44,6 +44,8 @@ const QUEUE: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct Shadow {
     tx: mpsc::Sender<Msg>,
+    /// Where the relay gives up slaves that could follow no parent.
+    lost: mpsc::UnboundedSender<(BareJid, Slave)>,
     metrics: SplitMetrics,
 }
 
@@ -116,6 +118,7 @@ impl Shadow {
         shutdown: CancellationToken,
     ) -> Shadow {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let (lost, lost_rx) = mpsc::unbounded_channel();
         let span = info_span!("shadow", master = %master);
         let router = Router {
             master,
@@ -129,8 +132,14 @@ impl Shadow {
             orphans: HashMap::new(),
             metrics: metrics.clone(),
         };
-        tokio::spawn(router.run(rx, shutdown).instrument(span));
-        Shadow { tx, metrics }
+        tokio::spawn(router.run(rx, lost_rx, shutdown).instrument(span));
+        Shadow { tx, lost, metrics }
+    }
+
+    /// Where the relay hands the slaves of rooms that go on through their
+    /// trees (orphans) once no parent accepts them: they split.
+    pub fn lost(&self) -> mpsc::UnboundedSender<(BareJid, Slave)> {
+        self.lost.clone()
     }
 
     /// Counts split-era inputs submitted to the master.
@@ -196,12 +205,21 @@ struct Router {
 }
 
 impl Router {
-    async fn run(mut self, mut rx: mpsc::Receiver<Msg>, shutdown: CancellationToken) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        mut lost: mpsc::UnboundedReceiver<(BareJid, Slave)>,
+        shutdown: CancellationToken,
+    ) {
         self.restore().await;
         loop {
             let msg = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                Some((room, slave)) = lost.recv() => {
+                    self.lost(room, slave).await;
+                    continue;
+                }
                 msg = rx.recv() => match msg {
                     Some(msg) => msg,
                     None => break,
@@ -254,6 +272,23 @@ impl Router {
             slave.stop().await;
         }
         debug!("shadow router stopped");
+    }
+
+    /// A room's slave could follow no parent in its tree: it splits (if
+    /// the master's stream is still down).
+    async fn lost(&mut self, room: BareJid, slave: Slave) {
+        self.orphans.remove(&room);
+        if self.up.is_some() || self.waiting.is_some() {
+            // A new stream came meanwhile; it resumes the room anew.
+            slave.stop().await;
+            return;
+        }
+        info!(%room, "no parent in the room's tree: split");
+        self.metrics.splits.inc();
+        if slave.split().await {
+            self.split.insert(room, slave);
+        }
+        self.metrics.rooms.set(self.split.len() as i64);
     }
 
     /// Splits that were going on when the peerhost stopped go on.

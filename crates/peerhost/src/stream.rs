@@ -470,7 +470,11 @@ pub(crate) async fn serve(
     } else {
         service
             .relay
-            .orphan(&stream.master, &mut stream.slaves)
+            .orphan(
+                &stream.master,
+                &mut stream.slaves,
+                shadow.as_ref().map(Shadow::lost),
+            )
             .await
     };
     service.relay.end_stream(&stream.master);
