@@ -727,7 +727,7 @@ impl Fanout {
                 else {
                     unreachable!()
                 };
-                info!(%domain, acked, "tree: no news of the slave through its parent: split, its events wait for it");
+                info!(%domain, acked, "tree: no news of the slave through its parent; split: the slave's events wait for it");
                 entry.direct_until = acked;
                 lost = true;
                 continue;
