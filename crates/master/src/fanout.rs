@@ -278,14 +278,11 @@ impl Fanout {
             let parent = sp.tree.parent(node).cloned().unwrap_or(NodeId::Master);
             let parent_endpoint = endpoint(&parent);
             // Where it may go if its stream breaks: any slave with a
-            // stream outside its own subtree.
+            // stream outside its own subtree (one that dials in has no
+            // endpoint here; the peerhost may have a route to it).
             let fallbacks = slaves
                 .keys()
-                .filter(|other| {
-                    *other != node
-                        && !sp.tree.path(other).contains(node)
-                        && !endpoint(other).is_empty()
-                })
+                .filter(|other| *other != node && !sp.tree.path(other).contains(node))
                 .map(|other| pb::Fallback {
                     jid: jid(other),
                     endpoint: endpoint(other),

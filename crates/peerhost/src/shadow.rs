@@ -155,11 +155,7 @@ impl Shadow {
     /// Hands over the slaves of a stream that ended: they split. The
     /// stanzas for `orphans`' rooms go up their way (through a parent in
     /// the room's tree) instead.
-    pub async fn down(
-        &self,
-        slaves: HashMap<BareJid, Slave>,
-        orphans: HashMap<BareJid, Upstream>,
-    ) {
+    pub async fn down(&self, slaves: HashMap<BareJid, Slave>, orphans: HashMap<BareJid, Upstream>) {
         if let Err(e) = self.tx.send(Msg::Down { slaves, orphans }).await
             && let Msg::Down { slaves, .. } = e.0
         {
@@ -230,7 +226,10 @@ impl Router {
                 Msg::Down { slaves, orphans } => {
                     self.up = None;
                     if !orphans.is_empty() {
-                        info!(rooms = orphans.len(), "the master's stream is down: these rooms go on through their trees");
+                        info!(
+                            rooms = orphans.len(),
+                            "the master's stream is down: these rooms go on through their trees"
+                        );
                     }
                     self.orphans = orphans;
                     let waiting = self.waiting.take().unwrap_or_default();
