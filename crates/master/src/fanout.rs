@@ -1522,6 +1522,48 @@ mod tests {
     }
 
     #[test]
+    fn an_intercepting_slave_cut_off_goes_on_through_another_and_splits_without_news() {
+        let (mut bed, c_state, _c) = tree_bed();
+        bed.directory
+            .get(&"c.test".parse().unwrap())
+            .unwrap()
+            .set_intercepts(true);
+        bed.input(join("bob@b.test/1", "bob"));
+        bed.input(join("carol@c.test/1", "carol"));
+        news_of(&mut bed, "c.test", PeerNews::Ack { session: 1, seq: 3 });
+        c_state.send_replace(LinkState::Down);
+        let effects = news_of(&mut bed, "c.test", PeerNews::Down { session: 1 });
+        // A detour, as for any slave: b.test is its parent.
+        assert_eq!(
+            assigns(&effects),
+            [(
+                "b.test".into(),
+                String::new(),
+                vec!["muc-peer.c.test".into()]
+            )]
+        );
+        bed.input(say("alice@a.test/1", "hi"));
+        // No news in time: its users cannot be reached but through it, so
+        // nothing goes direct; it catches up when it is back.
+        let effects = bed.fanout.detours(Instant::now() + DETOUR_PATIENCE * 2);
+        assert!(
+            summary(&effects).iter().all(|s| !s.starts_with("direct:")),
+            "{:?}",
+            summary(&effects)
+        );
+        c_state.send_replace(LinkState::Up(2));
+        let effects = news_of(
+            &mut bed,
+            "c.test",
+            PeerNews::Up {
+                session: 2,
+                resume_from: Some(3),
+            },
+        );
+        assert_eq!(summary(&effects)[..2], ["resume>=3", "event4"]);
+    }
+
+    #[test]
     fn a_stanza_carried_up_is_taken_only_from_the_parent_for_the_childs_users() {
         let (mut bed, c_state, _c) = tree_bed();
         bed.input(join("bob@b.test/1", "bob"));
