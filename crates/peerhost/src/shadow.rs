@@ -18,6 +18,12 @@
 //! Between `Take` and `Up` (while the new stream submits what the splits
 //! did) stanzas wait in a queue, so that a user's stanzas reach the master
 //! in the order the user sent them.
+//!
+//! A room whose slave can follow a parent in the room's tree when the
+//! stream ends (a `crate::relay` orphan) does not split: its stanzas go up
+//! through that parent (a `Forward` on `TreeRelay.Report`, which the parent
+//! carries up to the master as a `RelayedFrame`). If no parent accepts the
+//! slave in time, the relay gives it back (`Shadow::lost`) and it splits.
 
 use std::collections::HashMap;
 
