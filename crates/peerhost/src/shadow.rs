@@ -288,7 +288,7 @@ impl Router {
             slave.stop().await;
             return;
         }
-        info!(%room, "no parent in the room's tree: split");
+        info!(%room, "the master's stream is down and no parent in the room's tree takes the slave: split");
         self.metrics.splits.inc();
         if slave.split().await {
             self.split.insert(room, slave);
