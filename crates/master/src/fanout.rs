@@ -46,7 +46,7 @@ use dmuc_room::{Action, Input, Room};
 use jid::BareJid;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::peering::{Directory, LinkState, News, PeerHandle, PeerNews, ToPeer};
 use crate::tree::{Health, Tree, TreeSetup, TreeStats};
@@ -68,6 +68,9 @@ pub enum Effect {
     Direct(Vec<Action>),
     /// Hand this to a peerhost's task.
     Peer(PeerHandle, ToPeer),
+    /// A stanza a slave's users sent, intercepted and carried up the
+    /// room's tree, checked: handle it as that peerhost's own `Forward`.
+    Forward(Box<minidom::Element>),
 }
 
 /// A step that waits its turn in the room's pipeline (behind the commits
@@ -275,14 +278,11 @@ impl Fanout {
             let parent = sp.tree.parent(node).cloned().unwrap_or(NodeId::Master);
             let parent_endpoint = endpoint(&parent);
             // Where it may go if its stream breaks: any slave with a
-            // stream outside its own subtree.
+            // stream outside its own subtree (one that dials in has no
+            // endpoint here; the peerhost may have a route to it).
             let fallbacks = slaves
                 .keys()
-                .filter(|other| {
-                    *other != node
-                        && !sp.tree.path(other).contains(node)
-                        && !endpoint(other).is_empty()
-                })
+                .filter(|other| *other != node && !sp.tree.path(other).contains(node))
                 .map(|other| pb::Fallback {
                     jid: jid(other),
                     endpoint: endpoint(other),
@@ -577,7 +577,16 @@ impl Fanout {
                 } = entry.mode
                     && s <= session
                 {
-                    if entry.peer.intercepts() {
+                    let intercepts = entry.peer.intercepts();
+                    // It may go on through another slave (its users'
+                    // stanzas too, if it intercepts: carried up by its
+                    // parent).
+                    if self.detour(key, acked) {
+                        self.sync_tree(effects);
+                        return None;
+                    }
+                    let entry = self.domains.get_mut(key)?;
+                    if intercepts {
                         // Its users can only be reached through it: they
                         // wait, and its slave catches up when it is back.
                         info!(%domain, acked, "split: the slave's events wait for it");
@@ -586,11 +595,6 @@ impl Fanout {
                         self.sync_tree(effects);
                         return None;
                     }
-                    if self.detour(key, acked) {
-                        self.sync_tree(effects);
-                        return None;
-                    }
-                    let entry = self.domains.get_mut(key)?;
                     let Mode::Slave { unacked, .. } =
                         std::mem::replace(&mut entry.mode, Mode::Direct)
                     else {
@@ -615,6 +619,12 @@ impl Fanout {
             }
             PeerNews::Relayed { child, seq } => {
                 self.relayed_ack(key, &child, seq);
+                None
+            }
+            PeerNews::RelayedForward { child, stanza } => {
+                if self.relayed_forward(key, &child, &stanza, room) {
+                    effects.push(Effect::Forward(stanza));
+                }
                 None
             }
             PeerNews::Report {
@@ -705,6 +715,18 @@ impl Fanout {
                 continue;
             };
             if now < since + DETOUR_PATIENCE {
+                continue;
+            }
+            if entry.peer.intercepts() {
+                // Its users can only be reached through it: they wait (it
+                // splits), and its slave catches up when it is back.
+                let Mode::Detour { acked, .. } = std::mem::replace(&mut entry.mode, Mode::Cut)
+                else {
+                    unreachable!()
+                };
+                info!(%domain, acked, "tree: no news of the slave through its parent; split: the slave's events wait for it");
+                entry.direct_until = acked;
+                lost = true;
                 continue;
             }
             let Mode::Detour { unacked, .. } = std::mem::replace(&mut entry.mode, Mode::Direct)
@@ -813,6 +835,49 @@ impl Fanout {
             }
             _ => {}
         }
+    }
+
+    /// Whether a stanza `child` intercepted, carried up by `relay`'s
+    /// slave, is taken: `relay` is the child's parent in the tree, the
+    /// stanza is to this room and from a user of the child's domain (the
+    /// checks the child's own `Forward` gets, and the parent's).
+    fn relayed_forward(
+        &self,
+        relay: &str,
+        child: &BareJid,
+        stanza: &minidom::Element,
+        room: &Room,
+    ) -> bool {
+        let Some(domain) = self
+            .domains
+            .iter()
+            .find(|(_, e)| e.peer.target.jid == *child)
+            .map(|(d, _)| d)
+        else {
+            debug!(%child, "relayed forward of a peerhost without a slave");
+            return false;
+        };
+        let parent = self
+            .spanning
+            .as_ref()
+            .and_then(|sp| sp.tree.parent(&NodeId::peer(domain)).cloned());
+        if parent != Some(NodeId::peer(relay)) {
+            warn!(%child, %relay, "relayed forward from a peerhost that is not its parent rejected");
+            return false;
+        }
+        let jid_of = |attr: &str| stanza.attr(attr).and_then(|j| j.parse::<jid::Jid>().ok());
+        let from_child = jid_of("from").is_some_and(|j| j.domain().as_str() == domain.as_str());
+        let to_room = jid_of("to").is_some_and(|j| j.to_bare() == *room.jid());
+        if !(from_child && to_room) {
+            warn!(
+                %child,
+                from = ?stanza.attr("from"),
+                to = ?stanza.attr("to"),
+                "relayed forward rejected: not from the child's domain to this room"
+            );
+            return false;
+        }
+        true
     }
 
     /// `domain`'s slave says, on its own `session`, that it cannot use
@@ -1236,6 +1301,7 @@ mod tests {
                     other => format!("{other:?}"),
                 },
                 Effect::Peer(_, ToPeer::Merged(m)) => format!("merged<{}", m.next_index),
+                Effect::Forward(_) => "forward".into(),
             })
             .collect()
     }
@@ -1453,6 +1519,90 @@ mod tests {
         news_of(&mut bed, "c.test", PeerNews::Relayed { child, seq: 6 });
         let effects = bed.fanout.detours(Instant::now() + DETOUR_PATIENCE * 2);
         assert_eq!(summary(&effects)[0], "direct:carol@c.test/1");
+    }
+
+    #[test]
+    fn an_intercepting_slave_cut_off_goes_on_through_another_and_splits_without_news() {
+        let (mut bed, c_state, _c) = tree_bed();
+        bed.directory
+            .get(&"c.test".parse().unwrap())
+            .unwrap()
+            .set_intercepts(true);
+        bed.input(join("bob@b.test/1", "bob"));
+        bed.input(join("carol@c.test/1", "carol"));
+        news_of(&mut bed, "c.test", PeerNews::Ack { session: 1, seq: 3 });
+        c_state.send_replace(LinkState::Down);
+        let effects = news_of(&mut bed, "c.test", PeerNews::Down { session: 1 });
+        // A detour, as for any slave: b.test is its parent.
+        assert_eq!(
+            assigns(&effects),
+            [(
+                "b.test".into(),
+                String::new(),
+                vec!["muc-peer.c.test".into()]
+            )]
+        );
+        bed.input(say("alice@a.test/1", "hi"));
+        // No news in time: its users cannot be reached but through it, so
+        // nothing goes direct; it catches up when it is back.
+        let effects = bed.fanout.detours(Instant::now() + DETOUR_PATIENCE * 2);
+        assert!(
+            summary(&effects).iter().all(|s| !s.starts_with("direct:")),
+            "{:?}",
+            summary(&effects)
+        );
+        c_state.send_replace(LinkState::Up(2));
+        let effects = news_of(
+            &mut bed,
+            "c.test",
+            PeerNews::Up {
+                session: 2,
+                resume_from: Some(3),
+            },
+        );
+        assert_eq!(summary(&effects)[..2], ["resume>=3", "event4"]);
+    }
+
+    #[test]
+    fn a_stanza_carried_up_is_taken_only_from_the_parent_for_the_childs_users() {
+        let (mut bed, c_state, _c) = tree_bed();
+        bed.input(join("bob@b.test/1", "bob"));
+        bed.input(join("carol@c.test/1", "carol"));
+        let child: BareJid = "muc-peer.c.test".parse().unwrap();
+        let forward = |from: &str, to: &str| {
+            PeerNews::RelayedForward {
+            child: child.clone(),
+            stanza: Box::new(
+                format!(
+                    "<message xmlns='jabber:client' type='groupchat' from='{from}' to='{to}'><body>hi</body></message>"
+                )
+                .parse()
+                .unwrap(),
+            ),
+        }
+        };
+        let forwarded = |effects: &[Effect]| {
+            effects
+                .iter()
+                .filter(|e| matches!(e, Effect::Forward(_)))
+                .count()
+        };
+        // c.test is under the master: b.test is not its parent.
+        let good = forward("carol@c.test/1", "r@conference.a.test");
+        assert_eq!(forwarded(&news_of(&mut bed, "b.test", good.clone())), 0);
+        c_state.send_replace(LinkState::Down);
+        news_of(&mut bed, "c.test", PeerNews::Down { session: 1 });
+        // Now b.test is its parent: what carol sent to the room is taken.
+        let effects = news_of(&mut bed, "b.test", good);
+        assert_eq!(forwarded(&effects), 1);
+        // Not a user of b.test's own domain, not another room, not c.test
+        // relaying for itself.
+        let bobs = forward("bob@b.test/1", "r@conference.a.test");
+        assert_eq!(forwarded(&news_of(&mut bed, "b.test", bobs)), 0);
+        let elsewhere = forward("carol@c.test/1", "s@conference.a.test");
+        assert_eq!(forwarded(&news_of(&mut bed, "b.test", elsewhere)), 0);
+        let own = forward("carol@c.test/1", "r@conference.a.test");
+        assert_eq!(forwarded(&news_of(&mut bed, "c.test", own)), 0);
     }
 
     #[test]

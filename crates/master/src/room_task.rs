@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, error, info_span, warn};
 
 use crate::fanout::{Effect, Fanout, Release};
+use crate::peering::conn::Submitted;
 use crate::peering::{Directory, News};
 use crate::store::{Commit, Writer};
 
@@ -90,6 +91,9 @@ pub struct RoomContext {
     /// Spanning trees of slaves (always, from the config; `None`: a bare
     /// star without detours).
     pub trees: Option<Arc<crate::tree::TreeSetup>>,
+    /// Where stanzas carried up a tree go, once checked (to the service,
+    /// as a peerhost's own `Forward`s do).
+    pub forwards: mpsc::UnboundedSender<Submitted>,
 }
 
 /// Starts the task that owns `room`.
@@ -354,6 +358,9 @@ impl RoomTask {
                     if !peer.send(msg).await {
                         warn!(domain = %peer.target.domain, "peer task gone");
                     }
+                }
+                Effect::Forward(stanza) => {
+                    let _ = self.ctx.forwards.send(Submitted::Stanza(*stanza));
                 }
             }
         }

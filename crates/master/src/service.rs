@@ -168,7 +168,7 @@ impl Service {
             master_jid: config.domain.clone(),
             tls: config.peering.tls.clone(),
             allow_plaintext: config.peering.allow_plaintext,
-            submissions: submitted,
+            submissions: submitted.clone(),
             keepalive: config.peering.keepalive,
             metrics: config.metrics.clone(),
         });
@@ -194,6 +194,7 @@ impl Service {
                 epoch: config.epoch,
                 slave_grace: config.peering.slave_grace,
                 trees: config.peering.trees.clone(),
+                forwards: submitted,
             },
             config,
             requests: Requests::default(),

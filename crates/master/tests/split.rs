@@ -94,17 +94,33 @@ async fn system_with(peers: &[&str], peering: &str) -> Distributed {
     system
 }
 
-/// Cuts b.test's link and waits until both sides have noticed.
+/// Cuts b.test's links (to the master, and to the other peerhosts, else
+/// its slave goes on through another's: no split) and waits until both
+/// sides have noticed (the master, with other peerhosts, first tries a
+/// detour through one, and splits once an event goes unacknowledged).
 async fn cut(system: &Distributed) {
     system.peerhosts[0].uplink_relay.as_ref().unwrap().cut();
+    for (_, link) in &system.peerhosts[0].links {
+        link.cut();
+    }
     system
         .master
-        .wait_for_log("split: the slave's events wait for it", WAIT)
+        .wait_for_log_line(&["peerhost stream down", "domain=b.test"], WAIT)
+        .await
+        .unwrap();
+    // And b.test's peerhost has split (stanzas sent before would find the
+    // old stream gone and be refused).
+    system.peerhosts[0]
+        .process
+        .wait_for_log("the master's stream is down", WAIT)
         .await
         .unwrap();
 }
 
 async fn heal(system: &Distributed) {
+    for (_, link) in &system.peerhosts[0].links {
+        link.heal();
+    }
     system.peerhosts[0].uplink_relay.as_ref().unwrap().heal();
 }
 

@@ -411,3 +411,56 @@ async fn a_slave_that_loses_its_parent_reports_it_and_is_moved() {
         .since(&via_d);
     assert!(since.bytes_out > 50, "d.test relays to c.test: {since:?}");
 }
+
+/// Master-submit up the tree (issue 5): b.test and c.test intercept their
+/// users' stanzas for the master. The master's link to c.test is cut while
+/// b.test and c.test still reach each other: c.test's room does not split;
+/// its slave goes on through b.test, and what c.test's user says goes up
+/// through b.test too (a relayed `Forward`). Everyone gets everything once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intercepting_peerhost_cut_off_submits_through_its_parent() {
+    const PEERS: [&str; 2] = ["b.test", "c.test"];
+    let master = env!("CARGO_BIN_EXE_dmuc-master");
+    let system = distributed::start_counted(
+        master,
+        &MasterSetup {
+            extra_toml: "[limits]\nrate_per_second = 0\n".into(),
+            ..MasterSetup::default()
+        },
+        &PEERS,
+        &PeerhostSetup {
+            intercept: true,
+            ..PeerhostSetup::default()
+        },
+    )
+    .await
+    .expect("system starts");
+    for domain in PEERS {
+        master_logs_after(&system, 0, &["peerhost stream up", domain]).await;
+    }
+    let mut clients = occupants(&system, &PEERS).await;
+    exchange(&mut clients, 0, "warm-up").await;
+
+    let mark = system.master.log().len();
+    let c = peerhost(&system, "c.test");
+    c.uplink_relay.as_ref().unwrap().cut();
+    master_logs_after(
+        &system,
+        mark,
+        &[
+            "stream down, the slave is reached through its parent",
+            "c.test",
+        ],
+    )
+    .await;
+    // c.test's slave follows b.test (its first relayed event).
+    exchange(&mut clients, 0, "after the cut").await;
+    exchange(&mut clients, 2, "from c through b").await;
+    exchange(&mut clients, 0, "to c through b").await;
+    nothing_twice(&mut clients).await;
+    let log = system.master.log();
+    assert!(
+        !log[mark..].contains("split: the slave's events wait for it"),
+        "c.test did not split"
+    );
+}

@@ -84,7 +84,7 @@
 //! `RelayNode` and its proptest (`crates/room/tests/relay.rs`) describe
 //! the fuller protocol the master does not speak yet.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -122,6 +122,11 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// How long a parent may fail before the master is told (on this node's
 /// own stream, while it works).
 const REPORT_AFTER: Duration = Duration::from_secs(1);
+/// How long an intercepting peerhost's orphan may follow no parent before
+/// it is given up (it splits).
+const ORPHAN_PATIENCE: Duration = Duration::from_secs(3);
+/// An orphan's intercepted stanzas that may wait for its parent.
+const FORWARD_QUEUE: usize = 1024;
 /// Largest relayed batch accepted.
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
@@ -205,6 +210,14 @@ struct Orphan {
     _reporter: Follow,
     /// Hands it what the parent relays; stops when dropped.
     _feeder: Follow,
+}
+
+/// What a task following a parent for an orphan needs.
+struct Orphaned {
+    /// Where to leave the parent that accepted it (for its frames).
+    reporter: Arc<Mutex<Option<Reporter>>>,
+    /// Where to hand the slave if no parent accepts it in time.
+    lost: Option<mpsc::UnboundedSender<(BareJid, Slave)>>,
 }
 
 /// A task following a parent; stops when dropped.
@@ -327,7 +340,7 @@ impl Hub {
         candidates: Vec<(String, String)>,
         verifier: Verifier,
         feed: mpsc::Sender<Relayed>,
-        reporter: Option<Arc<Mutex<Option<Reporter>>>>,
+        orphaned: Option<Orphaned>,
     ) -> Follow {
         let candidates: Vec<(String, String)> = candidates
             .into_iter()
@@ -343,7 +356,7 @@ impl Hub {
             candidates,
             verifier,
             feed,
-            reporter,
+            orphaned,
             subscribed: AtomicBool::new(false),
         };
         Follow(tokio::spawn(follow.run().instrument(span)))
@@ -359,8 +372,20 @@ impl Hub {
 
     /// `master`'s stream ended: the slaves of rooms whose tree can still
     /// reach this node become orphans here (taken out of `slaves`), fed by
-    /// their parent or a fallback (see the module docs).
-    pub async fn orphan(&self, master: &BareJid, slaves: &mut HashMap<BareJid, Slave>) {
+    /// their parent or a fallback (see the module docs). Returns each
+    /// orphan's way up (through the parent that accepts it), for the
+    /// stanzas its room's users send (`crate::shadow`).
+    ///
+    /// With `lost` (the master's traffic is intercepted), an orphan that
+    /// follows no parent for `ORPHAN_PATIENCE` is given up and sent there,
+    /// to split.
+    pub async fn orphan(
+        &self,
+        master: &BareJid,
+        slaves: &mut HashMap<BareJid, Slave>,
+        lost: Option<mpsc::UnboundedSender<(BareJid, Slave)>>,
+    ) -> HashMap<BareJid, Upstream> {
+        let mut ups = HashMap::new();
         self.upstreams
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -379,7 +404,8 @@ impl Hub {
         for room in rooms {
             let slave = slaves.remove(&room).expect("listed");
             let (frames, reports) = mpsc::channel(64);
-            let Some(_) = slave.reattach(Upstream::to_parent(frames)).await else {
+            let up = Upstream::to_parent(frames);
+            let Some(_) = slave.reattach(up.clone()).await else {
                 continue;
             };
             let (feed, fed) = mpsc::channel::<Relayed>(CHILD_QUEUE);
@@ -409,7 +435,10 @@ impl Hub {
                 candidates,
                 place.verifier.clone().expect("checked"),
                 feed,
-                Some(reporter.clone()),
+                Some(Orphaned {
+                    reporter: reporter.clone(),
+                    lost: lost.clone(),
+                }),
             );
             place.parent = Some((String::new(), follow));
             let span = info_span!("orphan", room = %room);
@@ -425,7 +454,9 @@ impl Hub {
                 )),
                 _feeder: Follow(tokio::spawn(feeder.run(fed).instrument(span))),
             });
+            ups.insert(room, up);
         }
+        ups
     }
 
     /// A new stream of `master`: its orphaned slaves come back to it (the
@@ -548,13 +579,20 @@ impl Hub {
         let frame = pb::PeerFrame::decode(request.frame.as_slice())
             .map_err(|_| Status::invalid_argument("frame: malformed"))?;
         let room = match &frame.frame {
-            Some(pb::peer_frame::Frame::Ack(a)) => &a.room,
-            Some(pb::peer_frame::Frame::Resync(r)) => &r.room,
-            _ => return Err(Status::invalid_argument("frame: only an ack or a resync")),
-        };
-        let room = room
-            .parse::<BareJid>()
-            .map_err(|_| Status::invalid_argument("room: malformed"))?;
+            Some(pb::peer_frame::Frame::Ack(a)) => a.room.parse::<BareJid>(),
+            Some(pb::peer_frame::Frame::Resync(r)) => r.room.parse::<BareJid>(),
+            // A stanza the child intercepted while its own stream is down:
+            // for the room it is sent to (the master checks its sender).
+            Some(pb::peer_frame::Frame::Forward(f)) => forward_room(&f.stanza)
+                .ok_or_else(|| Status::invalid_argument("frame: a stanza not to a room"))?
+                .parse::<BareJid>(),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "frame: only an ack, a resync or a forward",
+                ));
+            }
+        }
+        .map_err(|_| Status::invalid_argument("room: malformed"))?;
         let master = self
             .lock()
             .get(&room)
@@ -657,8 +695,9 @@ impl TreeRelay for Hub {
 /// The parent an orphan's frames go to: the one that accepted it.
 type Reporter = TreeRelayClient<tonic::transport::Channel>;
 
-/// Carries an orphan's frames (its acknowledgements; only the latest
-/// matters) up to the parent that accepted it.
+/// Carries an orphan's frames up to the parent that accepted it: its
+/// acknowledgements (only the latest matters) and, in order, the stanzas
+/// its room's users sent (`Forward`s; at most `FORWARD_QUEUE` wait).
 async fn report(
     me: BareJid,
     mut frames: mpsc::Receiver<Result<pb::PeerFrame, Status>>,
@@ -666,24 +705,47 @@ async fn report(
 ) {
     use prost::Message;
     let mut pending: Option<pb::PeerFrame> = None;
+    let mut forwards: VecDeque<pb::PeerFrame> = VecDeque::new();
     let mut tick = tokio::time::interval(RETRY_MIN * 2);
     loop {
         tokio::select! {
             frame = frames.recv() => match frame {
+                Some(Ok(frame @ pb::PeerFrame { frame: Some(pb::peer_frame::Frame::Forward(_)) })) => {
+                    if forwards.len() >= FORWARD_QUEUE {
+                        warn!("tree: the parent does not carry stanzas up: one dropped");
+                        forwards.pop_front();
+                    }
+                    forwards.push_back(frame);
+                }
                 Some(Ok(frame)) => pending = Some(frame),
                 _ => return,
             },
             _ = tick.tick() => {}
         }
-        let Some(frame) = pending.take() else {
+        if pending.is_none() && forwards.is_empty() {
             continue;
-        };
+        }
         let client = parent
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let Some(mut client) = client else {
-            pending = Some(frame);
+            continue;
+        };
+        // Stanzas first, in the order the users sent them; a failure
+        // leaves the rest for the next try.
+        while let Some(frame) = forwards.front() {
+            let request = pb::ReportRequest {
+                child_jid: me.to_string(),
+                frame: frame.encode_to_vec(),
+            };
+            if let Err(status) = client.report(request).await {
+                debug!(%status, "tree: the parent did not carry a stanza up");
+                break;
+            }
+            forwards.pop_front();
+        }
+        let Some(frame) = pending.take() else {
             continue;
         };
         let request = pb::ReportRequest {
@@ -695,6 +757,13 @@ async fn report(
             pending = Some(frame);
         }
     }
+}
+
+/// The room (bare `to`) of a forwarded stanza, if it names one.
+fn forward_room(stanza: &str) -> Option<String> {
+    let el = stanza.parse::<minidom::Element>().ok()?;
+    let to = el.attr("to")?.parse::<jid::Jid>().ok()?.to_bare();
+    to.node().is_some().then(|| to.to_string())
 }
 
 /// Window events (checked when they came) as the slave takes them.
@@ -740,9 +809,9 @@ struct Following {
     candidates: Vec<(String, String)>,
     verifier: Verifier,
     feed: mpsc::Sender<Relayed>,
-    /// Where to leave the parent that accepted this node (for an orphan's
-    /// frames).
-    reporter: Option<Arc<Mutex<Option<Reporter>>>>,
+    /// An orphan's: where to leave the parent that accepted it, and where
+    /// to give it up.
+    orphaned: Option<Orphaned>,
     /// The last subscription was accepted (whatever ended it).
     subscribed: AtomicBool,
 }
@@ -808,13 +877,31 @@ impl Following {
                     }
                 }
                 let since = *failing.get_or_insert_with(tokio::time::Instant::now);
-                if self.reporter.is_none() && !reported && since.elapsed() >= REPORT_AFTER {
+                if self.orphaned.is_none() && !reported && since.elapsed() >= REPORT_AFTER {
                     // The stream to the master works (this is no orphan):
                     // the master assigns another parent.
                     reported = self.report(parent, refused).await;
                 }
-                if let Some(reporter) = &self.reporter {
-                    *reporter.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                if let Some(orphaned) = &self.orphaned {
+                    *orphaned
+                        .reporter
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = None;
+                    if let Some(lost) = &orphaned.lost
+                        && since.elapsed() >= ORPHAN_PATIENCE
+                    {
+                        // No parent, no master: the slave splits.
+                        let orphan = self
+                            .hub
+                            .lock()
+                            .get_mut(&self.room)
+                            .and_then(|p| p.orphan.take());
+                        if let Some(orphan) = orphan {
+                            info!("tree: no parent accepts the slave: it is given up");
+                            let _ = lost.send((self.room.clone(), orphan.slave));
+                        }
+                        return;
+                    }
                 }
                 if self.feed.is_closed() {
                     return;
@@ -897,8 +984,11 @@ impl Following {
             .into_inner();
         info!(after, %parent, "tree: following the parent");
         self.subscribed.store(true, Ordering::Relaxed);
-        if let Some(reporter) = &self.reporter {
-            *reporter.lock().unwrap_or_else(PoisonError::into_inner) = Some(client.clone());
+        if let Some(orphaned) = &self.orphaned {
+            *orphaned
+                .reporter
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(client.clone());
             self.hub.metrics.reparents.inc();
         }
         let mut got = false;
@@ -969,6 +1059,50 @@ mod tests {
         let batch = rx.try_recv().unwrap().unwrap();
         let seqs: Vec<u8> = batch.events.iter().map(|e| e.event[0]).collect();
         assert_eq!(seqs, [3, 4, 5, 6]);
+    }
+
+    #[tokio::test]
+    async fn a_childs_forward_is_carried_up_for_its_room_only() {
+        use prost::Message;
+        let hub = Hub::new("muc-peer.b.test".parse().unwrap(), None, HashMap::new());
+        let master: BareJid = "conference.a.test".parse().unwrap();
+        let room: BareJid = "r@conference.a.test".parse().unwrap();
+        let child = "muc-peer.c.test";
+        {
+            let mut rooms = hub.lock();
+            let place = rooms.entry(room.clone()).or_default();
+            place.master = Some(master.clone());
+            place.children.insert(child.into());
+        }
+        let (frames, mut up) = mpsc::channel(4);
+        hub.stream_up(&master, Upstream::to_parent(frames));
+        let forward = |to: &str| pb::ReportRequest {
+            child_jid: child.into(),
+            frame: pb::PeerFrame {
+                frame: Some(pb::peer_frame::Frame::Forward(pb::Forward {
+                    stanza: format!(
+                        "<message xmlns='jabber:client' from='carol@c.test/1' to='{to}'/>"
+                    ),
+                })),
+            }
+            .encode_to_vec(),
+        };
+        let request = forward("r@conference.a.test");
+        hub.carry_up(&request, None).await.unwrap();
+        let Some(Ok(pb::PeerFrame {
+            frame: Some(pb::peer_frame::Frame::Relayed(relayed)),
+        })) = up.recv().await
+        else {
+            panic!("not carried up as a relayed frame");
+        };
+        assert_eq!(relayed.from, child);
+        assert_eq!(relayed.frame, request.frame);
+        // Not to a room of which the child is a child here; not to a room.
+        let elsewhere = forward("s@conference.a.test");
+        assert!(hub.carry_up(&elsewhere, None).await.is_err());
+        let service = forward("conference.a.test");
+        assert!(hub.carry_up(&service, None).await.is_err());
+        assert!(up.try_recv().is_err());
     }
 
     /// Event `seq` of `room`, encoded as the master signs it (unsigned:

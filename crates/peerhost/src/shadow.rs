@@ -18,6 +18,12 @@
 //! Between `Take` and `Up` (while the new stream submits what the splits
 //! did) stanzas wait in a queue, so that a user's stanzas reach the master
 //! in the order the user sent them.
+//!
+//! A room whose slave can follow a parent in the room's tree when the
+//! stream ends (a `crate::relay` orphan) does not split: its stanzas go up
+//! through that parent (a `Forward` on `TreeRelay.Report`, which the parent
+//! carries up to the master as a `RelayedFrame`). If no parent accepts the
+//! slave in time, the relay gives it back (`Shadow::lost`) and it splits.
 
 use std::collections::HashMap;
 
@@ -44,6 +50,8 @@ const QUEUE: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct Shadow {
     tx: mpsc::Sender<Msg>,
+    /// Where the relay gives up slaves that could follow no parent.
+    lost: mpsc::UnboundedSender<(BareJid, Slave)>,
     metrics: SplitMetrics,
 }
 
@@ -91,8 +99,13 @@ impl SplitMetrics {
 #[derive(Debug)]
 enum Msg {
     Stanza(Element),
-    /// The master's stream ended: its slaves split.
-    Down(HashMap<BareJid, Slave>),
+    /// The master's stream ended: its slaves split; the rooms whose
+    /// slaves follow a parent in their trees (orphans) do not, and their
+    /// stanzas go up through it.
+    Down {
+        slaves: HashMap<BareJid, Slave>,
+        orphans: HashMap<BareJid, Upstream>,
+    },
     /// A new stream of the master takes the split slaves.
     Take(oneshot::Sender<HashMap<BareJid, Slave>>),
     /// The new stream is ready for forwarded stanzas.
@@ -111,6 +124,7 @@ impl Shadow {
         shutdown: CancellationToken,
     ) -> Shadow {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let (lost, lost_rx) = mpsc::unbounded_channel();
         let span = info_span!("shadow", master = %master);
         let router = Router {
             master,
@@ -121,10 +135,17 @@ impl Shadow {
             up: None,
             waiting: None,
             split: HashMap::new(),
+            orphans: HashMap::new(),
             metrics: metrics.clone(),
         };
-        tokio::spawn(router.run(rx, shutdown).instrument(span));
-        Shadow { tx, metrics }
+        tokio::spawn(router.run(rx, lost_rx, shutdown).instrument(span));
+        Shadow { tx, lost, metrics }
+    }
+
+    /// Where the relay hands the slaves of rooms that go on through their
+    /// trees (orphans) once no parent accepts them: they split.
+    pub fn lost(&self) -> mpsc::UnboundedSender<(BareJid, Slave)> {
+        self.lost.clone()
     }
 
     /// Counts split-era inputs submitted to the master.
@@ -137,10 +158,12 @@ impl Shadow {
         let _ = self.tx.send(Msg::Stanza(stanza)).await;
     }
 
-    /// Hands over the slaves of a stream that ended: they split.
-    pub async fn down(&self, slaves: HashMap<BareJid, Slave>) {
-        if let Err(e) = self.tx.send(Msg::Down(slaves)).await
-            && let Msg::Down(slaves) = e.0
+    /// Hands over the slaves of a stream that ended: they split. The
+    /// stanzas for `orphans`' rooms go up their way (through a parent in
+    /// the room's tree) instead.
+    pub async fn down(&self, slaves: HashMap<BareJid, Slave>, orphans: HashMap<BareJid, Upstream>) {
+        if let Err(e) = self.tx.send(Msg::Down { slaves, orphans }).await
+            && let Msg::Down { slaves, .. } = e.0
         {
             // Shutting down: the router is gone.
             for (_, slave) in slaves {
@@ -177,16 +200,28 @@ struct Router {
     waiting: Option<Vec<Element>>,
     /// The master's slaves while its stream is down.
     split: HashMap<BareJid, Slave>,
+    /// While the master's stream is down, the way up of the rooms whose
+    /// slaves follow a parent (`crate::relay` orphans).
+    orphans: HashMap<BareJid, Upstream>,
     metrics: SplitMetrics,
 }
 
 impl Router {
-    async fn run(mut self, mut rx: mpsc::Receiver<Msg>, shutdown: CancellationToken) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        mut lost: mpsc::UnboundedReceiver<(BareJid, Slave)>,
+        shutdown: CancellationToken,
+    ) {
         self.restore().await;
         loop {
             let msg = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                Some((room, slave)) = lost.recv() => {
+                    self.lost(room, slave).await;
+                    continue;
+                }
                 msg = rx.recv() => match msg {
                     Some(msg) => msg,
                     None => break,
@@ -194,8 +229,15 @@ impl Router {
             };
             match msg {
                 Msg::Stanza(stanza) => self.route(stanza).await,
-                Msg::Down(slaves) => {
+                Msg::Down { slaves, orphans } => {
                     self.up = None;
+                    if !orphans.is_empty() {
+                        info!(
+                            rooms = orphans.len(),
+                            "the master's stream is down: these rooms go on through their trees"
+                        );
+                    }
+                    self.orphans = orphans;
                     let waiting = self.waiting.take().unwrap_or_default();
                     if !slaves.is_empty() {
                         info!(rooms = slaves.len(), "the master's stream is down: split");
@@ -215,6 +257,7 @@ impl Router {
                 }
                 Msg::Take(reply) => {
                     self.waiting = Some(Vec::new());
+                    self.orphans.clear();
                     if !self.split.is_empty() {
                         self.metrics.heals.inc();
                     }
@@ -234,6 +277,23 @@ impl Router {
             slave.stop().await;
         }
         debug!("shadow router stopped");
+    }
+
+    /// A room's slave could follow no parent in its tree: it splits (if
+    /// the master's stream is still down).
+    async fn lost(&mut self, room: BareJid, slave: Slave) {
+        self.orphans.remove(&room);
+        if self.up.is_some() || self.waiting.is_some() {
+            // A new stream came meanwhile; it resumes the room anew.
+            slave.stop().await;
+            return;
+        }
+        info!(%room, "the master's stream is down and no parent in the room's tree takes the slave: split");
+        self.metrics.splits.inc();
+        if slave.split().await {
+            self.split.insert(room, slave);
+        }
+        self.metrics.rooms.set(self.split.len() as i64);
     }
 
     /// Splits that were going on when the peerhost stopped go on.
@@ -287,7 +347,18 @@ impl Router {
             self.forward(&up, stanza).await;
             return;
         }
-        let slave = room_of(&stanza).and_then(|room| self.split.get(&room));
+        let room = room_of(&stanza);
+        if let Some(orphan) = room.as_ref().and_then(|room| self.orphans.get(room)) {
+            // Its slave follows a parent: the stanza goes up through it.
+            let frame = peer_frame::Frame::Forward(pb::Forward {
+                stanza: String::from(&stanza),
+            });
+            if orphan.send(frame).await {
+                return;
+            }
+            self.orphans.remove(room.as_ref().expect("checked"));
+        }
+        let slave = room.and_then(|room| self.split.get(&room));
         let stanza = match slave {
             Some(slave) => match slave.local(stanza).await {
                 Ok(()) => return,

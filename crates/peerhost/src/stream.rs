@@ -421,7 +421,7 @@ pub(crate) async fn serve(
     welcome.resumable.extend(stored);
     welcome.intercepts = shadow.is_some();
     if !stream.up.send(peer_frame::Frame::Welcome(welcome)).await {
-        stream.end(shadow).await;
+        stream.end(shadow, HashMap::new()).await;
         drop(held);
         return;
     }
@@ -462,14 +462,23 @@ pub(crate) async fn serve(
     }
     // Nothing more goes to the master.
     end.cancel();
-    if shadow.is_none() && !service.shutdown.is_cancelled() {
+    // Slaves that can follow a parent go on through their rooms' trees
+    // (an intercepting peerhost's users' stanzas go up that way too); the
+    // others split, if the master's traffic is intercepted.
+    let orphans = if service.shutdown.is_cancelled() {
+        HashMap::new()
+    } else {
         service
             .relay
-            .orphan(&stream.master, &mut stream.slaves)
-            .await;
-    }
+            .orphan(
+                &stream.master,
+                &mut stream.slaves,
+                shadow.as_ref().map(Shadow::lost),
+            )
+            .await
+    };
     service.relay.end_stream(&stream.master);
-    stream.end(shadow).await;
+    stream.end(shadow, orphans).await;
     // Only now may a newer stream of the master load what they stored.
     drop(held);
     debug!("stream ended");
@@ -564,11 +573,14 @@ struct StreamState<'a> {
 impl StreamState<'_> {
     /// The stream has ended: its slaves split if the master's traffic is
     /// intercepted (unless the peerhost is shutting down); otherwise they
-    /// finish and save.
-    async fn end(&mut self, shadow: Option<Shadow>) {
+    /// finish and save. The rooms of `orphans` (slaves gone on through
+    /// their trees) do not split: their stanzas go up through the parent.
+    async fn end(&mut self, shadow: Option<Shadow>, orphans: HashMap<BareJid, Upstream>) {
         let slaves = std::mem::take(&mut self.slaves);
         match shadow {
-            Some(shadow) if !self.service.shutdown.is_cancelled() => shadow.down(slaves).await,
+            Some(shadow) if !self.service.shutdown.is_cancelled() => {
+                shadow.down(slaves, orphans).await;
+            }
             _ => {
                 for (_, slave) in slaves {
                     slave.stop().await;

@@ -1290,6 +1290,17 @@ impl Script<'_> {
             .ok_or_else(|| Error::Check(format!("{domain}'s peerhost has no uplink relay")))
     }
 
+    /// `domain`'s peerhost's links to the other peerhosts (its parents in
+    /// rooms' trees).
+    fn peer_links(&self, domain: &str) -> Vec<&Relay> {
+        self.system
+            .peerhosts
+            .iter()
+            .filter(|p| p.domain == domain)
+            .flat_map(|p| p.links.iter().map(|(_, link)| link))
+            .collect()
+    }
+
     /// The next room notice `who` gets must contain `says`; prints it.
     async fn notice(&mut self, who: usize, says: &str) -> Result<Notice> {
         let room = self.room.clone();
@@ -1323,15 +1334,18 @@ impl Script<'_> {
              and refuses new ones"
         ));
         self.uplink(domain)?.cut();
+        // And its links to the other peerhosts: else its slave goes on
+        // through another's (a detour), and nothing splits.
+        for link in self.peer_links(domain) {
+            link.cut();
+        }
         self.split = Some(domain);
-        // The master holds the room's events for the slave from now on.
+        // The master holds the room's events for the slave from now on
+        // (after trying the detour: once an event goes unacknowledged).
         self.system
             .master
             .wait_for_log_line(
-                &[
-                    "split: the slave's events wait for it",
-                    &format!("domain={domain}"),
-                ],
+                &["peerhost stream down", &format!("domain={domain}")],
                 HEAL_TIMEOUT,
             )
             .await?;
@@ -1405,6 +1419,9 @@ impl Script<'_> {
         self.note(format!(
             "⚭ {domain}'s gRPC link is back: its peerhost dials the master again"
         ));
+        for link in self.peer_links(domain) {
+            link.heal();
+        }
         self.uplink(domain)?.heal();
         let cut_off: Vec<usize> = (0..self.people.len())
             .filter(|&i| self.people[i].in_room && self.people[i].domain == domain)

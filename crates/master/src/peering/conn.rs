@@ -472,21 +472,27 @@ impl Conn {
                     },
                 )
             }
-            Some(peer_frame::Frame::Relayed(relayed)) => match relayed_ack(&relayed) {
-                Some((room, seq)) => (
-                    room,
-                    PeerNews::Relayed {
-                        child: match relayed.from.parse() {
-                            Ok(child) => child,
-                            Err(_) => {
-                                return warn!(from = %relayed.from, "relayed frame from a malformed jid");
-                            }
-                        },
-                        seq,
-                    },
-                ),
-                None => return debug!(from = %relayed.from, "relayed frame ignored"),
-            },
+            Some(peer_frame::Frame::Relayed(relayed)) => {
+                let Ok(child) = relayed.from.parse::<BareJid>() else {
+                    return warn!(from = %relayed.from, "relayed frame from a malformed jid");
+                };
+                match relayed_frame(&relayed) {
+                    Some(Relayed::Ack { room, seq }) => (room, PeerNews::Relayed { child, seq }),
+                    Some(Relayed::Forward(stanza)) => {
+                        let Some(room) = self.relayed_forward_room(&stanza) else {
+                            return warn!(%child, to = ?stanza.attr("to"), "relayed forward rejected: not to a room of this service");
+                        };
+                        (
+                            room,
+                            PeerNews::RelayedForward {
+                                child,
+                                stanza: Box::new(stanza),
+                            },
+                        )
+                    }
+                    None => return debug!(from = %relayed.from, "relayed frame ignored"),
+                }
+            }
             Some(peer_frame::Frame::Submit(submit)) => return self.on_submit(submit),
             Some(peer_frame::Frame::Forward(forward)) => return self.on_forward(forward),
             other => {
@@ -568,6 +574,16 @@ impl Conn {
         let _ = self.context.submissions.send(Submitted::Stanza(el));
     }
 
+    /// The room a relayed `Forward` is for: its `to`, a room (with a
+    /// node) of this service. Who may send it is the room's to check: it
+    /// knows the tree.
+    fn relayed_forward_room(&self, stanza: &Element) -> Option<String> {
+        let to = stanza.attr("to")?.parse::<jid::Jid>().ok()?;
+        let room = to.to_bare();
+        (room.node().is_some() && room.domain() == self.context.master_jid.domain())
+            .then(|| room.to_string())
+    }
+
     /// A message from a room while a session is up: the frame to send, if
     /// it is one and not an event (events join `batch`).
     fn on_room_msg(
@@ -646,16 +662,30 @@ impl Conn {
 }
 
 /// Sleeps until `at` (forever if `None`).
-/// The room and sequence number of a child's `Ack` its parent carried up
-/// (other relayed frames are not acted on: a child's `Resync` waits for
-/// its own stream).
-fn relayed_ack(relayed: &pb::RelayedFrame) -> Option<(String, u64)> {
+/// What a parent carried up for its child, that the master acts on.
+#[derive(Debug)]
+enum Relayed {
+    /// The child's slave applied `room`'s events up to `seq`.
+    Ack { room: String, seq: u64 },
+    /// A stanza the child intercepted while its own stream is down (the
+    /// room checks that the relay is the child's parent and that the
+    /// sender is of the child's domain).
+    Forward(Element),
+}
+
+/// A child's `Ack` or `Forward` its parent carried up (other relayed
+/// frames are not acted on: a child's `Resync` waits for its own stream).
+fn relayed_frame(relayed: &pb::RelayedFrame) -> Option<Relayed> {
     use prost::Message;
     match pb::PeerFrame::decode(relayed.frame.as_slice())
         .ok()?
         .frame?
     {
-        peer_frame::Frame::Ack(a) => Some((a.room, a.seq)),
+        peer_frame::Frame::Ack(a) => Some(Relayed::Ack {
+            room: a.room,
+            seq: a.seq,
+        }),
+        peer_frame::Frame::Forward(f) => f.stanza.parse().ok().map(Relayed::Forward),
         _ => None,
     }
 }

@@ -199,6 +199,13 @@ pub enum PeerNews {
     /// `child`'s slave applied the room's events up to `seq`: it said so
     /// to this peerhost (its parent in the room's tree), which carried it up.
     Relayed { child: BareJid, seq: u64 },
+    /// A stanza `child` intercepted for this room while its own stream is
+    /// down, carried up by this peerhost (to be checked: this peerhost is
+    /// the child's parent, the sender is of the child's domain).
+    RelayedForward {
+        child: BareJid,
+        stanza: Box<minidom::Element>,
+    },
     /// The slave cannot use `parent`, its parent in the room's tree
     /// (`refused`: it refused the slave; else it cannot be reached); it
     /// has every event up to `have`.
