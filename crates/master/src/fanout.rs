@@ -48,7 +48,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::peering::{Directory, LinkState, News, PeerHandle, PeerNews, ToPeer};
+use crate::peering::{ChildFrame, Directory, LinkState, News, PeerHandle, PeerNews, Seal, ToPeer};
 use crate::tree::{Health, Tree, TreeSetup, TreeStats};
 
 /// Events kept for slaves that come back (Resume instead of a snapshot).
@@ -168,6 +168,9 @@ struct Spanning {
     health: Health,
     /// The place each slave domain was last told, on which session.
     told: BTreeMap<String, (u64, pb::Assign)>,
+    /// The counter of the last frame each slave domain sealed that its
+    /// parent carried up (`Fanout::sender_of`).
+    sealed: BTreeMap<String, u64>,
     stats: TreeStats,
     /// `dmuc_tree_depth` of this room.
     depth: dmuc_component::metrics::Gauge,
@@ -200,6 +203,7 @@ impl Fanout {
             setup,
             health: Health::default(),
             told: BTreeMap::new(),
+            sealed: BTreeMap::new(),
             stats: TreeStats::default(),
         });
         self
@@ -302,6 +306,7 @@ impl Fanout {
                 children: sp.tree.children(node).iter().map(jid).collect(),
                 master_key: sp.setup.signer.public_key(),
                 fallbacks,
+                report_key: sp.setup.report_keys.for_peer(&jid(node)),
             };
             if sp.told.get(*domain) == Some(&(*session, assign.clone())) {
                 continue;
@@ -617,13 +622,15 @@ impl Fanout {
                 acknowledge(key, entry, session, acked);
                 None
             }
-            PeerNews::Relayed { child, seq } => {
-                self.relayed_ack(key, &child, seq);
-                None
-            }
-            PeerNews::RelayedForward { child, stanza } => {
-                if self.relayed_forward(key, &child, &stanza, room) {
-                    effects.push(Effect::Forward(stanza));
+            PeerNews::Relayed { child, frame, seal } => {
+                let domain = self.sender_of(key, &child, &seal)?;
+                match frame {
+                    ChildFrame::Ack(seq) => self.relayed_ack(&domain, seq),
+                    ChildFrame::Forward(stanza) => {
+                        if Fanout::relayed_forward(&domain, &stanza, room) {
+                            effects.push(Effect::Forward(stanza));
+                        }
+                    }
                 }
                 None
             }
@@ -795,23 +802,43 @@ impl Fanout {
         true
     }
 
-    /// `child`'s acknowledgement of `seq`, carried up by `relay`'s slave:
-    /// taken if `relay` is the child's parent in the tree.
-    fn relayed_ack(&mut self, relay: &str, child: &BareJid, seq: u64) {
-        let Some((domain, entry)) = self
+    /// The domain of `child`, whose frame `relay`'s slave carried up,
+    /// if it is taken: `relay` is the child's parent in the tree, and the
+    /// child sealed it, with a counter above any taken before (so a parent
+    /// can drop a child's frames, never make, alter or replay them).
+    fn sender_of(&mut self, relay: &str, child: &BareJid, seal: &Seal) -> Option<String> {
+        let sp = self.spanning.as_mut()?;
+        let Some(domain) = self
             .domains
-            .iter_mut()
+            .iter()
             .find(|(_, e)| e.peer.target.jid == *child)
+            .map(|(d, _)| d.clone())
         else {
-            return debug!(%child, "relayed acknowledgement of a peerhost without a slave");
+            debug!(%child, "relayed frame of a peerhost without a slave");
+            return None;
         };
-        let parent = self
-            .spanning
-            .as_ref()
-            .and_then(|sp| sp.tree.parent(&NodeId::peer(domain)).cloned());
-        if parent != Some(NodeId::peer(relay)) {
-            return debug!(%child, %relay, "relayed acknowledgement from a peerhost that is not its parent");
+        if sp.tree.parent(&NodeId::peer(&domain)) != Some(&NodeId::peer(relay)) {
+            warn!(%child, %relay, "relayed frame from a peerhost that is not its parent rejected");
+            return None;
         }
+        if let Err(e) = sp.setup.report_keys.check(child.as_str(), &seal.sealed()) {
+            warn!(%child, %relay, error = %e, "relayed frame rejected: not sealed by the child");
+            return None;
+        }
+        let last = sp.sealed.entry(domain.clone()).or_default();
+        if seal.counter <= *last {
+            warn!(%child, %relay, counter = seal.counter, last = *last, "relayed frame rejected: replayed");
+            return None;
+        }
+        *last = seal.counter;
+        Some(domain)
+    }
+
+    /// `domain`'s acknowledgement of `seq`, carried up by its parent.
+    fn relayed_ack(&mut self, domain: &str, seq: u64) {
+        let Some(entry) = self.domains.get_mut(domain) else {
+            return;
+        };
         match &mut entry.mode {
             Mode::Detour {
                 unacked,
@@ -837,47 +864,22 @@ impl Fanout {
         }
     }
 
-    /// Whether a stanza `child` intercepted, carried up by `relay`'s
-    /// slave, is taken: `relay` is the child's parent in the tree, the
-    /// stanza is to this room and from a user of the child's domain (the
-    /// checks the child's own `Forward` gets, and the parent's).
-    fn relayed_forward(
-        &self,
-        relay: &str,
-        child: &BareJid,
-        stanza: &minidom::Element,
-        room: &Room,
-    ) -> bool {
-        let Some(domain) = self
-            .domains
-            .iter()
-            .find(|(_, e)| e.peer.target.jid == *child)
-            .map(|(d, _)| d)
-        else {
-            debug!(%child, "relayed forward of a peerhost without a slave");
-            return false;
-        };
-        let parent = self
-            .spanning
-            .as_ref()
-            .and_then(|sp| sp.tree.parent(&NodeId::peer(domain)).cloned());
-        if parent != Some(NodeId::peer(relay)) {
-            warn!(%child, %relay, "relayed forward from a peerhost that is not its parent rejected");
-            return false;
-        }
+    /// Whether a stanza one of `domain`'s users sent, carried up by its
+    /// parent, is taken: it is to this room and from a user of that
+    /// domain (the checks the child's own `Forward` gets).
+    fn relayed_forward(domain: &str, stanza: &minidom::Element, room: &Room) -> bool {
         let jid_of = |attr: &str| stanza.attr(attr).and_then(|j| j.parse::<jid::Jid>().ok());
-        let from_child = jid_of("from").is_some_and(|j| j.domain().as_str() == domain.as_str());
+        let from_child = jid_of("from").is_some_and(|j| j.domain().as_str() == domain);
         let to_room = jid_of("to").is_some_and(|j| j.to_bare() == *room.jid());
         if !(from_child && to_room) {
             warn!(
-                %child,
+                %domain,
                 from = ?stanza.attr("from"),
                 to = ?stanza.attr("to"),
                 "relayed forward rejected: not from the child's domain to this room"
             );
-            return false;
         }
-        true
+        from_child && to_room
     }
 
     /// `domain`'s slave says, on its own `session`, that it cannot use
@@ -1422,6 +1424,7 @@ mod tests {
         let setup = TreeSetup {
             max_fanout: usize::MAX,
             signer: dmuc_protocol::signing::Signer::generate(),
+            report_keys: dmuc_protocol::signing::ReportKeys::generate(),
             reparents: metrics.counter("r", "r"),
             metrics,
         };
@@ -1447,6 +1450,46 @@ mod tests {
             effects.extend(bed.fanout.release(step));
         }
         effects
+    }
+
+    /// `child`'s `frame`, as its peerhost seals it with `counter` (and
+    /// `key`: the key the master gave it, or another) for its parent to
+    /// carry up.
+    fn sealed_with(key: &[u8], child: &str, counter: u64, frame: ChildFrame) -> PeerNews {
+        use prost::Message;
+        let encoded = pb::PeerFrame {
+            frame: Some(match &frame {
+                ChildFrame::Ack(seq) => pb::peer_frame::Frame::Ack(pb::Ack {
+                    room: "r@conference.a.test".into(),
+                    seq: *seq,
+                }),
+                ChildFrame::Forward(stanza) => pb::peer_frame::Frame::Forward(pb::Forward {
+                    stanza: String::from(&**stanza),
+                }),
+            }),
+        }
+        .encode_to_vec();
+        let key = dmuc_protocol::signing::ReportKey::new(key).unwrap();
+        PeerNews::Relayed {
+            child: child.parse().unwrap(),
+            frame,
+            seal: Seal {
+                mac: key.seal(counter, &encoded),
+                frame: encoded,
+                counter,
+            },
+        }
+    }
+
+    /// The key the master gives `peer` (in its `Assign`).
+    fn report_key(bed: &Bed, peer: &str) -> Vec<u8> {
+        let sp = bed.fanout.spanning.as_ref().unwrap();
+        sp.setup.report_keys.for_peer(peer)
+    }
+
+    /// `child`'s `frame`, sealed as its peerhost does.
+    fn sealed(bed: &Bed, child: &str, counter: u64, frame: ChildFrame) -> PeerNews {
+        sealed_with(&report_key(bed, child), child, counter, frame)
     }
 
     fn assigns(effects: &[Effect]) -> Vec<(String, String, Vec<String>)> {
@@ -1499,15 +1542,8 @@ mod tests {
         assert_eq!(summary(&effects), ["signed5"]);
         assert_eq!(recipients(&direct), ["alice@a.test/1"]);
         // c.test acknowledges through b.test: nothing is owed, even later.
-        let child: BareJid = "muc-peer.c.test".parse().unwrap();
-        news_of(
-            &mut bed,
-            "b.test",
-            PeerNews::Relayed {
-                child: child.clone(),
-                seq: 5,
-            },
-        );
+        let ack = sealed(&bed, "muc-peer.c.test", 1, ChildFrame::Ack(5));
+        news_of(&mut bed, "b.test", ack);
         assert!(
             bed.fanout
                 .detours(Instant::now() + DETOUR_PATIENCE * 2)
@@ -1516,7 +1552,8 @@ mod tests {
         // An acknowledgement through a peerhost that is not its parent is ignored,
         // and what c.test does not acknowledge in time is delivered directly.
         bed.input(say("alice@a.test/1", "again"));
-        news_of(&mut bed, "c.test", PeerNews::Relayed { child, seq: 6 });
+        let ack = sealed(&bed, "muc-peer.c.test", 2, ChildFrame::Ack(6));
+        news_of(&mut bed, "c.test", ack);
         let effects = bed.fanout.detours(Instant::now() + DETOUR_PATIENCE * 2);
         assert_eq!(summary(&effects)[0], "direct:carol@c.test/1");
     }
@@ -1568,19 +1605,16 @@ mod tests {
         let (mut bed, c_state, _c) = tree_bed();
         bed.input(join("bob@b.test/1", "bob"));
         bed.input(join("carol@c.test/1", "carol"));
-        let child: BareJid = "muc-peer.c.test".parse().unwrap();
-        let forward = |from: &str, to: &str| {
-            PeerNews::RelayedForward {
-            child: child.clone(),
-            stanza: Box::new(
+        let stanza = |from: &str, to: &str| {
+            ChildFrame::Forward(Box::new(
                 format!(
                     "<message xmlns='jabber:client' type='groupchat' from='{from}' to='{to}'><body>hi</body></message>"
                 )
                 .parse()
                 .unwrap(),
-            ),
-        }
+            ))
         };
+        let carols = stanza("carol@c.test/1", "r@conference.a.test");
         let forwarded = |effects: &[Effect]| {
             effects
                 .iter()
@@ -1588,21 +1622,55 @@ mod tests {
                 .count()
         };
         // c.test is under the master: b.test is not its parent.
-        let good = forward("carol@c.test/1", "r@conference.a.test");
-        assert_eq!(forwarded(&news_of(&mut bed, "b.test", good.clone())), 0);
+        let early = sealed(&bed, "muc-peer.c.test", 1, carols.clone());
+        assert_eq!(forwarded(&news_of(&mut bed, "b.test", early)), 0);
         c_state.send_replace(LinkState::Down);
         news_of(&mut bed, "c.test", PeerNews::Down { session: 1 });
         // Now b.test is its parent: what carol sent to the room is taken.
-        let effects = news_of(&mut bed, "b.test", good);
-        assert_eq!(forwarded(&effects), 1);
-        // Not a user of b.test's own domain, not another room, not c.test
-        // relaying for itself.
-        let bobs = forward("bob@b.test/1", "r@conference.a.test");
+        let good = sealed(&bed, "muc-peer.c.test", 2, carols.clone());
+        assert_eq!(forwarded(&news_of(&mut bed, "b.test", good.clone())), 1);
+        // Once only: b.test cannot replay it, nor an older one.
+        assert_eq!(forwarded(&news_of(&mut bed, "b.test", good)), 0);
+        let older = sealed(&bed, "muc-peer.c.test", 1, carols.clone());
+        assert_eq!(forwarded(&news_of(&mut bed, "b.test", older)), 0);
+        // b.test cannot make one up: it does not have c.test's key (its
+        // own, or none, will not do).
+        let b_key = report_key(&bed, "muc-peer.b.test");
+        let made_up = sealed_with(&b_key, "muc-peer.c.test", 9, carols.clone());
+        assert_eq!(forwarded(&news_of(&mut bed, "b.test", made_up)), 0);
+        let unsealed = sealed_with(&[0; 32], "muc-peer.c.test", 10, carols.clone());
+        assert_eq!(forwarded(&news_of(&mut bed, "b.test", unsealed)), 0);
+        // Sealed by c.test, but not from a user of its domain, or not to
+        // this room; and not c.test relaying for itself.
+        let bobs = stanza("bob@b.test/1", "r@conference.a.test");
+        let bobs = sealed(&bed, "muc-peer.c.test", 11, bobs);
         assert_eq!(forwarded(&news_of(&mut bed, "b.test", bobs)), 0);
-        let elsewhere = forward("carol@c.test/1", "s@conference.a.test");
+        let elsewhere = stanza("carol@c.test/1", "s@conference.a.test");
+        let elsewhere = sealed(&bed, "muc-peer.c.test", 12, elsewhere);
         assert_eq!(forwarded(&news_of(&mut bed, "b.test", elsewhere)), 0);
-        let own = forward("carol@c.test/1", "r@conference.a.test");
+        let own = sealed(&bed, "muc-peer.c.test", 13, carols.clone());
         assert_eq!(forwarded(&news_of(&mut bed, "c.test", own)), 0);
+        // A later one is taken.
+        let later = sealed(&bed, "muc-peer.c.test", 14, carols);
+        assert_eq!(forwarded(&news_of(&mut bed, "b.test", later)), 1);
+    }
+
+    #[test]
+    fn a_parent_cannot_acknowledge_for_its_child() {
+        let (mut bed, c_state, _c) = tree_bed();
+        bed.input(join("bob@b.test/1", "bob"));
+        bed.input(join("carol@c.test/1", "carol"));
+        news_of(&mut bed, "c.test", PeerNews::Ack { session: 1, seq: 3 });
+        c_state.send_replace(LinkState::Down);
+        news_of(&mut bed, "c.test", PeerNews::Down { session: 1 });
+        bed.input(say("alice@a.test/1", "hi"));
+        // b.test, c.test's parent now, says c.test has event 4: it cannot
+        // seal that, so the event is still owed and goes direct in time.
+        let b_key = report_key(&bed, "muc-peer.b.test");
+        let forged = sealed_with(&b_key, "muc-peer.c.test", 1, ChildFrame::Ack(4));
+        news_of(&mut bed, "b.test", forged);
+        let effects = bed.fanout.detours(Instant::now() + DETOUR_PATIENCE * 2);
+        assert_eq!(summary(&effects)[0], "direct:carol@c.test/1");
     }
 
     #[test]

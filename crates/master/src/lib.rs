@@ -185,6 +185,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                 trees: Some(Arc::new(tree::TreeSetup {
                     max_fanout: config.peering.max_fanout,
                     signer: dmuc_protocol::signing::Signer::generate(),
+                    report_keys: dmuc_protocol::signing::ReportKeys::generate(),
                     metrics: metrics.clone(),
                     reparents: metrics.counter(
                         "dmuc_reparents_total",

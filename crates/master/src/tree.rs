@@ -158,6 +158,8 @@ pub struct TreeSetup {
     pub max_fanout: usize,
     /// Signs the events slaves relay to each other.
     pub signer: dmuc_protocol::signing::Signer,
+    /// Each peerhost's key to seal the frames its parents carry up.
+    pub report_keys: dmuc_protocol::signing::ReportKeys,
     /// Where rooms register `dmuc_tree_depth`.
     pub metrics: dmuc_component::metrics::Metrics,
     /// `dmuc_reparents_total`, over every room.

@@ -93,7 +93,7 @@ use dmuc_component::metrics::{Counter, Metrics};
 use dmuc_protocol::pb::tree_relay_client::TreeRelayClient;
 use dmuc_protocol::pb::tree_relay_server::TreeRelay;
 use dmuc_protocol::pb::{self};
-use dmuc_protocol::signing::Verifier;
+use dmuc_protocol::signing::{ReportKey, Verifier};
 use dmuc_protocol::tls::{self, LoadedTls};
 use dmuc_protocol::{ProtocolError, RoomEvent};
 use jid::BareJid;
@@ -181,6 +181,8 @@ struct Place {
     subscribers: HashMap<String, mpsc::Sender<Result<pb::RelayBatch, Status>>>,
     /// The master's key, from its last `Assign`.
     verifier: Option<Verifier>,
+    /// This peerhost's key for the master, from the same `Assign`.
+    report_key: Option<ReportKey>,
     /// Where to go if the master's stream ends (`Assign.fallbacks`).
     fallbacks: Vec<(String, String)>,
     /// The slave, while the master's stream is down (a detour).
@@ -196,6 +198,7 @@ impl Default for Place {
             window: Window::new(WINDOW),
             subscribers: HashMap::new(),
             verifier: None,
+            report_key: None,
             fallbacks: Vec::new(),
             orphan: None,
         }
@@ -283,6 +286,7 @@ impl Hub {
             }
         };
         let verifier = Verifier::new(assign.master_key)?;
+        let report_key = ReportKey::new(&assign.report_key)?;
         let me = self.me.as_str();
         if assign.parent_jid == me
             || assign.path.iter().any(|p| p == me)
@@ -296,6 +300,7 @@ impl Hub {
         let place = rooms.entry(room.clone()).or_default();
         place.master = Some(master.clone());
         place.verifier = Some(verifier.clone());
+        place.report_key = Some(report_key);
         place.fallbacks = assign
             .fallbacks
             .into_iter()
@@ -450,7 +455,13 @@ impl Hub {
             place.orphan = Some(Orphan {
                 slave,
                 _reporter: Follow(tokio::spawn(
-                    report(self.me.clone(), reports, reporter).instrument(span.clone()),
+                    report(
+                        self.me.clone(),
+                        place.report_key.clone().expect("set with the verifier"),
+                        reports,
+                        reporter,
+                    )
+                    .instrument(span.clone()),
                 )),
                 _feeder: Follow(tokio::spawn(feeder.run(fed).instrument(span))),
             });
@@ -610,6 +621,8 @@ impl Hub {
         let relayed = pb::peer_frame::Frame::Relayed(pb::RelayedFrame {
             from: child.to_owned(),
             frame: request.frame.clone(),
+            counter: request.counter,
+            mac: request.mac.clone(),
         });
         if up.send(relayed).await {
             Ok(())
@@ -700,12 +713,14 @@ type Reporter = TreeRelayClient<tonic::transport::Channel>;
 /// its room's users sent (`Forward`s; at most `FORWARD_QUEUE` wait).
 async fn report(
     me: BareJid,
+    key: ReportKey,
     mut frames: mpsc::Receiver<Result<pb::PeerFrame, Status>>,
     parent: Arc<Mutex<Option<Reporter>>>,
 ) {
-    use prost::Message;
+    let mut seal = Sealer::new(me, key);
     let mut pending: Option<pb::PeerFrame> = None;
-    let mut forwards: VecDeque<pb::PeerFrame> = VecDeque::new();
+    // Sealed as they come: their counters are in the users' order.
+    let mut forwards: VecDeque<pb::ReportRequest> = VecDeque::new();
     let mut tick = tokio::time::interval(RETRY_MIN * 2);
     loop {
         tokio::select! {
@@ -715,7 +730,7 @@ async fn report(
                         warn!("tree: the parent does not carry stanzas up: one dropped");
                         forwards.pop_front();
                     }
-                    forwards.push_back(frame);
+                    forwards.push_back(seal.seal(&frame));
                 }
                 Some(Ok(frame)) => pending = Some(frame),
                 _ => return,
@@ -733,28 +748,58 @@ async fn report(
             continue;
         };
         // Stanzas first, in the order the users sent them; a failure
-        // leaves the rest for the next try.
-        while let Some(frame) = forwards.front() {
-            let request = pb::ReportRequest {
-                child_jid: me.to_string(),
-                frame: frame.encode_to_vec(),
-            };
-            if let Err(status) = client.report(request).await {
+        // leaves the rest, and the acknowledgement (sealed after them), for
+        // the next try.
+        while let Some(request) = forwards.front() {
+            if let Err(status) = client.report(request.clone()).await {
                 debug!(%status, "tree: the parent did not carry a stanza up");
                 break;
             }
             forwards.pop_front();
         }
+        if !forwards.is_empty() {
+            continue;
+        }
         let Some(frame) = pending.take() else {
             continue;
         };
-        let request = pb::ReportRequest {
-            child_jid: me.to_string(),
-            frame: frame.encode_to_vec(),
-        };
-        if let Err(status) = client.report(request).await {
+        if let Err(status) = client.report(seal.seal(&frame)).await {
             debug!(%status, "tree: the parent did not carry a frame up");
             pending = Some(frame);
+        }
+    }
+}
+
+/// Seals an orphan's frames for the master (`dmuc_protocol::signing`),
+/// with counters that grow across restarts too (the clock's microseconds,
+/// or one more than the last).
+struct Sealer {
+    me: BareJid,
+    key: ReportKey,
+    counter: u64,
+}
+
+impl Sealer {
+    fn new(me: BareJid, key: ReportKey) -> Sealer {
+        Sealer {
+            me,
+            key,
+            counter: 0,
+        }
+    }
+
+    fn seal(&mut self, frame: &pb::PeerFrame) -> pb::ReportRequest {
+        use prost::Message;
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        self.counter = (self.counter + 1).max(micros);
+        let frame = frame.encode_to_vec();
+        pb::ReportRequest {
+            child_jid: self.me.to_string(),
+            mac: self.key.seal(self.counter, &frame),
+            counter: self.counter,
+            frame,
         }
     }
 }
@@ -1061,6 +1106,34 @@ mod tests {
         assert_eq!(seqs, [3, 4, 5, 6]);
     }
 
+    #[test]
+    fn an_orphans_frames_are_sealed_for_the_master_with_growing_counters() {
+        use dmuc_protocol::signing::{ReportKeys, Sealed};
+        let master = ReportKeys::generate();
+        let me = "muc-peer.c.test";
+        let key = ReportKey::new(&master.for_peer(me)).unwrap();
+        let mut sealer = Sealer::new(me.parse().unwrap(), key);
+        let ack = |seq| pb::PeerFrame {
+            frame: Some(pb::peer_frame::Frame::Ack(pb::Ack {
+                room: "r@conference.a.test".into(),
+                seq,
+            })),
+        };
+        let sealed: Vec<pb::ReportRequest> = (1..=3).map(|seq| sealer.seal(&ack(seq))).collect();
+        assert!(sealed.windows(2).all(|w| w[0].counter < w[1].counter));
+        for request in &sealed {
+            assert_eq!(request.child_jid, me);
+            let sealed = Sealed {
+                frame: &request.frame,
+                counter: request.counter,
+                mac: &request.mac,
+            };
+            master.check(me, &sealed).unwrap();
+            // Not as another peerhost's.
+            assert!(master.check("muc-peer.b.test", &sealed).is_err());
+        }
+    }
+
     #[tokio::test]
     async fn a_childs_forward_is_carried_up_for_its_room_only() {
         use prost::Message;
@@ -1086,6 +1159,8 @@ mod tests {
                 })),
             }
             .encode_to_vec(),
+            counter: 7,
+            mac: vec![1; 32],
         };
         let request = forward("r@conference.a.test");
         hub.carry_up(&request, None).await.unwrap();
@@ -1096,7 +1171,9 @@ mod tests {
             panic!("not carried up as a relayed frame");
         };
         assert_eq!(relayed.from, child);
+        // As the child sealed it: only the master can check that.
         assert_eq!(relayed.frame, request.frame);
+        assert_eq!((relayed.counter, relayed.mac), (7, vec![1; 32]));
         // Not to a room of which the child is a child here; not to a room.
         let elsewhere = forward("s@conference.a.test");
         assert!(hub.carry_up(&elsewhere, None).await.is_err());

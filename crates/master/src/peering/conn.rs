@@ -34,7 +34,7 @@ use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::{News, PeerHandle, PeerNews, PeerTarget, ToPeer};
+use super::{ChildFrame, News, PeerHandle, PeerNews, PeerTarget, Seal, ToPeer};
 
 /// Frames queued for the stream before rooms wait.
 const QUEUE: usize = 4096;
@@ -476,22 +476,15 @@ impl Conn {
                 let Ok(child) = relayed.from.parse::<BareJid>() else {
                     return warn!(from = %relayed.from, "relayed frame from a malformed jid");
                 };
-                match relayed_frame(&relayed) {
-                    Some(Relayed::Ack { room, seq }) => (room, PeerNews::Relayed { child, seq }),
-                    Some(Relayed::Forward(stanza)) => {
-                        let Some(room) = self.relayed_forward_room(&stanza) else {
-                            return warn!(%child, to = ?stanza.attr("to"), "relayed forward rejected: not to a room of this service");
-                        };
-                        (
-                            room,
-                            PeerNews::RelayedForward {
-                                child,
-                                stanza: Box::new(stanza),
-                            },
-                        )
-                    }
-                    None => return debug!(from = %relayed.from, "relayed frame ignored"),
-                }
+                let Some((room, frame)) = self.child_frame(&relayed) else {
+                    return debug!(%child, "relayed frame ignored");
+                };
+                let seal = Seal {
+                    frame: relayed.frame,
+                    counter: relayed.counter,
+                    mac: relayed.mac,
+                };
+                (room, PeerNews::Relayed { child, frame, seal })
             }
             Some(peer_frame::Frame::Submit(submit)) => return self.on_submit(submit),
             Some(peer_frame::Frame::Forward(forward)) => return self.on_forward(forward),
@@ -574,14 +567,26 @@ impl Conn {
         let _ = self.context.submissions.send(Submitted::Stanza(el));
     }
 
-    /// The room a relayed `Forward` is for: its `to`, a room (with a
-    /// node) of this service. Who may send it is the room's to check: it
-    /// knows the tree.
-    fn relayed_forward_room(&self, stanza: &Element) -> Option<String> {
-        let to = stanza.attr("to")?.parse::<jid::Jid>().ok()?;
-        let room = to.to_bare();
-        (room.node().is_some() && room.domain() == self.context.master_jid.domain())
-            .then(|| room.to_string())
+    /// The room and meaning of a child's `Ack` or `Forward` its parent
+    /// carried up (other relayed frames are not acted on: a child's
+    /// `Resync` waits for its own stream). A `Forward` is for the room (with
+    /// a node) of this service it is sent to; who may send it is the
+    /// room's to check: it knows the tree.
+    fn child_frame(&self, relayed: &pb::RelayedFrame) -> Option<(String, ChildFrame)> {
+        use prost::Message;
+        match pb::PeerFrame::decode(relayed.frame.as_slice())
+            .ok()?
+            .frame?
+        {
+            peer_frame::Frame::Ack(a) => Some((a.room, ChildFrame::Ack(a.seq))),
+            peer_frame::Frame::Forward(f) => {
+                let stanza: Element = f.stanza.parse().ok()?;
+                let room = stanza.attr("to")?.parse::<jid::Jid>().ok()?.to_bare();
+                (room.node().is_some() && room.domain() == self.context.master_jid.domain())
+                    .then(|| (room.to_string(), ChildFrame::Forward(Box::new(stanza))))
+            }
+            _ => None,
+        }
     }
 
     /// A message from a room while a session is up: the frame to send, if
@@ -662,34 +667,6 @@ impl Conn {
 }
 
 /// Sleeps until `at` (forever if `None`).
-/// What a parent carried up for its child, that the master acts on.
-#[derive(Debug)]
-enum Relayed {
-    /// The child's slave applied `room`'s events up to `seq`.
-    Ack { room: String, seq: u64 },
-    /// A stanza the child intercepted while its own stream is down (the
-    /// room checks that the relay is the child's parent and that the
-    /// sender is of the child's domain).
-    Forward(Element),
-}
-
-/// A child's `Ack` or `Forward` its parent carried up (other relayed
-/// frames are not acted on: a child's `Resync` waits for its own stream).
-fn relayed_frame(relayed: &pb::RelayedFrame) -> Option<Relayed> {
-    use prost::Message;
-    match pb::PeerFrame::decode(relayed.frame.as_slice())
-        .ok()?
-        .frame?
-    {
-        peer_frame::Frame::Ack(a) => Some(Relayed::Ack {
-            room: a.room,
-            seq: a.seq,
-        }),
-        peer_frame::Frame::Forward(f) => f.stanza.parse().ok().map(Relayed::Forward),
-        _ => None,
-    }
-}
-
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,

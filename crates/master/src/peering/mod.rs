@@ -196,15 +196,13 @@ pub enum PeerNews {
     Ack { session: u64, seq: u64 },
     /// The slave is stuck at `have` and needs the rest or a snapshot.
     Resync { session: u64, have: u64 },
-    /// `child`'s slave applied the room's events up to `seq`: it said so
-    /// to this peerhost (its parent in the room's tree), which carried it up.
-    Relayed { child: BareJid, seq: u64 },
-    /// A stanza `child` intercepted for this room while its own stream is
-    /// down, carried up by this peerhost (to be checked: this peerhost is
-    /// the child's parent, the sender is of the child's domain).
-    RelayedForward {
+    /// A frame `child` handed this peerhost (its parent in the room's
+    /// tree, which the room checks) while its own stream is down, carried
+    /// up; `seal` shows that the child made it.
+    Relayed {
         child: BareJid,
-        stanza: Box<minidom::Element>,
+        frame: ChildFrame,
+        seal: Seal,
     },
     /// The slave cannot use `parent`, its parent in the room's tree
     /// (`refused`: it refused the slave; else it cannot be reached); it
@@ -215,6 +213,35 @@ pub enum PeerNews {
         refused: bool,
         have: u64,
     },
+}
+
+/// What a child's parent carried up for it, that the room acts on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChildFrame {
+    /// The child's slave applied the room's events up to this one.
+    Ack(u64),
+    /// A stanza the child intercepted (the room checks that its sender is
+    /// of the child's domain).
+    Forward(Box<minidom::Element>),
+}
+
+/// How a child sealed a frame for its parent to carry up: the frame as
+/// encoded, its counter and MAC (`dmuc_protocol::signing::Sealed`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seal {
+    pub frame: Vec<u8>,
+    pub counter: u64,
+    pub mac: Vec<u8>,
+}
+
+impl Seal {
+    pub fn sealed(&self) -> dmuc_protocol::signing::Sealed<'_> {
+        dmuc_protocol::signing::Sealed {
+            frame: &self.frame,
+            counter: self.counter,
+            mac: &self.mac,
+        }
+    }
 }
 
 /// The peerhosts known to serve domains, shared by the service (which
