@@ -39,11 +39,13 @@
 //! | `dmuc_rooms_active` | gauge | | master | rooms with a running room task |
 //! | `dmuc_peer_up` | gauge | `domain` | master | 1 while the gRPC stream to that domain's peerhost is up, else 0 |
 //! | `dmuc_peer_down_total` | counter | `domain` | master | streams to that domain's peerhost that went down after being up (splits) |
-//! | `dmuc_tree_depth` | gauge | `room` | master | hops from the master to the deepest slave of the room's spanning tree (only with `[peering] max_fanout`) |
-//! | `dmuc_reparents_total` | counter | | master | slaves moved to another parent in rooms' trees |
-//! | `dmuc_relay_duplicates_total` | counter | | peerhost | events dropped by the relay because this node had them already (from the master and a parent, or twice from a parent) |
-//! | `dmuc_relay_caught_up_total` | counter | | peerhost | events a parent sent a child from its window when the child (re)subscribed |
-//! | `dmuc_relay_reparents_total` | counter | | peerhost | times a slave of this peerhost was given another parent |
+//! | `dmuc_tree_depth` | gauge | `room` | master | hops from the master to the deepest slave of the room's spanning tree (1: a star) |
+//! | `dmuc_tree_fanout` | gauge | `room` | master | the most slaves any node of the room's tree feeds, the master included |
+//! | `dmuc_reparents_total` | counter | `room` | master | slaves moved to another parent in the room's tree |
+//! | `dmuc_relay_duplicates_total` | counter | `room` | peerhost | events dropped by the relay because this node had them already (from the master and a parent, or twice from a parent) |
+//! | `dmuc_relay_caught_up_total` | counter | `room` | peerhost | events a parent sent a child from its window when the child (re)subscribed |
+//! | `dmuc_relay_reparents_total` | counter | `room` | peerhost | times the room's slave here was given another parent |
+//! | `dmuc_relay_carried_up_total` | counter | `room` | peerhost | frames of the room's children (acknowledgements, their users' stanzas) carried up to the master |
 //! | `dmuc_slaves` | gauge | | peerhost | slaves held in the peerhost's store (running, or waiting for their master), sampled every few seconds |
 //!
 //! # The endpoint

@@ -172,8 +172,11 @@ struct Spanning {
     /// parent carried up (`Fanout::sender_of`).
     sealed: BTreeMap<String, u64>,
     stats: TreeStats,
-    /// `dmuc_tree_depth` of this room.
+    /// This room's `dmuc_tree_depth`, `dmuc_tree_fanout` and
+    /// `dmuc_reparents_total`.
     depth: dmuc_component::metrics::Gauge,
+    fanout: dmuc_component::metrics::Gauge,
+    reparents: dmuc_component::metrics::Counter,
 }
 
 impl Fanout {
@@ -197,6 +200,16 @@ impl Fanout {
             depth: setup.metrics.gauge_with(
                 "dmuc_tree_depth",
                 "Hops from the master to the deepest slave of the room's tree",
+                &[("room", &room)],
+            ),
+            fanout: setup.metrics.gauge_with(
+                "dmuc_tree_fanout",
+                "The most slaves any node of the room's tree feeds (the master included)",
+                &[("room", &room)],
+            ),
+            reparents: setup.metrics.counter_with(
+                "dmuc_reparents_total",
+                "Slaves the master moved to another parent in the room's tree",
                 &[("room", &room)],
             ),
             tree: Tree::new(setup.max_fanout),
@@ -370,8 +383,8 @@ impl Fanout {
                 "tree changed"
             );
             sp.depth.set(stats.depth as i64);
-            sp.setup
-                .reparents
+            sp.fanout.set(stats.max_fanout as i64);
+            sp.reparents
                 .inc_by(stats.reparents.saturating_sub(sp.stats.reparents));
             sp.stats = stats;
         }
@@ -1425,7 +1438,6 @@ mod tests {
             max_fanout: usize::MAX,
             signer: dmuc_protocol::signing::Signer::generate(),
             report_keys: dmuc_protocol::signing::ReportKeys::generate(),
-            reparents: metrics.counter("r", "r"),
             metrics,
         };
         let fanout = std::mem::replace(
@@ -1537,6 +1549,15 @@ mod tests {
             )]
         );
         assert_eq!(summary(&effects)[1..], ["signed4"]);
+        // Operators see it: two levels, one reparent, in the room's series.
+        let metrics = bed.fanout.spanning.as_ref().unwrap().setup.metrics.render();
+        for series in [
+            "dmuc_tree_depth{room=\"r@conference.a.test\"} 2",
+            "dmuc_tree_fanout{room=\"r@conference.a.test\"} 1",
+            "dmuc_reparents_total{room=\"r@conference.a.test\"} 1",
+        ] {
+            assert!(metrics.lines().any(|l| l == series), "{series}:\n{metrics}");
+        }
         // Alice speaks: the master sends it to b.test only, nothing direct.
         let (direct, effects) = bed.input(say("alice@a.test/1", "hi"));
         assert_eq!(summary(&effects), ["signed5"]);

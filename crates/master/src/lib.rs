@@ -187,10 +187,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Erro
                     signer: dmuc_protocol::signing::Signer::generate(),
                     report_keys: dmuc_protocol::signing::ReportKeys::generate(),
                     metrics: metrics.clone(),
-                    reparents: metrics.counter(
-                        "dmuc_reparents_total",
-                        "Slaves the master moved to another parent in rooms' trees",
-                    ),
                 })),
             },
         },

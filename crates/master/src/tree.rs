@@ -160,10 +160,8 @@ pub struct TreeSetup {
     pub signer: dmuc_protocol::signing::Signer,
     /// Each peerhost's key to seal the frames its parents carry up.
     pub report_keys: dmuc_protocol::signing::ReportKeys,
-    /// Where rooms register `dmuc_tree_depth`.
+    /// Where rooms register their `dmuc_tree_*` and `dmuc_reparents_total`.
     pub metrics: dmuc_component::metrics::Metrics,
-    /// `dmuc_reparents_total`, over every room.
-    pub reparents: dmuc_component::metrics::Counter,
 }
 
 /// Tell `node` its parent.

@@ -157,12 +157,51 @@ pub struct Hub {
     metrics: HubMetrics,
 }
 
-/// What the relay counts.
+/// Where the relay counts, per room (`dmuc_relay_*{room}`; a registry of
+/// its own when the peerhost has no metrics endpoint).
 #[derive(Debug, Clone, Default)]
-struct HubMetrics {
-    duplicates: Counter,
-    caught_up: Counter,
-    reparents: Counter,
+struct HubMetrics(Metrics);
+
+impl HubMetrics {
+    fn counter(&self, name: &str, help: &str, room: &BareJid) -> Counter {
+        self.0.counter_with(name, help, &[("room", room.as_str())])
+    }
+
+    /// Relayed events `room`'s node dropped as already had.
+    fn duplicates(&self, room: &BareJid) -> Counter {
+        self.counter(
+            "dmuc_relay_duplicates_total",
+            "Events of the room dropped by the relay as already had",
+            room,
+        )
+    }
+
+    /// Events sent to `room`'s children from the window.
+    fn caught_up(&self, room: &BareJid) -> Counter {
+        self.counter(
+            "dmuc_relay_caught_up_total",
+            "Events of the room sent to children from the window when they subscribed",
+            room,
+        )
+    }
+
+    /// Times `room`'s slave here was given another parent.
+    fn reparents(&self, room: &BareJid) -> Counter {
+        self.counter(
+            "dmuc_relay_reparents_total",
+            "Times the room's slave was given another parent",
+            room,
+        )
+    }
+
+    /// Frames of `room`'s children carried up to the master.
+    fn carried_up(&self, room: &BareJid) -> Counter {
+        self.counter(
+            "dmuc_relay_carried_up_total",
+            "Frames of the room's children (acknowledgements, their users' stanzas) carried up to the master",
+            room,
+        )
+    }
 }
 
 /// One room's place in its tree.
@@ -247,20 +286,7 @@ impl Hub {
 
     /// Counts in `metrics` (`dmuc_relay_*`).
     pub fn with_metrics(mut self, metrics: &Metrics) -> Hub {
-        self.metrics = HubMetrics {
-            duplicates: metrics.counter(
-                "dmuc_relay_duplicates_total",
-                "Events dropped by the relay as already had",
-            ),
-            caught_up: metrics.counter(
-                "dmuc_relay_caught_up_total",
-                "Events sent to children from the window when they subscribed",
-            ),
-            reparents: metrics.counter(
-                "dmuc_relay_reparents_total",
-                "Times a slave was given another parent",
-            ),
-        };
+        self.metrics = HubMetrics(metrics.clone());
         self
     }
 
@@ -322,7 +348,7 @@ impl Hub {
             return Ok(());
         }
         if place.parent.is_some() {
-            self.metrics.reparents.inc();
+            self.metrics.reparents(&room).inc();
             info!(room = %room, "tree: reparented");
         }
         place.parent = parent.map(|parent_jid| {
@@ -533,7 +559,7 @@ impl Hub {
             // subscriptions, not sent to children already here.
             Publish::Backfilled => return false,
             Publish::Duplicate => {
-                self.metrics.duplicates.inc();
+                self.metrics.duplicates(room).inc();
                 let duplicates = place.window.duplicates();
                 debug!(room = %room, seq, duplicates, "tree: duplicate dropped");
                 return false;
@@ -625,6 +651,7 @@ impl Hub {
             mac: request.mac.clone(),
         });
         if up.send(relayed).await {
+            self.metrics.carried_up(&room).inc();
             Ok(())
         } else {
             Err(Status::unavailable("no stream to the master"))
@@ -661,7 +688,7 @@ impl Hub {
         }
         let events: Vec<pb::SignedEvent> = catch_up.events.iter().map(|e| (**e).clone()).collect();
         if !events.is_empty() {
-            self.metrics.caught_up.inc_by(events.len() as u64);
+            self.metrics.caught_up(&room).inc_by(events.len() as u64);
             let _ = tx.try_send(Ok(pb::RelayBatch { events }));
         }
         info!(room = %room, %child, after = request.after, "tree: child subscribed");
@@ -1034,7 +1061,7 @@ impl Following {
                 .reporter
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Some(client.clone());
-            self.hub.metrics.reparents.inc();
+            self.hub.metrics.reparents(&self.room).inc();
         }
         let mut got = false;
         while let Some(batch) = stream.message().await.map_err(|s| s.to_string())? {
@@ -1137,7 +1164,9 @@ mod tests {
     #[tokio::test]
     async fn a_childs_forward_is_carried_up_for_its_room_only() {
         use prost::Message;
-        let hub = Hub::new("muc-peer.b.test".parse().unwrap(), None, HashMap::new());
+        let metrics = Metrics::new();
+        let hub = Hub::new("muc-peer.b.test".parse().unwrap(), None, HashMap::new())
+            .with_metrics(&metrics);
         let master: BareJid = "conference.a.test".parse().unwrap();
         let room: BareJid = "r@conference.a.test".parse().unwrap();
         let child = "muc-peer.c.test";
@@ -1180,6 +1209,9 @@ mod tests {
         let service = forward("conference.a.test");
         assert!(hub.carry_up(&service, None).await.is_err());
         assert!(up.try_recv().is_err());
+        // Counted for the room, once.
+        let carried = "dmuc_relay_carried_up_total{room=\"r@conference.a.test\"} 1";
+        assert!(metrics.render().lines().any(|l| l == carried));
     }
 
     /// Event `seq` of `room`, encoded as the master signs it (unsigned:
