@@ -168,9 +168,9 @@ struct Spanning {
     health: Health,
     /// The place each slave domain was last told, on which session.
     told: BTreeMap<String, (u64, pb::Assign)>,
-    /// The counter of the last frame each slave domain sealed that its
-    /// parent carried up (`Fanout::sender_of`).
-    sealed: BTreeMap<String, u64>,
+    /// The counter of the last frame each slave domain sealed that a
+    /// peerhost carried up, apart for its reports (`Fanout::sender_of`).
+    sealed: BTreeMap<(String, bool), u64>,
     stats: TreeStats,
     /// This room's `dmuc_tree_depth`, `dmuc_tree_fanout` and
     /// `dmuc_reparents_total`.
@@ -636,12 +636,24 @@ impl Fanout {
                 None
             }
             PeerNews::Relayed { child, frame, seal } => {
-                let domain = self.sender_of(key, &child, &seal)?;
+                let domain = self.sender_of(key, &child, &frame, &seal)?;
                 match frame {
                     ChildFrame::Ack(seq) => self.relayed_ack(&domain, seq),
                     ChildFrame::Forward(stanza) => {
                         if Fanout::relayed_forward(&domain, &stanza, room) {
                             effects.push(Effect::Forward(stanza));
+                        }
+                    }
+                    ChildFrame::Report {
+                        parent,
+                        refused,
+                        have,
+                    } => {
+                        // Only a slave whose own stream is down speaks so.
+                        if let Some(Mode::Detour { .. }) =
+                            self.domains.get(&domain).map(|e| &e.mode)
+                        {
+                            self.move_off(&domain, &parent, refused, have, effects);
                         }
                     }
                 }
@@ -815,11 +827,19 @@ impl Fanout {
         true
     }
 
-    /// The domain of `child`, whose frame `relay`'s slave carried up,
-    /// if it is taken: `relay` is the child's parent in the tree, and the
-    /// child sealed it, with a counter above any taken before (so a parent
-    /// can drop a child's frames, never make, alter or replay them).
-    fn sender_of(&mut self, relay: &str, child: &BareJid, seal: &Seal) -> Option<String> {
+    /// The domain of `child`, whose `frame` `relay`'s slave carried up,
+    /// if it is taken: `relay` is the child's parent in the tree (any node
+    /// for a report that it cannot use its parent), and the child sealed
+    /// it, with a counter above any taken before (so a parent can drop a
+    /// child's frames, never make, alter or replay them). Reports, which
+    /// may go another way than the rest, are counted apart.
+    fn sender_of(
+        &mut self,
+        relay: &str,
+        child: &BareJid,
+        frame: &ChildFrame,
+        seal: &Seal,
+    ) -> Option<String> {
         let sp = self.spanning.as_mut()?;
         let Some(domain) = self
             .domains
@@ -830,7 +850,8 @@ impl Fanout {
             debug!(%child, "relayed frame of a peerhost without a slave");
             return None;
         };
-        if sp.tree.parent(&NodeId::peer(&domain)) != Some(&NodeId::peer(relay)) {
+        let report = matches!(frame, ChildFrame::Report { .. });
+        if !report && sp.tree.parent(&NodeId::peer(&domain)) != Some(&NodeId::peer(relay)) {
             warn!(%child, %relay, "relayed frame from a peerhost that is not its parent rejected");
             return None;
         }
@@ -838,7 +859,7 @@ impl Fanout {
             warn!(%child, %relay, error = %e, "relayed frame rejected: not sealed by the child");
             return None;
         }
-        let last = sp.sealed.entry(domain.clone()).or_default();
+        let last = sp.sealed.entry((domain.clone(), report)).or_default();
         if seal.counter <= *last {
             warn!(%child, %relay, counter = seal.counter, last = *last, "relayed frame rejected: replayed");
             return None;
@@ -912,13 +933,28 @@ impl Fanout {
             .domains
             .get(domain)
             .is_some_and(|e| matches!(e.mode, Mode::Slave { session: s, .. } if s == session));
+        if !on_stream {
+            return debug!(%domain, %parent, "tree: report ignored (not a slave on its stream)");
+        }
+        self.move_off(domain, parent, refused, have, effects);
+    }
+
+    /// `domain`'s slave cannot use `parent`: it gets another.
+    fn move_off(
+        &mut self,
+        domain: &str,
+        parent: &BareJid,
+        refused: bool,
+        have: u64,
+        effects: &mut Vec<Effect>,
+    ) {
         let unusable = self
             .domains
             .iter()
             .find(|(_, e)| e.peer.target.jid == *parent)
             .map(|(d, _)| NodeId::peer(d));
-        let (true, Some(unusable), Some(sp)) = (on_stream, unusable, &mut self.spanning) else {
-            return debug!(%domain, %parent, "tree: report ignored (not a slave on its stream, or no such parent)");
+        let (Some(unusable), Some(sp)) = (unusable, &mut self.spanning) else {
+            return debug!(%domain, %parent, "tree: report ignored (no such parent)");
         };
         let report = Report {
             node: NodeId::peer(domain),
@@ -1426,13 +1462,7 @@ mod tests {
     /// running a tree without a fan-out limit (a star).
     fn tree_bed() -> (Bed, watch::Sender<LinkState>, mpsc::Receiver<ToPeer>) {
         let mut bed = Bed::new();
-        let (peer, rx, state) = PeerHandle::detached(PeerTarget {
-            domain: "c.test".parse().unwrap(),
-            jid: "muc-peer.c.test".parse().unwrap(),
-            endpoint: Some("https://127.0.0.1:2".into()),
-        });
-        state.send_replace(LinkState::Up(1));
-        bed.directory.insert(peer);
+        let (state, rx) = add_peer(&mut bed, "c.test", 2);
         let metrics = dmuc_component::metrics::Metrics::new();
         let setup = TreeSetup {
             max_fanout: usize::MAX,
@@ -1446,6 +1476,22 @@ mod tests {
         );
         bed.fanout = fanout.with_tree(Some(Arc::new(setup)));
         (bed, state, rx)
+    }
+
+    /// `domain`'s peerhost (at 127.0.0.1:`port`), up on session 1.
+    fn add_peer(
+        bed: &mut Bed,
+        domain: &str,
+        port: u16,
+    ) -> (watch::Sender<LinkState>, mpsc::Receiver<ToPeer>) {
+        let (peer, rx, state) = PeerHandle::detached(PeerTarget {
+            domain: domain.parse().unwrap(),
+            jid: format!("muc-peer.{domain}").parse().unwrap(),
+            endpoint: Some(format!("https://127.0.0.1:{port}")),
+        });
+        state.send_replace(LinkState::Up(1));
+        bed.directory.insert(peer);
+        (state, rx)
     }
 
     fn news_of(bed: &mut Bed, domain: &str, news: PeerNews) -> Vec<Effect> {
@@ -1477,6 +1523,20 @@ mod tests {
                 }),
                 ChildFrame::Forward(stanza) => pb::peer_frame::Frame::Forward(pb::Forward {
                     stanza: String::from(&**stanza),
+                }),
+                ChildFrame::Report {
+                    parent,
+                    refused,
+                    have,
+                } => pb::peer_frame::Frame::Report(pb::TreeReport {
+                    room: "r@conference.a.test".into(),
+                    parent_jid: parent.to_string(),
+                    why: if *refused {
+                        pb::Unusable::Refused
+                    } else {
+                        pb::Unusable::Unreachable
+                    } as i32,
+                    have: *have,
                 }),
             }),
         }
@@ -1674,6 +1734,43 @@ mod tests {
         // A later one is taken.
         let later = sealed(&bed, "muc-peer.c.test", 14, carols);
         assert_eq!(forwarded(&news_of(&mut bed, "b.test", later)), 1);
+    }
+
+    #[test]
+    fn an_orphan_that_cannot_reach_its_parent_is_moved_on_a_report_through_another() {
+        let (mut bed, c_state, _c) = tree_bed();
+        let (_d_state, _d) = add_peer(&mut bed, "d.test", 3);
+        bed.input(join("bob@b.test/1", "bob"));
+        bed.input(join("carol@c.test/1", "carol"));
+        bed.input(join("dave@d.test/1", "dave"));
+        let report = |key: &[u8], counter| {
+            let frame = ChildFrame::Report {
+                parent: "muc-peer.b.test".parse().unwrap(),
+                refused: false,
+                have: 3,
+            };
+            sealed_with(key, "muc-peer.c.test", counter, frame)
+        };
+        let c_key = report_key(&bed, "muc-peer.c.test");
+        // On its own stream, c.test would say so there: ignored.
+        assert_eq!(assigns(&news_of(&mut bed, "d.test", report(&c_key, 1))), []);
+        c_state.send_replace(LinkState::Down);
+        let effects = news_of(&mut bed, "c.test", PeerNews::Down { session: 1 });
+        let parent_of_c = |effects: &[Effect]| {
+            assigns(effects)
+                .into_iter()
+                .find(|(_, _, children)| children.contains(&"muc-peer.c.test".to_owned()))
+                .map(|(domain, _, _)| domain)
+        };
+        assert_eq!(parent_of_c(&effects).as_deref(), Some("b.test"));
+        // d.test (not its parent) carries up what b.test made up: ignored.
+        let b_key = report_key(&bed, "muc-peer.b.test");
+        assert_eq!(assigns(&news_of(&mut bed, "d.test", report(&b_key, 2))), []);
+        // c.test's own report, through d.test: it goes under d.test.
+        let effects = news_of(&mut bed, "d.test", report(&c_key, 3));
+        assert_eq!(parent_of_c(&effects).as_deref(), Some("d.test"));
+        // Replayed, it moves nothing.
+        assert_eq!(assigns(&news_of(&mut bed, "b.test", report(&c_key, 3))), []);
     }
 
     #[test]

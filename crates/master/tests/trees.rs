@@ -464,3 +464,113 @@ async fn an_intercepting_peerhost_cut_off_submits_through_its_parent() {
         "c.test did not split"
     );
 }
+
+/// A slave cut off from the master *and* from its parent reports it
+/// through any path it has (issue 5): b.test, c.test and d.test intercept.
+/// The master's link to c.test is cut: c.test's slave follows another
+/// slave. Then that slave's link to c.test is cut too. c.test's peerhost
+/// tells the master through the third peerhost (its report sealed with its
+/// own key, so that no peerhost can speak for it), the master moves it
+/// there, and c.test's users neither split nor miss anything: what they say
+/// and what they get goes through the third.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_cut_off_from_the_master_and_its_parent_reports_through_another() {
+    const PEERS: [&str; 3] = ["b.test", "c.test", "d.test"];
+    let master = env!("CARGO_BIN_EXE_dmuc-master");
+    let system = distributed::start_counted(
+        master,
+        &MasterSetup {
+            extra_toml: "[limits]\nrate_per_second = 0\n".into(),
+            ..MasterSetup::default()
+        },
+        &PEERS,
+        &PeerhostSetup {
+            intercept: true,
+            ..PeerhostSetup::default()
+        },
+    )
+    .await
+    .expect("system starts");
+    for domain in PEERS {
+        master_logs_after(&system, 0, &["peerhost stream up", domain]).await;
+    }
+    let mut clients = occupants(&system, &PEERS).await;
+    exchange(&mut clients, 0, "warm-up").await;
+
+    let mark = system.master.log().len();
+    let c = peerhost(&system, "c.test");
+    c.uplink_relay.as_ref().unwrap().cut();
+    master_logs_after(
+        &system,
+        mark,
+        &[
+            "stream down, the slave is reached through its parent",
+            "c.test",
+        ],
+    )
+    .await;
+    // Which slave c.test follows: the link that carries the room to it.
+    const OTHERS: [&str; 2] = ["b.test", "d.test"];
+    let before = OTHERS.map(|parent| system.link("c.test", parent).unwrap().traffic());
+    exchange(&mut clients, 0, "after the first cut").await;
+    exchange(&mut clients, 2, "from c through its parent").await;
+    let followed: Vec<&str> = OTHERS
+        .iter()
+        .zip(&before)
+        .filter(|(parent, before)| {
+            let link = system.link("c.test", parent).unwrap();
+            link.traffic().since(before).bytes_out > 50
+        })
+        .map(|(parent, _)| *parent)
+        .collect();
+    let [parent] = followed[..] else {
+        panic!("c.test follows exactly one slave: {followed:?}");
+    };
+    let other = OTHERS.into_iter().find(|d| *d != parent).unwrap();
+
+    // Now c.test cannot reach that slave either.
+    let mark = system.master.log().len();
+    system.link("c.test", parent).unwrap().cut();
+    let started = Instant::now();
+    master_logs_after(
+        &system,
+        mark,
+        &[
+            "tree: a slave cannot use its parent",
+            "c.test",
+            &format!("muc-peer.{parent}"),
+        ],
+    )
+    .await;
+    println!(
+        "c.test cut off from the master and from {parent}: moved under {other} on its report \
+         through {other}, {:?} after the second cut",
+        started.elapsed()
+    );
+    let via_other = system.link("c.test", other).unwrap().traffic();
+    for i in 0..MESSAGES {
+        let sender = if i % 2 == 0 { 0 } else { 2 };
+        exchange(&mut clients, sender, &format!("moved{i}")).await;
+    }
+    nothing_twice(&mut clients).await;
+    let relayed = system
+        .link("c.test", other)
+        .unwrap()
+        .traffic()
+        .since(&via_other);
+    assert!(
+        relayed.bytes_out > 50 * MESSAGES as u64,
+        "{other} relays to c.test: {relayed:?}"
+    );
+    let log = system.master.log();
+    assert!(
+        !log[mark..].contains("split: the slave's events wait for it"),
+        "c.test did not split"
+    );
+    assert!(
+        c.process
+            .log()
+            .contains("told the master through another peerhost"),
+        "c.test's report went through {other}"
+    );
+}

@@ -258,6 +258,8 @@ struct Orphan {
 struct Orphaned {
     /// Where to leave the parent that accepted it (for its frames).
     reporter: Arc<Mutex<Option<Reporter>>>,
+    /// Seals its frames for the master (shared with its reporter task).
+    sealer: Arc<Mutex<Sealer>>,
     /// Where to hand the slave if no parent accepts it in time.
     lost: Option<mpsc::UnboundedSender<(BareJid, Slave)>>,
 }
@@ -461,6 +463,10 @@ impl Hub {
             }
             info!(room = %room, candidates = candidates.len(), "tree: stream down, the slave goes on through the tree");
             let reporter = Arc::new(Mutex::new(None));
+            let sealer = Arc::new(Mutex::new(Sealer::new(
+                self.me.clone(),
+                place.report_key.clone().expect("set with the verifier"),
+            )));
             let follow = self.following(
                 &room,
                 candidates,
@@ -468,6 +474,7 @@ impl Hub {
                 feed,
                 Some(Orphaned {
                     reporter: reporter.clone(),
+                    sealer: sealer.clone(),
                     lost: lost.clone(),
                 }),
             );
@@ -481,13 +488,7 @@ impl Hub {
             place.orphan = Some(Orphan {
                 slave,
                 _reporter: Follow(tokio::spawn(
-                    report(
-                        self.me.clone(),
-                        place.report_key.clone().expect("set with the verifier"),
-                        reports,
-                        reporter,
-                    )
-                    .instrument(span.clone()),
+                    report(sealer, reports, reporter).instrument(span.clone()),
                 )),
                 _feeder: Follow(tokio::spawn(feeder.run(fed).instrument(span))),
             });
@@ -618,6 +619,7 @@ impl Hub {
         let room = match &frame.frame {
             Some(pb::peer_frame::Frame::Ack(a)) => a.room.parse::<BareJid>(),
             Some(pb::peer_frame::Frame::Resync(r)) => r.room.parse::<BareJid>(),
+            Some(pb::peer_frame::Frame::Report(r)) => r.room.parse::<BareJid>(),
             // A stanza the child intercepted while its own stream is down:
             // for the room it is sent to (the master checks its sender).
             Some(pb::peer_frame::Frame::Forward(f)) => forward_room(&f.stanza)
@@ -625,15 +627,19 @@ impl Hub {
                 .parse::<BareJid>(),
             _ => {
                 return Err(Status::invalid_argument(
-                    "frame: only an ack, a resync or a forward",
+                    "frame: only an ack, a resync, a report or a forward",
                 ));
             }
         }
         .map_err(|_| Status::invalid_argument("room: malformed"))?;
+        // A child's frames go up through its parent; an orphan's report
+        // that it cannot use its parent, through any node of the room's
+        // tree (the master checks the child's seal on either).
+        let report = matches!(frame.frame, Some(pb::peer_frame::Frame::Report(_)));
         let master = self
             .lock()
             .get(&room)
-            .filter(|p| p.children.contains(child))
+            .filter(|p| report || p.children.contains(child))
             .and_then(|p| p.master.clone())
             .ok_or_else(|| Status::failed_precondition("not a child of this node in that room"))?;
         let up = self
@@ -739,12 +745,16 @@ type Reporter = TreeRelayClient<tonic::transport::Channel>;
 /// acknowledgements (only the latest matters) and, in order, the stanzas
 /// its room's users sent (`Forward`s; at most `FORWARD_QUEUE` wait).
 async fn report(
-    me: BareJid,
-    key: ReportKey,
+    sealer: Arc<Mutex<Sealer>>,
     mut frames: mpsc::Receiver<Result<pb::PeerFrame, Status>>,
     parent: Arc<Mutex<Option<Reporter>>>,
 ) {
-    let mut seal = Sealer::new(me, key);
+    let seal = |frame: &pb::PeerFrame| {
+        sealer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .seal(frame)
+    };
     let mut pending: Option<pb::PeerFrame> = None;
     // Sealed as they come: their counters are in the users' order.
     let mut forwards: VecDeque<pb::ReportRequest> = VecDeque::new();
@@ -757,7 +767,7 @@ async fn report(
                         warn!("tree: the parent does not carry stanzas up: one dropped");
                         forwards.pop_front();
                     }
-                    forwards.push_back(seal.seal(&frame));
+                    forwards.push_back(seal(&frame));
                 }
                 Some(Ok(frame)) => pending = Some(frame),
                 _ => return,
@@ -790,7 +800,7 @@ async fn report(
         let Some(frame) = pending.take() else {
             continue;
         };
-        if let Err(status) = client.report(seal.seal(&frame)).await {
+        if let Err(status) = client.report(seal(&frame)).await {
             debug!(%status, "tree: the parent did not carry a frame up");
             pending = Some(frame);
         }
@@ -799,7 +809,8 @@ async fn report(
 
 /// Seals an orphan's frames for the master (`dmuc_protocol::signing`),
 /// with counters that grow across restarts too (the clock's microseconds,
-/// or one more than the last).
+/// or one more than the last). One counter for all its frames; the master
+/// orders its `TreeReport`s (which may go another way) apart from the rest.
 struct Sealer {
     me: BareJid,
     key: ReportKey,
@@ -927,6 +938,9 @@ impl Following {
         // was told (once per parent: it assigns another, or this one again).
         let mut failing: Option<tokio::time::Instant> = None;
         let mut reported = false;
+        // The last parent that accepted this node (an orphan is not told
+        // which the master chose: it is the one that accepts it).
+        let mut followed: Option<&str> = None;
         loop {
             for (parent, endpoint) in &self.candidates {
                 let mut refused = false;
@@ -935,6 +949,7 @@ impl Following {
                     // It worked for a while: a new failure starts now.
                     failing = None;
                     reported = false;
+                    followed = Some(parent);
                 }
                 match result {
                     Ok(got) => {
@@ -949,10 +964,24 @@ impl Following {
                     }
                 }
                 let since = *failing.get_or_insert_with(tokio::time::Instant::now);
-                if self.orphaned.is_none() && !reported && since.elapsed() >= REPORT_AFTER {
-                    // The stream to the master works (this is no orphan):
-                    // the master assigns another parent.
-                    reported = self.report(parent, refused).await;
+                if !reported && since.elapsed() >= REPORT_AFTER {
+                    // The master assigns another parent. It hears it on
+                    // this node's own stream, or, for an orphan, through
+                    // any other peerhost of the room's tree.
+                    reported = match (&self.orphaned, followed) {
+                        (None, _) => self.report(parent, refused).await,
+                        (Some(orphaned), Some(followed)) => {
+                            let went = self.report_elsewhere(orphaned, followed).await;
+                            if went {
+                                // The master moves it: try again soon, and
+                                // give the new parent its time.
+                                wait = RETRY_MIN;
+                                failing = Some(tokio::time::Instant::now());
+                            }
+                            went
+                        }
+                        (Some(_), None) => false,
+                    };
                 }
                 if let Some(orphaned) = &self.orphaned {
                     *orphaned
@@ -1001,26 +1030,63 @@ impl Following {
                 .cloned()
         });
         let Some(up) = up else { return false };
+        info!(%parent, refused, "tree: cannot use the parent: telling the master");
+        up.send(self.unusable(parent, refused)).await
+    }
+
+    /// An orphan tells the master that it cannot use `parent`: sealed, so
+    /// that any other peerhost of the room's tree that answers may carry
+    /// it up (`TreeRelay.Report`); whether one did.
+    async fn report_elsewhere(&self, orphaned: &Orphaned, parent: &str) -> bool {
+        let frame = pb::PeerFrame {
+            frame: Some(self.unusable(parent, false)),
+        };
+        let request = orphaned
+            .sealer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .seal(&frame);
+        for (other, endpoint) in self.candidates.iter().filter(|(jid, _)| jid != parent) {
+            let carried = match self.connect(other, endpoint).await {
+                Ok(mut client) => client
+                    .report(request.clone())
+                    .await
+                    .map_err(|s| s.to_string()),
+                Err(failed) => Err(failed.reason),
+            };
+            match carried {
+                Ok(_) => {
+                    info!(%parent, via = %other, "tree: cannot reach the parent: told the master through another peerhost");
+                    return true;
+                }
+                Err(reason) => {
+                    debug!(via = %other, %reason, "tree: the peerhost did not carry the report up")
+                }
+            }
+        }
+        false
+    }
+
+    /// This node cannot use `parent` (`TreeReport`).
+    fn unusable(&self, parent: &str, refused: bool) -> pb::peer_frame::Frame {
         let why = if refused {
             pb::Unusable::Refused
         } else {
             pb::Unusable::Unreachable
         };
-        let have = self.last();
-        info!(%parent, refused, have, "tree: cannot use the parent: telling the master");
-        up.send(pb::peer_frame::Frame::Report(pb::TreeReport {
+        pb::peer_frame::Frame::Report(pb::TreeReport {
             room: self.room.to_string(),
             parent_jid: parent.to_owned(),
             why: why as i32,
-            have,
-        }))
-        .await
+            have: self.last(),
+        })
     }
 
-    /// One subscription; whether it got any event.
-    async fn once(&self, parent: &str, endpoint: &str) -> Result<bool, Failed> {
+    /// A client of `peer`'s `TreeRelay` at `endpoint` (mutual TLS, unless
+    /// this peerhost runs without).
+    async fn connect(&self, peer: &str, endpoint: &str) -> Result<Reporter, Failed> {
         if endpoint.is_empty() {
-            return Err("no endpoint for the parent".into());
+            return Err("no endpoint for the peerhost".into());
         }
         let https = endpoint.starts_with("https://");
         let mut endpoint = Endpoint::from_shared(endpoint.to_owned())
@@ -1029,15 +1095,20 @@ impl Following {
             .tcp_nodelay(true);
         if https {
             let Some(tls) = &self.hub.tls else {
-                return Err("https parent, but no [peering] tls_cert".into());
+                return Err("https peerhost, but no [peering] tls_cert".into());
             };
-            let config = tls::client_config(tls, parent).map_err(|e| e.to_string())?;
+            let config = tls::client_config(tls, peer).map_err(|e| e.to_string())?;
             endpoint = endpoint.tls_config(config).map_err(|e| e.to_string())?;
         } else if self.hub.tls.is_some() {
-            return Err("plaintext parent refused: this peerhost uses TLS".into());
+            return Err("plaintext peerhost refused: this peerhost uses TLS".into());
         }
         let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
-        let mut client = TreeRelayClient::new(channel).max_decoding_message_size(MAX_BATCH_BYTES);
+        Ok(TreeRelayClient::new(channel).max_decoding_message_size(MAX_BATCH_BYTES))
+    }
+
+    /// One subscription; whether it got any event.
+    async fn once(&self, parent: &str, endpoint: &str) -> Result<bool, Failed> {
+        let mut client = self.connect(parent, endpoint).await?;
         let after = self.last();
         let mut stream = client
             .subscribe(pb::SubscribeRequest {

@@ -567,9 +567,9 @@ impl Conn {
         let _ = self.context.submissions.send(Submitted::Stanza(el));
     }
 
-    /// The room and meaning of a child's `Ack` or `Forward` its parent
-    /// carried up (other relayed frames are not acted on: a child's
-    /// `Resync` waits for its own stream). A `Forward` is for the room (with
+    /// The room and meaning of a child's `Ack`, `Forward` or `TreeReport`
+    /// a peerhost carried up (other relayed frames are not acted on: a
+    /// child's `Resync` waits for its own stream). A `Forward` is for the room (with
     /// a node) of this service it is sent to; who may send it is the
     /// room's to check: it knows the tree.
     fn child_frame(&self, relayed: &pb::RelayedFrame) -> Option<(String, ChildFrame)> {
@@ -579,6 +579,14 @@ impl Conn {
             .frame?
         {
             peer_frame::Frame::Ack(a) => Some((a.room, ChildFrame::Ack(a.seq))),
+            peer_frame::Frame::Report(r) => Some((
+                r.room,
+                ChildFrame::Report {
+                    parent: r.parent_jid.parse().ok()?,
+                    refused: r.why == pb::Unusable::Refused as i32,
+                    have: r.have,
+                },
+            )),
             peer_frame::Frame::Forward(f) => {
                 let stanza: Element = f.stanza.parse().ok()?;
                 let room = stanza.attr("to")?.parse::<jid::Jid>().ok()?.to_bare();

@@ -197,8 +197,9 @@ pub enum PeerNews {
     /// The slave is stuck at `have` and needs the rest or a snapshot.
     Resync { session: u64, have: u64 },
     /// A frame `child` handed this peerhost (its parent in the room's
-    /// tree, which the room checks) while its own stream is down, carried
-    /// up; `seal` shows that the child made it.
+    /// tree, which the room checks; any peerhost of the tree for a
+    /// `Report`) while its own stream is down, carried up; `seal` shows
+    /// that the child made it.
     Relayed {
         child: BareJid,
         frame: ChildFrame,
@@ -223,6 +224,14 @@ pub enum ChildFrame {
     /// A stanza the child intercepted (the room checks that its sender is
     /// of the child's domain).
     Forward(Box<minidom::Element>),
+    /// The child, whose own stream is down, cannot use `parent` (`refused`:
+    /// it refused the child; else it cannot be reached); it has every event
+    /// up to `have`. Carried up by any peerhost of the room's tree.
+    Report {
+        parent: BareJid,
+        refused: bool,
+        have: u64,
+    },
 }
 
 /// How a child sealed a frame for its parent to carry up: the frame as
