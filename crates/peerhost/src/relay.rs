@@ -29,23 +29,36 @@
 //! resync on a gap, as it does for the master's own stream.
 //!
 //! # Detours: a slave whose stream to the master breaks
-//! When the master's stream ends (and the peerhost is not shutting down,
-//! and its users' traffic is not intercepted: then the slaves split, see
-//! [`crate::shadow`]), a slave of a room running a tree does not stop: it
-//! becomes an *orphan* held here. It keeps following its parent if it has
-//! one, or else tries the `Assign.fallbacks` the master gave it, which
-//! accept it once the master (which saw the same stream end) has named it
-//! as their child. Its acknowledgements go up through that parent
-//! (`TreeRelay.Report`, carried to the master as a `RelayedFrame`), so
-//! the master knows it still delivers and delivers nothing directly. The
-//! master's next stream takes the orphan back (it offers to resume from
-//! the slave's last event, as after a split) and the master puts it back
-//! where the tree prefers it.
+//! When the master's stream ends (and the peerhost is not shutting down),
+//! a slave of a room running a tree does not stop: it becomes an *orphan*
+//! held here. It keeps following its parent if it has one, or else tries
+//! the `Assign.fallbacks` the master gave it, which accept it once the
+//! master (which saw the same stream end) has named it as their child. Its
+//! acknowledgements go up through that parent (`TreeRelay.Report`, carried
+//! to the master as a `RelayedFrame`), so the master knows it still
+//! delivers and delivers nothing directly; if the peerhost intercepts its
+//! users' traffic, their stanzas go up the same way (`crate::shadow`), and
+//! the room splits only if no parent accepts the orphan for
+//! `ORPHAN_PATIENCE` (3 s). The master's next stream takes the orphan back
+//! (it offers to resume from the slave's last event, as after a split) and
+//! the master puts it back where the tree prefers it.
+//!
+//! Everything an orphan hands a parent for the master is sealed with the
+//! orphan's own key (`Assign.report_key`, which no other peerhost has) and
+//! a growing counter ([`Sealer`]): the master takes it once, only if the
+//! orphan sealed it, so a parent can drop an orphan's frames but not make
+//! up, alter or replay its acknowledgements or its users' stanzas. An
+//! orphan that cannot reach the parent it followed for `REPORT_AFTER` says
+//! so through any other peerhost of the room's tree that answers (its
+//! sealed `TreeReport`, which any node of the room carries up), and the
+//! master moves it.
 //!
 //! ```text
 //!  stream ends ─▶ Hub::orphan: slave.reattach(upstream to the parent) ─▶ follow parent | fallbacks
 //!                 Relayed ─▶ orphan feed ─▶ Hub::publish + slave          │ accepted by b
-//!                 slave's Ack ─▶ reporter ── TreeRelay.Report ──▶ b ── RelayedFrame ──▶ master
+//!                 slave's Ack, users' Forwards ─▶ reporter (sealed)
+//!                     ── TreeRelay.Report ──▶ b ── RelayedFrame ──▶ master
+//!                 b unreachable ─▶ sealed TreeReport ── TreeRelay.Report ──▶ d ──▶ master
 //!  next stream ─▶ Hub::adopt: the slaves come back, offered for resume
 //! ```
 //!
