@@ -45,7 +45,7 @@
 //!
 //! Everything an orphan hands a parent for the master is sealed with the
 //! orphan's own key (`Assign.report_key`, which no other peerhost has) and
-//! a growing counter ([`Sealer`]): the master takes it once, only if the
+//! a growing counter (`Sealer`): the master takes it once, only if the
 //! orphan sealed it, so a parent can drop an orphan's frames but not make
 //! up, alter or replay its acknowledgements or its users' stanzas. An
 //! orphan that cannot reach the parent it followed for `REPORT_AFTER` says
