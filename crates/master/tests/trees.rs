@@ -412,6 +412,54 @@ async fn a_slave_that_loses_its_parent_reports_it_and_is_moved() {
     assert!(since.bytes_out > 50, "d.test relays to c.test: {since:?}");
 }
 
+/// A room with alice and one user of each of `peers`, whose peerhosts
+/// intercept their users' stanzas for the master (and dial it), after a
+/// first message.
+async fn intercepting(peers: &[&str]) -> (Distributed, Vec<Client>) {
+    let master = env!("CARGO_BIN_EXE_dmuc-master");
+    let system = distributed::start_counted(
+        master,
+        &MasterSetup {
+            extra_toml: "[limits]\nrate_per_second = 0\n".into(),
+            ..MasterSetup::default()
+        },
+        peers,
+        &PeerhostSetup {
+            intercept: true,
+            ..PeerhostSetup::default()
+        },
+    )
+    .await
+    .expect("system starts");
+    for domain in peers {
+        master_logs_after(&system, 0, &["peerhost stream up", domain]).await;
+    }
+    let mut clients = occupants(&system, peers).await;
+    exchange(&mut clients, 0, "warm-up").await;
+    (system, clients)
+}
+
+/// Cuts `domain`'s peerhost's link to the master (it dials the master);
+/// returns once the master reaches its slave through another.
+async fn cut_off_from_the_master<'a>(
+    system: &'a Distributed,
+    domain: &str,
+) -> &'a distributed::Peerhost {
+    let mark = system.master.log().len();
+    let peerhost = peerhost(system, domain);
+    peerhost.uplink_relay.as_ref().unwrap().cut();
+    master_logs_after(
+        system,
+        mark,
+        &[
+            "stream down, the slave is reached through its parent",
+            domain,
+        ],
+    )
+    .await;
+    peerhost
+}
+
 /// Master-submit up the tree (issue 5): b.test and c.test intercept their
 /// users' stanzas for the master. The master's link to c.test is cut while
 /// b.test and c.test still reach each other: c.test's room does not split;
@@ -420,39 +468,9 @@ async fn a_slave_that_loses_its_parent_reports_it_and_is_moved() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_intercepting_peerhost_cut_off_submits_through_its_parent() {
     const PEERS: [&str; 2] = ["b.test", "c.test"];
-    let master = env!("CARGO_BIN_EXE_dmuc-master");
-    let system = distributed::start_counted(
-        master,
-        &MasterSetup {
-            extra_toml: "[limits]\nrate_per_second = 0\n".into(),
-            ..MasterSetup::default()
-        },
-        &PEERS,
-        &PeerhostSetup {
-            intercept: true,
-            ..PeerhostSetup::default()
-        },
-    )
-    .await
-    .expect("system starts");
-    for domain in PEERS {
-        master_logs_after(&system, 0, &["peerhost stream up", domain]).await;
-    }
-    let mut clients = occupants(&system, &PEERS).await;
-    exchange(&mut clients, 0, "warm-up").await;
-
+    let (system, mut clients) = intercepting(&PEERS).await;
     let mark = system.master.log().len();
-    let c = peerhost(&system, "c.test");
-    c.uplink_relay.as_ref().unwrap().cut();
-    master_logs_after(
-        &system,
-        mark,
-        &[
-            "stream down, the slave is reached through its parent",
-            "c.test",
-        ],
-    )
-    .await;
+    cut_off_from_the_master(&system, "c.test").await;
     // c.test's slave follows b.test (its first relayed event).
     exchange(&mut clients, 0, "after the cut").await;
     exchange(&mut clients, 2, "from c through b").await;
@@ -476,39 +494,8 @@ async fn an_intercepting_peerhost_cut_off_submits_through_its_parent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slave_cut_off_from_the_master_and_its_parent_reports_through_another() {
     const PEERS: [&str; 3] = ["b.test", "c.test", "d.test"];
-    let master = env!("CARGO_BIN_EXE_dmuc-master");
-    let system = distributed::start_counted(
-        master,
-        &MasterSetup {
-            extra_toml: "[limits]\nrate_per_second = 0\n".into(),
-            ..MasterSetup::default()
-        },
-        &PEERS,
-        &PeerhostSetup {
-            intercept: true,
-            ..PeerhostSetup::default()
-        },
-    )
-    .await
-    .expect("system starts");
-    for domain in PEERS {
-        master_logs_after(&system, 0, &["peerhost stream up", domain]).await;
-    }
-    let mut clients = occupants(&system, &PEERS).await;
-    exchange(&mut clients, 0, "warm-up").await;
-
-    let mark = system.master.log().len();
-    let c = peerhost(&system, "c.test");
-    c.uplink_relay.as_ref().unwrap().cut();
-    master_logs_after(
-        &system,
-        mark,
-        &[
-            "stream down, the slave is reached through its parent",
-            "c.test",
-        ],
-    )
-    .await;
+    let (system, mut clients) = intercepting(&PEERS).await;
+    let c = cut_off_from_the_master(&system, "c.test").await;
     // Which slave c.test follows: the link that carries the room to it.
     const OTHERS: [&str; 2] = ["b.test", "d.test"];
     let before = OTHERS.map(|parent| system.link("c.test", parent).unwrap().traffic());
