@@ -1494,6 +1494,24 @@ mod tests {
         (state, rx)
     }
 
+    /// Once the master's patience with a detour is over, what c.test's
+    /// slave did not acknowledge goes to carol directly.
+    fn assert_owed_goes_direct(bed: &mut Bed) {
+        let effects = bed.fanout.detours(Instant::now() + DETOUR_PATIENCE * 2);
+        assert_eq!(summary(&effects)[0], "direct:carol@c.test/1");
+    }
+
+    fn bob_and_carol_join(bed: &mut Bed) {
+        bed.input(join("bob@b.test/1", "bob"));
+        bed.input(join("carol@c.test/1", "carol"));
+    }
+
+    /// c.test's stream (session 1) goes down.
+    fn c_goes_down(bed: &mut Bed, c_state: &watch::Sender<LinkState>) -> Vec<Effect> {
+        c_state.send_replace(LinkState::Down);
+        news_of(bed, "c.test", PeerNews::Down { session: 1 })
+    }
+
     fn news_of(bed: &mut Bed, domain: &str, news: PeerNews) -> Vec<Effect> {
         let mut effects = Vec::new();
         let step = bed.fanout.on_news(
@@ -1596,8 +1614,7 @@ mod tests {
         // In the star, nothing is signed: nobody relays.
         let (_, effects) = bed.input(say("alice@a.test/1", "before"));
         assert_eq!(summary(&effects), ["event4", "event4"]);
-        c_state.send_replace(LinkState::Down);
-        let effects = news_of(&mut bed, "c.test", PeerNews::Down { session: 1 });
+        let effects = c_goes_down(&mut bed, &c_state);
         // Nothing direct; b.test is told to take c.test as its child, and
         // gets signed what c.test did not acknowledge, to relay it.
         assert_eq!(
@@ -1635,8 +1652,7 @@ mod tests {
         bed.input(say("alice@a.test/1", "again"));
         let ack = sealed(&bed, "muc-peer.c.test", 2, ChildFrame::Ack(6));
         news_of(&mut bed, "c.test", ack);
-        let effects = bed.fanout.detours(Instant::now() + DETOUR_PATIENCE * 2);
-        assert_eq!(summary(&effects)[0], "direct:carol@c.test/1");
+        assert_owed_goes_direct(&mut bed);
     }
 
     #[test]
@@ -1646,11 +1662,9 @@ mod tests {
             .get(&"c.test".parse().unwrap())
             .unwrap()
             .set_intercepts(true);
-        bed.input(join("bob@b.test/1", "bob"));
-        bed.input(join("carol@c.test/1", "carol"));
+        bob_and_carol_join(&mut bed);
         news_of(&mut bed, "c.test", PeerNews::Ack { session: 1, seq: 3 });
-        c_state.send_replace(LinkState::Down);
-        let effects = news_of(&mut bed, "c.test", PeerNews::Down { session: 1 });
+        let effects = c_goes_down(&mut bed, &c_state);
         // A detour, as for any slave: b.test is its parent.
         assert_eq!(
             assigns(&effects),
@@ -1684,8 +1698,7 @@ mod tests {
     #[test]
     fn a_stanza_carried_up_is_taken_only_from_the_parent_for_the_childs_users() {
         let (mut bed, c_state, _c) = tree_bed();
-        bed.input(join("bob@b.test/1", "bob"));
-        bed.input(join("carol@c.test/1", "carol"));
+        bob_and_carol_join(&mut bed);
         let stanza = |from: &str, to: &str| {
             ChildFrame::Forward(Box::new(
                 format!(
@@ -1705,8 +1718,7 @@ mod tests {
         // c.test is under the master: b.test is not its parent.
         let early = sealed(&bed, "muc-peer.c.test", 1, carols.clone());
         assert_eq!(forwarded(&news_of(&mut bed, "b.test", early)), 0);
-        c_state.send_replace(LinkState::Down);
-        news_of(&mut bed, "c.test", PeerNews::Down { session: 1 });
+        c_goes_down(&mut bed, &c_state);
         // Now b.test is its parent: what carol sent to the room is taken.
         let good = sealed(&bed, "muc-peer.c.test", 2, carols.clone());
         assert_eq!(forwarded(&news_of(&mut bed, "b.test", good.clone())), 1);
@@ -1740,8 +1752,7 @@ mod tests {
     fn an_orphan_that_cannot_reach_its_parent_is_moved_on_a_report_through_another() {
         let (mut bed, c_state, _c) = tree_bed();
         let (_d_state, _d) = add_peer(&mut bed, "d.test", 3);
-        bed.input(join("bob@b.test/1", "bob"));
-        bed.input(join("carol@c.test/1", "carol"));
+        bob_and_carol_join(&mut bed);
         bed.input(join("dave@d.test/1", "dave"));
         let report = |key: &[u8], counter| {
             let frame = ChildFrame::Report {
@@ -1754,8 +1765,7 @@ mod tests {
         let c_key = report_key(&bed, "muc-peer.c.test");
         // On its own stream, c.test would say so there: ignored.
         assert_eq!(assigns(&news_of(&mut bed, "d.test", report(&c_key, 1))), []);
-        c_state.send_replace(LinkState::Down);
-        let effects = news_of(&mut bed, "c.test", PeerNews::Down { session: 1 });
+        let effects = c_goes_down(&mut bed, &c_state);
         let parent_of_c = |effects: &[Effect]| {
             assigns(effects)
                 .into_iter()
@@ -1776,31 +1786,26 @@ mod tests {
     #[test]
     fn a_parent_cannot_acknowledge_for_its_child() {
         let (mut bed, c_state, _c) = tree_bed();
-        bed.input(join("bob@b.test/1", "bob"));
-        bed.input(join("carol@c.test/1", "carol"));
+        bob_and_carol_join(&mut bed);
         news_of(&mut bed, "c.test", PeerNews::Ack { session: 1, seq: 3 });
-        c_state.send_replace(LinkState::Down);
-        news_of(&mut bed, "c.test", PeerNews::Down { session: 1 });
+        c_goes_down(&mut bed, &c_state);
         bed.input(say("alice@a.test/1", "hi"));
         // b.test, c.test's parent now, says c.test has event 4: it cannot
         // seal that, so the event is still owed and goes direct in time.
         let b_key = report_key(&bed, "muc-peer.b.test");
         let forged = sealed_with(&b_key, "muc-peer.c.test", 1, ChildFrame::Ack(4));
         news_of(&mut bed, "b.test", forged);
-        let effects = bed.fanout.detours(Instant::now() + DETOUR_PATIENCE * 2);
-        assert_eq!(summary(&effects)[0], "direct:carol@c.test/1");
+        assert_owed_goes_direct(&mut bed);
     }
 
     #[test]
     fn a_parent_made_again_from_a_snapshot_gets_what_its_children_lack() {
         let (mut bed, c_state, _c) = tree_bed();
-        bed.input(join("bob@b.test/1", "bob"));
-        bed.input(join("carol@c.test/1", "carol"));
+        bob_and_carol_join(&mut bed);
         news_of(&mut bed, "b.test", PeerNews::Ack { session: 1, seq: 3 });
         news_of(&mut bed, "c.test", PeerNews::Ack { session: 1, seq: 3 });
         bed.input(say("alice@a.test/1", "before"));
-        c_state.send_replace(LinkState::Down);
-        let effects = news_of(&mut bed, "c.test", PeerNews::Down { session: 1 });
+        let effects = c_goes_down(&mut bed, &c_state);
         assert_eq!(summary(&effects)[1..], ["signed4"]);
         // b.test, c.test's parent now, lost its state: a new slave after
         // event 4, whose window holds nothing c.test lacks. What c.test

@@ -375,19 +375,7 @@ async fn a_slave_that_loses_its_parent_reports_it_and_is_moved() {
     master_logs_after(&system, 0, &["tree changed", "nodes=3", "depth=3"]).await;
 
     let mark = system.master.log().len();
-    system.link("c.test", "b.test").unwrap().cut();
-    let started = Instant::now();
-    master_logs_after(
-        &system,
-        mark,
-        &[
-            "tree: a slave cannot use its parent",
-            "c.test",
-            "muc-peer.b.test",
-        ],
-    )
-    .await;
-    let reported = started.elapsed();
+    let reported = cut_from_parent(&system, "c.test", "b.test").await;
     master_logs_after(&system, mark, &["tree changed", "depth=3", "reparents="]).await;
     let mut latencies = Vec::new();
     for i in 0..MESSAGES {
@@ -410,6 +398,18 @@ async fn a_slave_that_loses_its_parent_reports_it_and_is_moved() {
         .traffic()
         .since(&via_d);
     assert!(since.bytes_out > 50, "d.test relays to c.test: {since:?}");
+}
+
+/// Cuts the link between `child`'s peerhost and its `parent`'s; returns
+/// how long until the master heard that `child` cannot use it.
+async fn cut_from_parent(system: &Distributed, child: &str, parent: &str) -> Duration {
+    let mark = system.master.log().len();
+    system.link(child, parent).unwrap().cut();
+    let started = Instant::now();
+    let parent_jid = format!("muc-peer.{parent}");
+    let heard = ["tree: a slave cannot use its parent", child, &parent_jid];
+    master_logs_after(system, mark, &heard).await;
+    started.elapsed()
 }
 
 /// A room with alice and one user of each of `peers`, whose peerhosts
@@ -517,22 +517,10 @@ async fn a_slave_cut_off_from_the_master_and_its_parent_reports_through_another(
 
     // Now c.test cannot reach that slave either.
     let mark = system.master.log().len();
-    system.link("c.test", parent).unwrap().cut();
-    let started = Instant::now();
-    master_logs_after(
-        &system,
-        mark,
-        &[
-            "tree: a slave cannot use its parent",
-            "c.test",
-            &format!("muc-peer.{parent}"),
-        ],
-    )
-    .await;
+    let moved = cut_from_parent(&system, "c.test", parent).await;
     println!(
         "c.test cut off from the master and from {parent}: moved under {other} on its report \
-         through {other}, {:?} after the second cut",
-        started.elapsed()
+         through {other}, {moved:?} after the second cut"
     );
     let via_other = system.link("c.test", other).unwrap().traffic();
     for i in 0..MESSAGES {
