@@ -829,7 +829,8 @@ impl Fanout {
 
     /// The domain of `child`, whose `frame` `relay`'s slave carried up,
     /// if it is taken: `relay` is the child's parent in the tree (any node
-    /// for a report that it cannot use its parent), and the child sealed
+    /// for a report that it cannot use its parent; the child itself on its
+    /// new stream for what no parent carried up), and the child sealed
     /// it, with a counter above any taken before (so a parent can drop a
     /// child's frames, never make, alter or replay them). Reports, which
     /// may go another way than the rest, are counted apart.
@@ -851,7 +852,14 @@ impl Fanout {
             return None;
         };
         let report = matches!(frame, ChildFrame::Report { .. });
-        if !report && sp.tree.parent(&NodeId::peer(&domain)) != Some(&NodeId::peer(relay)) {
+        let by_parent = sp.tree.parent(&NodeId::peer(&domain)) == Some(&NodeId::peer(relay));
+        // The child's new stream sends up what its parents did not.
+        let own = relay == domain
+            && matches!(
+                self.domains.get(&domain).map(|e| &e.mode),
+                Some(Mode::Slave { .. })
+            );
+        if !(report || by_parent || own) {
             warn!(%child, %relay, "relayed frame from a peerhost that is not its parent rejected");
             return None;
         }
@@ -1744,8 +1752,23 @@ mod tests {
         let own = sealed(&bed, "muc-peer.c.test", 13, carols.clone());
         assert_eq!(forwarded(&news_of(&mut bed, "c.test", own)), 0);
         // A later one is taken.
-        let later = sealed(&bed, "muc-peer.c.test", 14, carols);
+        let later = sealed(&bed, "muc-peer.c.test", 15, carols.clone());
         assert_eq!(forwarded(&news_of(&mut bed, "b.test", later)), 1);
+        // c.test's stream comes back. It sends up, sealed, what it does not
+        // know b.test carried: each is taken once, whichever way came first.
+        let carried = sealed(&bed, "muc-peer.c.test", 16, carols.clone());
+        assert_eq!(forwarded(&news_of(&mut bed, "b.test", carried.clone())), 1);
+        c_state.send_replace(LinkState::Up(2));
+        let up = PeerNews::Up {
+            session: 2,
+            resume_from: Some(3),
+        };
+        news_of(&mut bed, "c.test", up);
+        assert_eq!(forwarded(&news_of(&mut bed, "c.test", carried)), 0);
+        let unsent = sealed(&bed, "muc-peer.c.test", 17, carols);
+        assert_eq!(forwarded(&news_of(&mut bed, "c.test", unsent.clone())), 1);
+        assert_eq!(forwarded(&news_of(&mut bed, "c.test", unsent.clone())), 0);
+        assert_eq!(forwarded(&news_of(&mut bed, "b.test", unsent)), 0);
     }
 
     #[test]

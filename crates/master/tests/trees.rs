@@ -549,3 +549,41 @@ async fn a_slave_cut_off_from_the_master_and_its_parent_reports_through_another(
         "c.test's report went through {other}"
     );
 }
+
+/// What a user says while their peerhost can reach neither the master nor
+/// its parent is not lost: b.test and c.test intercept; c.test's link to
+/// the master is cut (its slave follows b.test), then its link to b.test.
+/// c.test's user speaks; no parent can carry it up. When c.test's link to
+/// the master heals, the message reaches everyone once: up the new stream
+/// (sealed, so that a copy b.test might still carry up is not taken again),
+/// or through the split the room went into meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_orphan_could_not_carry_up_reaches_everyone_on_heal() {
+    const PEERS: [&str; 2] = ["b.test", "c.test"];
+    let (system, mut clients) = intercepting(&PEERS).await;
+    let c = cut_off_from_the_master(&system, "c.test").await;
+    exchange(&mut clients, 0, "through b").await;
+    // (c.test followed no peerhost before the first cut.)
+    system.link("c.test", "b.test").unwrap().cut();
+    c.process
+        .wait_for_log_line(&["tree: cannot follow the parent"], Duration::from_secs(10))
+        .await
+        .expect("c.test's peerhost loses b.test");
+    clients[2]
+        .send_groupchat(ROOM, "said with no way up")
+        .await
+        .expect("sent");
+
+    let mark = system.master.log().len();
+    c.uplink_relay.as_ref().unwrap().heal();
+    master_logs_after(&system, mark, &["peerhost stream up", "c.test"]).await;
+    for client in clients.iter_mut() {
+        let got = client
+            .expect("c.test's message", is_room_groupchat)
+            .await
+            .expect("delivered");
+        assert_eq!(stanza::body(&got).as_deref(), Some("said with no way up"));
+    }
+    exchange(&mut clients, 0, "after the heal").await;
+    nothing_twice(&mut clients).await;
+}

@@ -51,7 +51,11 @@
 //! orphan that cannot reach the parent it followed for `REPORT_AFTER` says
 //! so through any other peerhost of the room's tree that answers (its
 //! sealed `TreeReport`, which any node of the room carries up), and the
-//! master moves it.
+//! master moves it. Its users' stanzas that no parent had carried up when
+//! it is given back ([`Returned`]) are not lost: a new stream of the
+//! master sends them up first, as they were sealed (so the master takes
+//! each once, even if a parent carried it up after all), and a split says
+//! them in the split.
 //!
 //! ```text
 //!  stream ends ─▶ Hub::orphan: slave.reattach(upstream to the parent) ─▶ follow parent | fallbacks
@@ -262,9 +266,54 @@ impl Default for Place {
 struct Orphan {
     slave: Slave,
     /// Carries its acknowledgements up to its parent; stops when dropped.
-    _reporter: Follow,
+    reporter: Follow,
+    /// Its users' stanzas, sealed, that no parent has carried up yet.
+    unsent: Unsent,
     /// Hands it what the parent relays; stops when dropped.
     _feeder: Follow,
+}
+
+/// An orphan's users' stanzas (`Forward`s, sealed) waiting for a parent.
+type Unsent = Arc<Mutex<VecDeque<pb::ReportRequest>>>;
+
+/// An orphan's slave, given back to a new stream of the master or to
+/// split, with the stanzas its users sent that no parent has carried up
+/// yet (sealed, in order).
+#[derive(Debug)]
+pub struct Returned {
+    pub room: BareJid,
+    pub slave: Slave,
+    pub unsent: Vec<pb::ReportRequest>,
+}
+
+impl Orphan {
+    fn returned(self, room: BareJid) -> Returned {
+        // No more tries to carry them up: what is left is the caller's.
+        drop(self.reporter);
+        let unsent =
+            std::mem::take(&mut *self.unsent.lock().unwrap_or_else(PoisonError::into_inner));
+        Returned {
+            room,
+            slave: self.slave,
+            unsent: unsent.into(),
+        }
+    }
+}
+
+impl Returned {
+    /// The unsent stanzas themselves.
+    pub fn stanzas(&self) -> Vec<minidom::Element> {
+        use prost::Message;
+        self.unsent
+            .iter()
+            .filter_map(
+                |r| match pb::PeerFrame::decode(r.frame.as_slice()).ok()?.frame? {
+                    pb::peer_frame::Frame::Forward(f) => f.stanza.parse().ok(),
+                    _ => None,
+                },
+            )
+            .collect()
+    }
 }
 
 /// What a task following a parent for an orphan needs.
@@ -274,7 +323,7 @@ struct Orphaned {
     /// Seals its frames for the master (shared with its reporter task).
     sealer: Arc<Mutex<Sealer>>,
     /// Where to hand the slave if no parent accepts it in time.
-    lost: Option<mpsc::UnboundedSender<(BareJid, Slave)>>,
+    lost: Option<mpsc::UnboundedSender<Returned>>,
 }
 
 /// A task following a parent; stops when dropped.
@@ -429,7 +478,7 @@ impl Hub {
         &self,
         master: &BareJid,
         slaves: &mut HashMap<BareJid, Slave>,
-        lost: Option<mpsc::UnboundedSender<(BareJid, Slave)>>,
+        lost: Option<mpsc::UnboundedSender<Returned>>,
     ) -> HashMap<BareJid, Upstream> {
         let mut ups = HashMap::new();
         self.upstreams
@@ -498,11 +547,13 @@ impl Hub {
                 room: room.clone(),
                 slave: slave.sender(),
             };
+            let unsent = Unsent::default();
             place.orphan = Some(Orphan {
                 slave,
-                _reporter: Follow(tokio::spawn(
-                    report(sealer, reports, reporter).instrument(span.clone()),
+                reporter: Follow(tokio::spawn(
+                    report(sealer, unsent.clone(), reports, reporter).instrument(span.clone()),
                 )),
+                unsent,
                 _feeder: Follow(tokio::spawn(feeder.run(fed).instrument(span))),
             });
             ups.insert(room, up);
@@ -511,8 +562,10 @@ impl Hub {
     }
 
     /// A new stream of `master`: its orphaned slaves come back to it (the
-    /// stream offers to resume them); their places wait for new `Assign`s.
-    pub fn adopt(&self, master: &BareJid) -> Vec<(BareJid, Slave)> {
+    /// stream offers to resume them, and sends up first what their users
+    /// said that no parent carried up); their places wait for new
+    /// `Assign`s.
+    pub fn adopt(&self, master: &BareJid) -> Vec<Returned> {
         let mut rooms = self.lock();
         let mut back = Vec::new();
         for (room, place) in rooms.iter_mut() {
@@ -522,7 +575,7 @@ impl Hub {
             if let Some(orphan) = place.orphan.take() {
                 place.parent = None;
                 info!(room = %room, "tree: the master's stream is back: the slave returns to it");
-                back.push((room.clone(), orphan.slave));
+                back.push(orphan.returned(room.clone()));
             }
         }
         back
@@ -759,6 +812,7 @@ type Reporter = TreeRelayClient<tonic::transport::Channel>;
 /// its room's users sent (`Forward`s; at most `FORWARD_QUEUE` wait).
 async fn report(
     sealer: Arc<Mutex<Sealer>>,
+    forwards: Unsent,
     mut frames: mpsc::Receiver<Result<pb::PeerFrame, Status>>,
     parent: Arc<Mutex<Option<Reporter>>>,
 ) {
@@ -769,25 +823,29 @@ async fn report(
             .seal(frame)
     };
     let mut pending: Option<pb::PeerFrame> = None;
-    // Sealed as they come: their counters are in the users' order.
-    let mut forwards: VecDeque<pb::ReportRequest> = VecDeque::new();
+    // Stanzas are sealed as they come (their counters are in the users'
+    // order) and queued in `forwards`, which the orphan's new owner takes
+    // if no parent carried them up.
+    let queue = || forwards.lock().unwrap_or_else(PoisonError::into_inner);
     let mut tick = tokio::time::interval(RETRY_MIN * 2);
     loop {
         tokio::select! {
             frame = frames.recv() => match frame {
                 Some(Ok(frame @ pb::PeerFrame { frame: Some(pb::peer_frame::Frame::Forward(_)) })) => {
+                    let sealed = seal(&frame);
+                    let mut forwards = queue();
                     if forwards.len() >= FORWARD_QUEUE {
                         warn!("tree: the parent does not carry stanzas up: one dropped");
                         forwards.pop_front();
                     }
-                    forwards.push_back(seal(&frame));
+                    forwards.push_back(sealed);
                 }
                 Some(Ok(frame)) => pending = Some(frame),
                 _ => return,
             },
             _ = tick.tick() => {}
         }
-        if pending.is_none() && forwards.is_empty() {
+        if pending.is_none() && queue().is_empty() {
             continue;
         }
         let client = parent
@@ -800,14 +858,25 @@ async fn report(
         // Stanzas first, in the order the users sent them; a failure
         // leaves the rest, and the acknowledgement (sealed after them), for
         // the next try.
-        while let Some(request) = forwards.front() {
+        let mut carried = true;
+        loop {
+            let Some(request) = queue().front().cloned() else {
+                break;
+            };
             if let Err(status) = client.report(request.clone()).await {
                 debug!(%status, "tree: the parent did not carry a stanza up");
+                carried = false;
                 break;
             }
-            forwards.pop_front();
+            let mut forwards = queue();
+            if forwards
+                .front()
+                .is_some_and(|f| f.counter == request.counter)
+            {
+                forwards.pop_front();
+            }
         }
-        if !forwards.is_empty() {
+        if !carried {
             continue;
         }
         let Some(frame) = pending.take() else {
@@ -1012,7 +1081,7 @@ impl Following {
                             .and_then(|p| p.orphan.take());
                         if let Some(orphan) = orphan {
                             info!("tree: no parent accepts the slave: it is given up");
-                            let _ = lost.send((self.room.clone(), orphan.slave));
+                            let _ = lost.send(orphan.returned(self.room.clone()));
                         }
                         return;
                     }

@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::relay::Returned;
 use crate::slave::{Dormant, Outlets, Slave};
 use crate::store::Store;
 use crate::stream::Upstream;
@@ -51,7 +52,7 @@ const QUEUE: usize = 1024;
 pub struct Shadow {
     tx: mpsc::Sender<Msg>,
     /// Where the relay gives up slaves that could follow no parent.
-    lost: mpsc::UnboundedSender<(BareJid, Slave)>,
+    lost: mpsc::UnboundedSender<Returned>,
     metrics: SplitMetrics,
 }
 
@@ -144,7 +145,7 @@ impl Shadow {
 
     /// Where the relay hands the slaves of rooms that go on through their
     /// trees (orphans) once no parent accepts them: they split.
-    pub fn lost(&self) -> mpsc::UnboundedSender<(BareJid, Slave)> {
+    pub fn lost(&self) -> mpsc::UnboundedSender<Returned> {
         self.lost.clone()
     }
 
@@ -210,7 +211,7 @@ impl Router {
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Msg>,
-        mut lost: mpsc::UnboundedReceiver<(BareJid, Slave)>,
+        mut lost: mpsc::UnboundedReceiver<Returned>,
         shutdown: CancellationToken,
     ) {
         self.restore().await;
@@ -218,8 +219,8 @@ impl Router {
             let msg = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some((room, slave)) = lost.recv() => {
-                    self.lost(room, slave).await;
+                Some(returned) = lost.recv() => {
+                    self.lost(returned).await;
                     continue;
                 }
                 msg = rx.recv() => match msg {
@@ -280,20 +281,27 @@ impl Router {
     }
 
     /// A room's slave could follow no parent in its tree: it splits (if
-    /// the master's stream is still down).
-    async fn lost(&mut self, room: BareJid, slave: Slave) {
+    /// the master's stream is still down), and what its users said that no
+    /// parent carried up is said in the split (or up the new stream).
+    async fn lost(&mut self, returned: Returned) {
+        let stanzas = returned.stanzas();
+        let Returned { room, slave, .. } = returned;
         self.orphans.remove(&room);
         if self.up.is_some() || self.waiting.is_some() {
             // A new stream came meanwhile; it resumes the room anew.
             slave.stop().await;
-            return;
+        } else {
+            info!(%room, "the master's stream is down and no parent in the room's tree takes the slave: split");
+            self.metrics.splits.inc();
+            if slave.split().await {
+                self.split.insert(room, slave);
+            }
+            self.metrics.rooms.set(self.split.len() as i64);
         }
-        info!(%room, "the master's stream is down and no parent in the room's tree takes the slave: split");
-        self.metrics.splits.inc();
-        if slave.split().await {
-            self.split.insert(room, slave);
+        // Up the new stream, or into the split.
+        for stanza in stanzas {
+            self.route(stanza).await;
         }
-        self.metrics.rooms.set(self.split.len() as i64);
     }
 
     /// Splits that were going on when the peerhost stopped go on.

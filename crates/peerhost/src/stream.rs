@@ -50,7 +50,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::relay::{Hub, Relayed};
+use crate::relay::{Hub, Relayed, Returned};
 use crate::shadow::{Shadow, SplitMetrics};
 use crate::slave::{Dormant, HealedSplit, Outlets, Slave};
 use crate::store::Store;
@@ -408,7 +408,14 @@ pub(crate) async fn serve(
     }
     // Slaves that went on through their rooms' trees while the stream was
     // down come back too.
-    for (room, slave) in service.relay.adopt(&stream.master) {
+    let mut unsent = Vec::new();
+    for Returned {
+        room,
+        slave,
+        unsent: stanzas,
+    } in service.relay.adopt(&stream.master)
+    {
+        unsent.extend(stanzas);
         if let Some((seq, _)) = slave.reattach(stream.up.clone()).await {
             welcome.resumable.push(pb::Resumable {
                 room: room.to_string(),
@@ -429,6 +436,18 @@ pub(crate) async fn serve(
         shadow.submitted(healed.iter().map(|h| h.submissions.len()).sum());
     }
     stream.submit(healed).await;
+    // What those slaves' users said that no parent carried up goes before
+    // anything they say now; sealed, so that the master takes each once,
+    // whichever way it reaches it.
+    for request in unsent {
+        let relayed = pb::RelayedFrame {
+            from: request.child_jid,
+            frame: request.frame,
+            counter: request.counter,
+            mac: request.mac,
+        };
+        stream.up.send(peer_frame::Frame::Relayed(relayed)).await;
+    }
     if let Some(shadow) = &shadow {
         shadow.up(stream.up.clone()).await;
     }
