@@ -41,7 +41,6 @@ use std::time::Duration;
 
 use dmuc_protocol::pb::{self, master_frame};
 use dmuc_protocol::{RoomEvent, SlaveStart};
-use dmuc_room::relay::{NodeId, Report, Why};
 use dmuc_room::{Action, Input, Room};
 use jid::BareJid;
 use tokio::sync::mpsc;
@@ -49,7 +48,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::peering::{Directory, LinkState, News, PeerHandle, PeerNews, ToPeer};
-use crate::tree::{Health, Tree, TreeSetup, TreeStats};
+use crate::tree::{Health, NodeId, Report, Tree, TreeSetup, TreeStats, Why};
 
 /// Events kept for slaves that come back (Resume instead of a snapshot).
 const LOG_LIMIT: usize = 4096;
@@ -581,7 +580,7 @@ impl Fanout {
                     // It may go on through another slave (its users'
                     // stanzas too, if it intercepts: carried up by its
                     // parent).
-                    if self.detour(key, acked) {
+                    if self.detour(key) {
                         self.sync_tree(effects);
                         return None;
                     }
@@ -747,10 +746,10 @@ impl Fanout {
         effects
     }
 
-    /// `domain`'s stream is down with everything up to `acked` applied: if
-    /// the room runs a tree in which another slave can reach it, it stays
-    /// a slave there (a detour) and the master delivers nothing directly.
-    fn detour(&mut self, domain: &str, acked: u64) -> bool {
+    /// `domain`'s stream is down: if the room runs a tree in which another
+    /// slave can reach it, it stays a slave there (a detour) and the
+    /// master delivers nothing directly.
+    fn detour(&mut self, domain: &str) -> bool {
         let Some(sp) = &mut self.spanning else {
             return false;
         };
@@ -768,8 +767,6 @@ impl Fanout {
             node: node.clone(),
             unusable: NodeId::Master,
             why: Why::Unreachable,
-            keeps: None,
-            have: acked,
         };
         if parent.is_master() {
             sp.tree.report(&report, &mut sp.health);
@@ -913,8 +910,6 @@ impl Fanout {
             } else {
                 Why::Unreachable
             },
-            keeps: None,
-            have,
         };
         let moves = sp.tree.report(&report, &mut sp.health);
         info!(%domain, %parent, refused, have, moves = moves.len(), "tree: a slave cannot use its parent");

@@ -1,6 +1,7 @@
 //! Per room, the shape of its spanning tree: which node relays the room's
-//! events to which (pure; the room task sends the assignments, and each
-//! node's `dmuc_room::relay::RelayNode` does the relaying).
+//! events to which (pure; the room task sends the assignments as `Assign`
+//! frames, and each peerhost's `Hub` does the relaying, see
+//! `proto/dmuc/peering/v1/relay.proto`).
 //!
 //! The master is the root. Without a fan-out limit the tree is a star
 //! (the master sends each event to every slave), unless a link is broken
@@ -12,11 +13,11 @@
 //!
 //! ```text
 //!  slave needed / gone ──────▶ Tree::add / Tree::remove ─┐
-//!  Report (relay: lost parent,                           │
-//!   refused, loop, declined) ─▶ Tree::report ────────────┼─▶ Vec<Assignment>
+//!  Report (a slave: lost parent,                         │
+//!   refused) ─────────────────▶ Tree::report ────────────┼─▶ Vec<Assignment>
 //!  keepalive RTTs ─▶ Health ──▶ Tree::replan (rarely) ───┘        │
 //!                                                                 ▼
-//!                          RelayInput::Assign { parent, path } at each node
+//!                                  Assign { parent, path } to each node
 //! ```
 //!
 //! The master's links are measured by its keepalives (the round trip of
@@ -35,8 +36,8 @@
 //! so the tree never has a loop; the relays check again on their side.
 
 use std::collections::{BTreeMap, BTreeSet};
-
-use dmuc_room::relay::{NodeId, RelayInput, Report, Why};
+use std::fmt;
+use std::sync::Arc;
 
 /// What relaying through one more node costs, as if it were this much
 /// round trip: a detour is taken only when it saves more than this.
@@ -49,6 +50,57 @@ const LOSS_MS_PER_PERMILLE: u64 = 5;
 const BROKEN_MS: u64 = 1_000_000;
 /// A link in use is kept unless another is better by more than this.
 const STICKY_MS: u64 = 20;
+
+/// A node of a room's tree.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NodeId {
+    /// The room's master: the root of the tree and the origin of every event.
+    Master,
+    /// A peerhost's slave of the room, named by the XMPP domain it serves.
+    Peer(Arc<str>),
+}
+
+impl NodeId {
+    /// The slave on the peerhost of `domain`.
+    pub fn peer(domain: &str) -> NodeId {
+        NodeId::Peer(Arc::from(domain))
+    }
+
+    pub fn is_master(&self) -> bool {
+        matches!(self, NodeId::Master)
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeId::Master => f.write_str("master"),
+            NodeId::Peer(domain) => f.write_str(domain),
+        }
+    }
+}
+
+/// Why a node cannot use its parent (see [`Report`]; the `Unusable` of a
+/// slave's `TreeReport`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// The link to its parent is gone.
+    Unreachable,
+    /// The parent refused it as a child.
+    Refused,
+}
+
+/// A node cannot use its parent: what the master learnt from the node's
+/// `TreeReport`, or from its own stream ending (its parent, the master,
+/// is unreachable).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// The node reporting.
+    pub node: NodeId,
+    /// The parent the node cannot use.
+    pub unusable: NodeId,
+    pub why: Why,
+}
 
 /// The measured health of the link between two nodes (either way).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,16 +223,6 @@ pub struct Assignment {
     pub parent: NodeId,
     /// The parent's path from the root: the master first, `parent` last.
     pub path: Vec<NodeId>,
-}
-
-impl Assignment {
-    /// The input for `node`'s relay.
-    pub fn input<E>(&self) -> RelayInput<E> {
-        RelayInput::Assign {
-            parent: self.parent.clone(),
-            path: self.path.clone(),
-        }
-    }
 }
 
 /// The tree's shape, for observability.
@@ -344,9 +386,8 @@ impl Tree {
         moves
     }
 
-    /// A relay's report reached the master: find the node a parent, or
-    /// take note of the one it kept. An unreachable parent marks the link
-    /// broken in `health`.
+    /// A node's report reached the master: find the node a parent. An
+    /// unreachable parent marks the link broken in `health`.
     pub fn report(&mut self, report: &Report, health: &mut Health) -> Vec<Assignment> {
         let node = &report.node;
         let Some(current) = self.parents.get(node).cloned() else {
@@ -355,22 +396,6 @@ impl Tree {
         };
         if report.why == Why::Unreachable {
             health.broken(node, &report.unusable);
-        }
-        if let (Why::Declined, Some(keeps)) = (report.why, &report.keeps) {
-            // It kept its parent: that is the tree, unless it would loop
-            // in our view or the parent has no room left (then it needs a
-            // new one after all).
-            if *keeps == current {
-                return Vec::new();
-            }
-            let fits = (keeps.is_master() || self.contains(keeps))
-                && self.is_rooted(keeps)
-                && !self.is_within(keeps, node)
-                && self.fanout(keeps) < self.max_fanout;
-            if fits {
-                self.parents.insert(node.clone(), keeps.clone());
-                return Vec::new();
-            }
         }
         // The node has no parent now.
         if current != report.unusable {
@@ -549,10 +574,6 @@ impl Tree {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
-
-    use dmuc_room::relay::{RelayAction, RelayLimits, RelayNode};
-
     use super::*;
 
     const M: NodeId = NodeId::Master;
@@ -649,46 +670,31 @@ mod tests {
         );
     }
 
-    /// The acceptance criterion, with the relays themselves: over a tree of
-    /// fan-out 2, the master sends each event twice, and every slave
-    /// delivers every event once.
+    /// The acceptance criterion, on the tree itself: over a tree of
+    /// fan-out 2, the master sends each event twice, and an event sent
+    /// down the tree (each node to its children) reaches every slave once.
     #[test]
     fn with_fan_out_two_and_six_domains_the_master_sends_each_event_twice() {
         let nodes = domains(6);
         let tree = grown(2, &nodes, &Health::default());
-        let mut relays: BTreeMap<NodeId, RelayNode<u64>> = std::iter::once(M)
-            .chain(nodes.iter().cloned())
-            .map(|id| (id.clone(), RelayNode::new(id, 0, RelayLimits::default())))
-            .collect();
-        let mut wire = VecDeque::new();
-        let mut delivered: BTreeMap<NodeId, Vec<u64>> = BTreeMap::new();
-        let mut run = |at: &NodeId, input, wire: &mut VecDeque<_>| {
-            for action in relays.get_mut(at).unwrap().handle(input) {
-                match action {
-                    RelayAction::Send { to, msg } => wire.push_back((at.clone(), to, msg)),
-                    RelayAction::Deliver { seq, .. } => {
-                        delivered.entry(at.clone()).or_default().push(seq)
-                    }
-                    other => panic!("{other:?}"),
-                }
-            }
-        };
-        for node in &nodes {
-            run(node, tree.assignment(node).unwrap().input(), &mut wire);
-        }
-        for seq in 1..=10 {
-            run(&M, RelayInput::Publish { seq, event: seq }, &mut wire);
-            while let Some((from, to, msg)) = wire.pop_front() {
-                run(&to, RelayInput::Receive { from, msg }, &mut wire);
+        let mut reached: BTreeMap<NodeId, usize> = BTreeMap::new();
+        let mut sent: BTreeMap<NodeId, usize> = BTreeMap::new();
+        let mut wave = vec![M];
+        while let Some(at) = wave.pop() {
+            for child in tree.children(&at) {
+                *sent.entry(at.clone()).or_default() += 1;
+                *reached.entry(child.clone()).or_default() += 1;
+                assert!(reached.len() <= nodes.len(), "a loop through {child}");
+                wave.push(child);
             }
         }
+        assert_eq!(sent[&M], 2);
         for node in &nodes {
-            assert_eq!(delivered[node], (1..=10).collect::<Vec<_>>(), "{node}");
-        }
-        let sent = |id: &NodeId| relays[id].stats().forwarded;
-        assert_eq!(sent(&M), 20);
-        for node in &nodes {
-            assert_eq!(sent(node), 10 * tree.children(node).len() as u64);
+            assert_eq!(reached.get(node), Some(&1), "{node}");
+            assert_eq!(
+                sent.get(node).copied().unwrap_or(0),
+                tree.children(node).len()
+            );
         }
     }
 
@@ -701,8 +707,6 @@ mod tests {
             node: n("c.test"),
             unusable: M,
             why: Why::Unreachable,
-            keeps: None,
-            have: 7,
         };
         assert_eq!(
             tree.report(&report, &mut health),
@@ -762,8 +766,6 @@ mod tests {
             node: n("b.test"),
             unusable: M,
             why: Why::Unreachable,
-            keeps: None,
-            have: 3,
         };
         // b (with d and f) goes under a leaf of c's subtree: the master
         // and c are full.
@@ -804,51 +806,16 @@ mod tests {
     }
 
     #[test]
-    fn a_declined_assignment_keeps_the_node_where_it_is() {
-        let mut health = Health::default();
-        let (b, c) = (n("b.test"), n("c.test"));
-        let mut tree = grown(0, &[b.clone(), c.clone()], &health);
-        // The master moved c under the master (its tree says so); c
-        // declined and kept b.
-        let kept = Report {
-            node: c.clone(),
-            unusable: M,
-            why: Why::Declined,
-            keeps: Some(b.clone()),
-            have: 0,
-        };
-        assert_eq!(tree.report(&kept, &mut health), []);
-        assert_eq!(tree.parent(&c), Some(&b));
-        // Declined with no parent to keep: another one, not the declined.
-        let d = n("d.test");
-        tree.add(d.clone(), &health);
-        let none = Report {
-            node: d.clone(),
-            unusable: M,
-            why: Why::Declined,
-            keeps: None,
-            have: 0,
-        };
-        assert_eq!(
-            tree.report(&none, &mut health),
-            [assignment("d.test", b.clone(), &[M, b.clone()])]
-        );
-        check(&tree);
-    }
-
-    #[test]
-    fn refused_or_looping_parents_are_avoided() {
+    fn refused_parents_are_avoided() {
         let mut health = Health::default();
         let nodes = domains(3);
         let mut tree = grown(0, &nodes, &health);
-        for why in [Why::Refused, Why::Loop] {
+        for _ in 0..2 {
             let from = tree.parent(&n("c.test")).unwrap().clone();
             let report = Report {
                 node: n("c.test"),
                 unusable: from.clone(),
-                why,
-                keeps: None,
-                have: 0,
+                why: Why::Refused,
             };
             let moves = tree.report(&report, &mut health);
             assert_eq!(moves.len(), 1);
@@ -862,8 +829,6 @@ mod tests {
             node: n("z.test"),
             unusable: M,
             why: Why::Unreachable,
-            keeps: None,
-            have: 0,
         };
         assert_eq!(tree.report(&stranger, &mut health), []);
     }
@@ -926,7 +891,7 @@ mod tests {
                         world.remove(&node);
                         tree.remove(&node, &health)
                     }
-                    3..=5 if tree.contains(&node) => {
+                    3..=6 if tree.contains(&node) => {
                         let current = tree.parent(&node).unwrap().clone();
                         // Mostly about its current parent; sometimes stale.
                         let unusable = if rng.below(4) == 0 {
@@ -934,33 +899,12 @@ mod tests {
                         } else {
                             current
                         };
-                        let why = [Why::Unreachable, Why::Refused, Why::Loop][rng.below(3)];
+                        let why = [Why::Unreachable, Why::Refused][rng.below(2)];
                         world.remove(&node);
                         let report = Report {
                             node: node.clone(),
                             unusable,
                             why,
-                            keeps: None,
-                            have: 0,
-                        };
-                        tree.report(&report, &mut health)
-                    }
-                    6 if tree.contains(&node) => {
-                        let keeps = match rng.below(3) {
-                            0 => None,
-                            1 => Some(M),
-                            _ => Some(pick(&mut rng)).filter(|k| tree.contains(k)),
-                        };
-                        match &keeps {
-                            Some(keeps) => world.insert(node.clone(), keeps.clone()),
-                            None => world.remove(&node),
-                        };
-                        let report = Report {
-                            node: node.clone(),
-                            unusable: tree.parent(&node).unwrap().clone(),
-                            why: Why::Declined,
-                            keeps,
-                            have: 0,
                         };
                         tree.report(&report, &mut health)
                     }

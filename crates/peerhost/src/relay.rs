@@ -74,15 +74,6 @@
 //! exceeded, master streams cut, the master's history short): every slave
 //! delivers the master's events exactly once, in order, with no gaps, and
 //! once links heal every slave has them all, with no later event needed.
-//!
-//! Why `Hub` and not `dmuc_room::relay::RelayNode`: the node is a complete
-//! per-room relay machine (reports through any path, heads, fetches), but
-//! the master speaks only part of `RelayNode`'s reports (`TreeReport` on
-//! the slave's own stream: unreachable or refused; not through other
-//! paths, not `Declined`) and none of its heads. The runtime keeps its
-//! own, smaller machine ([`window`], above), property-tested as it runs;
-//! `RelayNode` and its proptest (`crates/room/tests/relay.rs`) describe
-//! the fuller protocol the master does not speak yet.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
