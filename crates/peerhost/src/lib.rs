@@ -252,6 +252,7 @@ pub async fn run(
     let hub = relay::Hub::new(peer_jid, tls.clone(), config.peering.routes.clone())
         .with_metrics(&metrics);
     let service = service.with_relay(hub.clone());
+    tokio::spawn(hub.clone().probe_links(shutdown.clone()));
     let streams = service.streams();
     let mut uplinks = config.peering.uplinks()?;
     for target in &shadowed {

@@ -49,6 +49,13 @@
 //!  next stream ─▶ Hub::adopt: the slaves come back, offered for resume
 //! ```
 //!
+//! # Link health: [`links`], `probe`
+//! Every few seconds the node pings the peerhosts its places name (parent
+//! and fallbacks, `TreeRelay.Ping`), smooths what it measures per peer
+//! ([`links::Estimator`], pure), and tells each master on its own stream
+//! (`LinkHealth`) when its links to that master's rooms' peers changed
+//! enough; the master's trees prefer parents by it.
+//!
 //! # Sequence numbers: [`window`]
 //! What a node decides with sequence numbers is the pure
 //! [`window::Window`], one per room's place: which events from a parent
@@ -98,8 +105,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::slave::{Slave, SlaveSender};
 use crate::stream::Upstream;
 
+pub mod links;
+mod probe;
 pub mod window;
 
+use links::Estimate;
 use window::{Publish, Window};
 
 /// Events a parent keeps per room for its children's (re)subscriptions.
@@ -145,12 +155,17 @@ pub struct Hub {
     rooms: Arc<Mutex<HashMap<BareJid, Place>>>,
     /// The stream of each master, for children's frames carried up.
     upstreams: Arc<Mutex<HashMap<BareJid, Upstream>>>,
+    /// What each master was last told of this node's link to each peer
+    /// (see [`probe`]), by master and peer JID.
+    told: Arc<Mutex<HashMap<(BareJid, String), Estimate>>>,
     metrics: HubMetrics,
 }
 
 /// What the relay counts.
 #[derive(Debug, Clone, Default)]
 struct HubMetrics {
+    /// Where the links' gauges go (`dmuc_peer_link_*`).
+    registry: Metrics,
     duplicates: Counter,
     caught_up: Counter,
     reparents: Counter,
@@ -165,6 +180,8 @@ struct Place {
     children: HashSet<String>,
     /// The parent followed, if it is a peerhost, and the task doing it.
     parent: Option<(String, Follow)>,
+    /// The parent's endpoint, as the master gave it (for link probes).
+    parent_endpoint: String,
     /// The last event this node has (from any path) and the recent ones,
     /// for children's subscriptions.
     window: Window<Arc<pb::SignedEvent>>,
@@ -184,6 +201,7 @@ impl Default for Place {
             master: None,
             children: HashSet::new(),
             parent: None,
+            parent_endpoint: String::new(),
             window: Window::new(WINDOW),
             subscribers: HashMap::new(),
             verifier: None,
@@ -229,6 +247,7 @@ impl Hub {
             routes: Arc::new(routes),
             rooms: Arc::default(),
             upstreams: Arc::default(),
+            told: Arc::default(),
             metrics: HubMetrics::default(),
         }
     }
@@ -236,6 +255,7 @@ impl Hub {
     /// Counts in `metrics` (`dmuc_relay_*`).
     pub fn with_metrics(mut self, metrics: &Metrics) -> Hub {
         self.metrics = HubMetrics {
+            registry: metrics.clone(),
             duplicates: metrics.counter(
                 "dmuc_relay_duplicates_total",
                 "Events dropped by the relay as already had",
@@ -293,6 +313,7 @@ impl Hub {
             .map(|f| (f.jid, f.endpoint))
             .collect();
         place.children = assign.children.into_iter().collect();
+        place.parent_endpoint = assign.parent_endpoint.clone();
         let children = &place.children;
         place.subscribers.retain(|c, _| children.contains(c));
         let parent = (!assign.parent_jid.is_empty()).then_some(assign.parent_jid);
@@ -353,12 +374,38 @@ impl Hub {
         Follow(tokio::spawn(follow.run().instrument(span)))
     }
 
-    /// `master`'s stream is up: children's frames for it go there.
+    /// `master`'s stream is up: children's frames for it go there, and it
+    /// is told every link again.
     pub fn stream_up(&self, master: &BareJid, up: Upstream) {
+        self.told
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(m, _), _| m != master);
         self.upstreams
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(master.clone(), up);
+    }
+
+    /// How to dial the peerhost `jid` at `url`: with mutual TLS, checking
+    /// that its certificate is valid for `jid` (plaintext only if this
+    /// peerhost has no TLS either).
+    fn endpoint(&self, jid: &str, url: &str) -> Result<Endpoint, String> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| e.to_string())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        if url.starts_with("https://") {
+            let Some(tls) = &self.tls else {
+                return Err("https peer, but no [peering] tls_cert".into());
+            };
+            let config = tls::client_config(tls, jid).map_err(|e| e.to_string())?;
+            endpoint.tls_config(config).map_err(|e| e.to_string())
+        } else if self.tls.is_some() {
+            Err("plaintext peer refused: this peerhost uses TLS".into())
+        } else {
+            Ok(endpoint)
+        }
     }
 
     /// `master`'s stream ended: the slaves of rooms whose tree can still
@@ -681,6 +728,22 @@ impl TreeRelay for Hub {
         self.carry_up(request.get_ref(), names.as_deref()).await?;
         Ok(Response::new(pb::ReportReply {}))
     }
+
+    async fn ping(
+        &self,
+        request: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingReply>, Status> {
+        let names = match &self.tls {
+            Some(_) => Some(
+                tls::client_names(&request)
+                    .map_err(|_| Status::unauthenticated("a client certificate is required"))?,
+            ),
+            None => None,
+        };
+        Ok(Response::new(
+            self.pong(request.get_ref(), names.as_deref())?,
+        ))
+    }
 }
 
 /// The parent an orphan's frames go to: the one that accepted it.
@@ -941,20 +1004,7 @@ impl Following {
         if endpoint.is_empty() {
             return Err("no endpoint for the parent".into());
         }
-        let https = endpoint.starts_with("https://");
-        let mut endpoint = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| e.to_string())?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
-        if https {
-            let Some(tls) = &self.hub.tls else {
-                return Err("https parent, but no [peering] tls_cert".into());
-            };
-            let config = tls::client_config(tls, parent).map_err(|e| e.to_string())?;
-            endpoint = endpoint.tls_config(config).map_err(|e| e.to_string())?;
-        } else if self.hub.tls.is_some() {
-            return Err("plaintext parent refused: this peerhost uses TLS".into());
-        }
+        let endpoint = self.hub.endpoint(parent, endpoint)?;
         let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
         let mut client = TreeRelayClient::new(channel).max_decoding_message_size(MAX_BATCH_BYTES);
         let after = self.last();
