@@ -28,6 +28,8 @@
 //!  tree news     Down, others in the tree ─▶ Detour under another slave (acks come up relayed)
 //!                TreeReport on the slave's own stream ─▶ Tree::report: it, and only it, moves
 //!                Up / Resume ─▶ heal: replan; keepalive round trips ─▶ Health (master links)
+//!                Links (a peerhost's LinkHealth) ─▶ Health (its links to the room's other slaves)
+//!                Health drifted from the last plan ─▶ replan, at most every REPLAN_EVERY
 //! ```
 //!
 //! Every decision is taken here, without I/O: the room task carries out
@@ -48,7 +50,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::peering::{Directory, LinkState, News, PeerHandle, PeerNews, ToPeer};
-use crate::tree::{Health, NodeId, Report, Tree, TreeSetup, TreeStats, Why};
+use crate::tree::{Health, Measured, NodeId, Report, Tree, TreeSetup, TreeStats, Why};
 
 /// Events kept for slaves that come back (Resume instead of a snapshot).
 const LOG_LIMIT: usize = 4096;
@@ -59,6 +61,10 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// How long a slave reached only through the tree may owe shares without
 /// acknowledging any before the master delivers them itself.
 pub const DETOUR_PATIENCE: Duration = Duration::from_secs(5);
+
+/// A room's tree is replanned for drifted link health at most this often
+/// (the first time at once): a moving link does not make it churn.
+pub const REPLAN_EVERY: Duration = Duration::from_secs(10);
 
 /// Something the room task must do, in order.
 #[derive(Debug)]
@@ -165,11 +171,44 @@ struct Spanning {
     setup: Arc<TreeSetup>,
     tree: Tree,
     health: Health,
+    /// The health the tree was last replanned with, and when.
+    planned: Health,
+    replanned: Option<Instant>,
     /// The place each slave domain was last told, on which session.
     told: BTreeMap<String, (u64, pb::Assign)>,
     stats: TreeStats,
     /// `dmuc_tree_depth` of this room.
     depth: dmuc_component::metrics::Gauge,
+}
+
+impl Spanning {
+    /// Replans if the links drifted from the last plan and the last
+    /// replan is [`REPLAN_EVERY`] before `now`; not while a slave is on a
+    /// detour (it has no stream to be told a new place on). Returns the
+    /// number of moves if it replanned.
+    fn replan_if_due(&mut self, now: Instant, on_detour: bool) -> Option<usize> {
+        if on_detour
+            || !self.health.drifted(&self.planned)
+            || self.replanned.is_some_and(|at| now < at + REPLAN_EVERY)
+        {
+            return None;
+        }
+        let moves = self.tree.replan(&self.health);
+        self.planned = self.health.clone();
+        self.replanned = Some(now);
+        Some(moves.len())
+    }
+
+    /// When the links that drifted call for a replan, if they did.
+    fn next_replan(&self, on_detour: bool) -> Option<Instant> {
+        if on_detour || !self.health.drifted(&self.planned) {
+            return None;
+        }
+        Some(match self.replanned {
+            Some(at) => at + REPLAN_EVERY,
+            None => Instant::now(),
+        })
+    }
 }
 
 impl Fanout {
@@ -198,6 +237,8 @@ impl Fanout {
             tree: Tree::new(setup.max_fanout),
             setup,
             health: Health::default(),
+            planned: Health::default(),
+            replanned: None,
             told: BTreeMap::new(),
             stats: TreeStats::default(),
         });
@@ -258,6 +299,12 @@ impl Fanout {
             if !sp.tree.contains(node) {
                 sp.tree.add(node.clone(), &sp.health);
             }
+        }
+        let detours = domains
+            .values()
+            .any(|e| matches!(e.mode, Mode::Detour { .. }));
+        if let Some(moves) = sp.replan_if_due(Instant::now(), detours) {
+            info!(room = %self.room, moves, "tree: link health drifted, replanned");
         }
         let jid = |n: &NodeId| match n {
             NodeId::Master => String::new(),
@@ -626,6 +673,10 @@ impl Fanout {
                 }
                 None
             }
+            PeerNews::Links { links } => {
+                self.links_reported(key, &links, effects);
+                None
+            }
             PeerNews::Report {
                 session,
                 parent,
@@ -692,11 +743,69 @@ impl Fanout {
             } => Some(since + DETOUR_PATIENCE),
             _ => None,
         });
+        let replan = self.spanning.as_ref().and_then(|sp| {
+            let on_detour = self
+                .domains
+                .values()
+                .any(|e| matches!(e.mode, Mode::Detour { .. }));
+            sp.next_replan(on_detour)
+        });
         self.domains
             .values()
             .filter_map(|d| d.ends_at)
             .chain(detours)
+            .chain(replan)
             .min()
+    }
+
+    /// Replans the tree if the links drifted and the last replan is
+    /// [`REPLAN_EVERY`] ago (see [`Self::next_check`]); tells the slaves
+    /// that moved.
+    pub fn replan_due(&mut self, now: Instant) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let detours = self
+            .domains
+            .values()
+            .any(|e| matches!(e.mode, Mode::Detour { .. }));
+        let Some(sp) = &mut self.spanning else {
+            return effects;
+        };
+        if let Some(moves) = sp.replan_if_due(now, detours) {
+            info!(room = %self.room, moves, "tree: link health drifted, replanned");
+            self.sync_tree(&mut effects);
+        }
+        effects
+    }
+
+    /// A peerhost's news of its links to other peerhosts: those to the
+    /// room's other slave domains go into the tree's health (the peerhost
+    /// is one end of each; see [`Health::reported`]), and the tree
+    /// replans if they drifted enough.
+    fn links_reported(
+        &mut self,
+        domain: &str,
+        links: &[(BareJid, Measured)],
+        effects: &mut Vec<Effect>,
+    ) {
+        let Some(sp) = &mut self.spanning else { return };
+        let by = NodeId::peer(domain);
+        let mut taken = 0;
+        for (peer, measured) in links {
+            let others = self
+                .domains
+                .iter()
+                .filter(|(d, e)| d.as_str() != domain && e.peer.target.jid == *peer)
+                .map(|(d, _)| NodeId::peer(d));
+            for other in others {
+                if sp.health.reported(&by, &by, &other, *measured) {
+                    taken += 1;
+                    debug!(%domain, to = %other, rtt_ms = measured.rtt_ms, loss_permille = measured.loss_permille, reachable = measured.reachable, "tree: link health");
+                }
+            }
+        }
+        if taken > 0 {
+            self.sync_tree(effects);
+        }
     }
 
     /// Slaves reached through the tree that have acknowledged nothing they
@@ -1459,6 +1568,90 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn links(peer: &str, rtt_ms: u32, reachable: bool) -> PeerNews {
+        PeerNews::Links {
+            links: vec![(
+                peer.parse().unwrap(),
+                Measured {
+                    rtt_ms,
+                    loss_permille: 0,
+                    reachable,
+                },
+            )],
+        }
+    }
+
+    /// Parents preferred by measured link health (issue 5): c.test is far
+    /// from the master; b.test measures a fast link to it: the room
+    /// replans (at most every `REPLAN_EVERY`) and c.test goes under
+    /// b.test; when c.test finds that link slow, it goes back.
+    #[test]
+    fn a_fast_link_between_peerhosts_draws_a_slave_under_the_other_and_back() {
+        let (mut bed, _c_state, _c) = tree_bed();
+        let peer = |bed: &Bed, d: &str| bed.directory.get(&d.parse().unwrap()).unwrap();
+        peer(&bed, "b.test").set_rtt_ms(10);
+        peer(&bed, "c.test").set_rtt_ms(120);
+        bed.input(join("bob@b.test/1", "bob"));
+        let (_, effects) = bed.input(join("carol@c.test/1", "carol"));
+        assert!(
+            assigns(&effects)
+                .iter()
+                .all(|(_, parent, _)| parent.is_empty())
+        );
+        let health = |bed: &Bed| bed.fanout.spanning.as_ref().unwrap().health.clone();
+        let (b, c) = (NodeId::peer("b.test"), NodeId::peer("c.test"));
+
+        // What b.test says of links it is no end of, or of peerhosts not
+        // in the room, is not taken.
+        for peer in ["muc-peer.b.test", "conference.a.test", "muc-peer.z.test"] {
+            assert!(news_of(&mut bed, "b.test", links(peer, 1, true)).is_empty());
+        }
+        assert_eq!(health(&bed).link(&b, &c), crate::tree::Link::default());
+        assert_eq!(health(&bed).link(&b, &NodeId::Master).rtt_ms, 10);
+
+        // The room replanned for the master's links a moment ago: the
+        // next replan waits.
+        let effects = news_of(&mut bed, "b.test", links("muc-peer.c.test", 5, true));
+        assert_eq!(health(&bed).link(&b, &c).rtt_ms, 5);
+        assert!(assigns(&effects).is_empty());
+        let due = bed.fanout.next_check().expect("a replan is due");
+        assert!(due <= Instant::now() + REPLAN_EVERY);
+        let effects = bed.fanout.replan_due(due);
+        let mut moved = assigns(&effects);
+        moved.sort();
+        assert_eq!(
+            moved,
+            [
+                (
+                    "b.test".into(),
+                    String::new(),
+                    vec!["muc-peer.c.test".into()]
+                ),
+                ("c.test".into(), "muc-peer.b.test".into(), vec![]),
+            ]
+        );
+        assert!(bed.fanout.next_check().is_none(), "nothing drifted since");
+
+        // c.test finds the link slow: the worse end counts.
+        news_of(&mut bed, "c.test", links("muc-peer.b.test", 300, true));
+        assert_eq!(health(&bed).link(&b, &c).rtt_ms, 300);
+        let due = bed.fanout.next_check().expect("a replan is due");
+        assert!(
+            bed.fanout
+                .replan_due(due - Duration::from_secs(1))
+                .is_empty()
+        );
+        let mut moved = assigns(&bed.fanout.replan_due(due));
+        moved.sort();
+        assert_eq!(
+            moved,
+            [
+                ("b.test".into(), String::new(), vec![]),
+                ("c.test".into(), String::new(), vec![]),
+            ]
+        );
     }
 
     #[test]

@@ -15,16 +15,27 @@
 //!  slave needed / gone ──────▶ Tree::add / Tree::remove ─┐
 //!  Report (a slave: lost parent,                         │
 //!   refused) ─────────────────▶ Tree::report ────────────┼─▶ Vec<Assignment>
-//!  keepalive RTTs ─▶ Health ──▶ Tree::replan (rarely) ───┘        │
+//!  keepalive RTTs,                                       │
+//!  LinkHealth ─▶ Health ──▶ Tree::replan (drifted) ──────┘        │
 //!                                                                 ▼
 //!                                  Assign { parent, path } to each node
 //! ```
 //!
 //! The master's links are measured by its keepalives (the round trip of
 //! each peerhost's stream, `crate::fanout` copies it into the room's
-//! [`Health`]); links between peerhosts are not measured yet and cost
-//! [`DEFAULT_RTT_MS`]; a link a node reports it cannot use is broken
-//! until its stream is back.
+//! [`Health`]). Links between peerhosts are measured by the peerhosts
+//! themselves (pings over `TreeRelay`, reported on their own streams as
+//! `LinkHealth`, taken by [`Health::reported`]: a peerhost speaks only of
+//! links it is an end of, and a link is the worse of what its two ends
+//! last said); a link nobody measured yet costs [`DEFAULT_RTT_MS`]. A link
+//! a node reports it cannot use is broken until its stream is back (the
+//! master's) or its ends report it again (between peerhosts).
+//!
+//! When the links have drifted from what the tree was last planned with
+//! ([`Health::drifted`]: some link's cost moved by [`STICKY_MS`] or more),
+//! the room replans, at most every `crate::fanout::REPLAN_EVERY`; the
+//! replan moves only nodes whose path gets cheaper by more than
+//! [`STICKY_MS`].
 //!
 //! # Minimal changes
 //! A change moves as few nodes as it can: a new slave is placed under the
@@ -48,8 +59,10 @@ pub const DEFAULT_RTT_MS: u32 = 100;
 const LOSS_MS_PER_PERMILLE: u64 = 5;
 /// A broken link is used only when there is no other way.
 const BROKEN_MS: u64 = 1_000_000;
-/// A link in use is kept unless another is better by more than this.
-const STICKY_MS: u64 = 20;
+/// A link in use is kept unless another is better by more than this; a
+/// link whose cost moved by this much since the last plan calls for a
+/// replan.
+pub const STICKY_MS: u64 = 20;
 
 /// A node of a room's tree.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -132,11 +145,34 @@ impl Link {
     }
 }
 
+/// What one end of a link between two peerhosts says of it (a
+/// `PeerLink` of its `LinkHealth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Measured {
+    pub rtt_ms: u32,
+    pub loss_permille: u16,
+    /// Any of its last pings was answered.
+    pub reachable: bool,
+}
+
+impl Measured {
+    fn link(&self) -> Link {
+        Link {
+            rtt_ms: self.rtt_ms,
+            loss_permille: self.loss_permille.min(1000),
+            broken: !self.reachable,
+        }
+    }
+}
+
 /// What the master knows of the links between nodes (it may be shared by
 /// every room: links are between peerhosts, not rooms).
 #[derive(Clone, Debug, Default)]
 pub struct Health {
     links: BTreeMap<(NodeId, NodeId), Link>,
+    /// What each end of a link between peerhosts last said of it: by
+    /// (the end that said it, the other end).
+    said: BTreeMap<(NodeId, NodeId), Measured>,
 }
 
 impl Health {
@@ -157,6 +193,38 @@ impl Health {
     /// The link between `a` and `b` works again.
     pub fn healed(&mut self, a: &NodeId, b: &NodeId) {
         self.entry(a, b).broken = false;
+    }
+
+    /// `by` says how the link between `a` and `b` is. Taken only from an
+    /// end of the link, and only between two peerhosts (the master
+    /// measures its own links): a peerhost cannot speak for others' links.
+    /// The link is then the worse of what its two ends last said, so that
+    /// one end cannot make it look better than the other sees it (and a
+    /// link usable one way only counts as broken); this replaces a
+    /// `broken` that a report of a node set. Returns whether it was taken.
+    pub fn reported(&mut self, by: &NodeId, a: &NodeId, b: &NodeId, measured: Measured) -> bool {
+        if a == b || a.is_master() || b.is_master() || (by != a && by != b) {
+            return false;
+        }
+        let other = if by == a { b } else { a };
+        self.said.insert((by.clone(), other.clone()), measured);
+        let worse = [(a, b), (b, a)]
+            .iter()
+            .filter_map(|(x, y)| self.said.get(&((*x).clone(), (*y).clone())))
+            .map(Measured::link)
+            .max_by_key(Link::cost)
+            .expect("just said");
+        *self.entry(a, b) = worse;
+        true
+    }
+
+    /// Whether any link's cost moved by [`STICKY_MS`] or more since
+    /// `planned` (the health the tree was last planned with).
+    pub fn drifted(&self, planned: &Health) -> bool {
+        self.links
+            .keys()
+            .chain(planned.links.keys())
+            .any(|(a, b)| self.cost(a, b).abs_diff(planned.cost(a, b)) >= STICKY_MS)
     }
 
     /// The link between `a` and `b` as known (the defaults if never measured).
@@ -850,6 +918,96 @@ mod tests {
         let nodes = domains(6);
         let mut tree = grown(2, &nodes, &Health::default());
         assert_eq!(tree.replan(&Health::default()), []);
+    }
+
+    fn up(rtt_ms: u32) -> Measured {
+        Measured {
+            rtt_ms,
+            loss_permille: 0,
+            reachable: true,
+        }
+    }
+
+    /// The issue's "parents preferred by measured link health": c.test
+    /// is far from the master; once b.test measures a fast link to it,
+    /// the replan puts c under b, and back under the master when that
+    /// link degrades.
+    #[test]
+    fn a_measured_fast_peer_link_draws_a_slave_under_that_peer_and_back() {
+        let (b, c) = (n("b.test"), n("c.test"));
+        let mut health = Health::default();
+        health.measured(&M, &b, 10, 0);
+        health.measured(&M, &c, 120, 0);
+        // Unmeasured, b-c costs the default: through b (60 + 150) is
+        // dearer than direct (170).
+        let mut tree = grown(0, &[b.clone(), c.clone()], &health);
+        assert_eq!(tree.parent(&c), Some(&M));
+        let planned = health.clone();
+        assert!(health.reported(&b, &b, &c, up(5)));
+        assert!(health.drifted(&planned));
+        assert_eq!(
+            tree.replan(&health),
+            [assignment("c.test", b.clone(), &[M, b.clone()])]
+        );
+        // c sees the link as slow and lossy: the worse end counts.
+        let planned = health.clone();
+        let slow = Measured {
+            rtt_ms: 90,
+            loss_permille: 20,
+            reachable: true,
+        };
+        assert!(health.reported(&c, &c, &b, slow));
+        assert_eq!(health.link(&b, &c).rtt_ms, 90);
+        assert!(health.drifted(&planned));
+        assert_eq!(tree.replan(&health), [assignment("c.test", M, &[M])]);
+        // Both ends see it fast again: under b again.
+        assert!(health.reported(&c, &b, &c, up(4)));
+        assert_eq!(health.link(&b, &c).rtt_ms, 5);
+        assert_eq!(
+            tree.replan(&health),
+            [assignment("c.test", b.clone(), &[M, b.clone()])]
+        );
+        // An end that cannot reach the other breaks the link.
+        assert!(health.reported(
+            &c,
+            &c,
+            &b,
+            Measured {
+                reachable: false,
+                ..up(4)
+            }
+        ));
+        assert!(health.link(&b, &c).broken);
+        assert_eq!(tree.replan(&health), [assignment("c.test", M, &[M])]);
+    }
+
+    #[test]
+    fn a_peer_speaks_only_for_its_own_links_between_peerhosts() {
+        let (b, c, d) = (n("b.test"), n("c.test"), n("d.test"));
+        let mut health = Health::default();
+        let before = health.clone();
+        // d is no end of b-c; nobody reports the master's links (it
+        // measures them itself); a link to oneself is no link.
+        assert!(!health.reported(&d, &b, &c, up(1)));
+        assert!(!health.reported(&b, &b, &M, up(1)));
+        assert!(!health.reported(&b, &b, &b, up(1)));
+        assert_eq!(health.link(&b, &c), Link::default());
+        assert_eq!(health.link(&b, &M), Link::default());
+        assert!(!health.drifted(&before));
+        let mut tree = grown(0, &[b.clone(), c.clone(), d.clone()], &health);
+        assert_eq!(tree.replan(&health), []);
+    }
+
+    #[test]
+    fn small_changes_do_not_call_for_a_replan_but_their_sum_does() {
+        let (b, c) = (n("b.test"), n("c.test"));
+        let mut health = Health::default();
+        health.reported(&b, &b, &c, up(40));
+        let planned = health.clone();
+        health.reported(&b, &b, &c, up(55));
+        assert!(!health.drifted(&planned), "15 ms");
+        health.reported(&b, &b, &c, up(60));
+        assert!(health.drifted(&planned), "20 ms since the plan");
     }
 
     /// A small deterministic generator (splitmix64).
