@@ -20,8 +20,9 @@
 //! - [`uplink`]: masters the peerhost dials itself (`[[peering.uplink]]`),
 //!   served like streams they opened.
 //! - [`relay`]: spanning trees: this peerhost's slaves relaying the
-//!   master's (signed) events to other peerhosts' slaves, and following a
-//!   parent peerhost when the master assigns one.
+//!   master's (signed) events to other peerhosts' slaves, following a
+//!   parent peerhost when the master assigns one, and measuring the links
+//!   to the other peerhosts of the trees (pings, reported to the masters).
 //! - [`shadow`]: interception (`[[shadow]]`): routes this domain's users'
 //!   stanzas for a remote service up its master's stream, or, while the
 //!   stream is down, to the room's split slave.
