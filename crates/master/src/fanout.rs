@@ -28,6 +28,8 @@
 //!  tree news     Down, others in the tree ─▶ Detour under another slave (acks come up relayed)
 //!                TreeReport on the slave's own stream ─▶ Tree::report: it, and only it, moves
 //!                Up / Resume ─▶ heal: replan; keepalive round trips ─▶ Health (master links)
+//!                Links (a peerhost's LinkHealth) ─▶ Health (its links to the room's other slaves)
+//!                Health drifted from the last plan ─▶ replan, at most every REPLAN_EVERY
 //! ```
 //!
 //! Every decision is taken here, without I/O: the room task carries out
@@ -41,7 +43,6 @@ use std::time::Duration;
 
 use dmuc_protocol::pb::{self, master_frame};
 use dmuc_protocol::{RoomEvent, SlaveStart};
-use dmuc_room::relay::{NodeId, Report, Why};
 use dmuc_room::{Action, Input, Room};
 use jid::BareJid;
 use tokio::sync::mpsc;
@@ -49,7 +50,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::peering::{ChildFrame, Directory, LinkState, News, PeerHandle, PeerNews, Seal, ToPeer};
-use crate::tree::{Health, Tree, TreeSetup, TreeStats};
+use crate::tree::{Health, Measured, NodeId, Report, Tree, TreeSetup, TreeStats, Why};
 
 /// Events kept for slaves that come back (Resume instead of a snapshot).
 const LOG_LIMIT: usize = 4096;
@@ -60,6 +61,10 @@ const RECHECK: Duration = Duration::from_secs(1);
 /// How long a slave reached only through the tree may owe shares without
 /// acknowledging any before the master delivers them itself.
 pub const DETOUR_PATIENCE: Duration = Duration::from_secs(5);
+
+/// A room's tree is replanned for drifted link health at most this often
+/// (the first time at once): a moving link does not make it churn.
+pub const REPLAN_EVERY: Duration = Duration::from_secs(10);
 
 /// Something the room task must do, in order.
 #[derive(Debug)]
@@ -166,6 +171,9 @@ struct Spanning {
     setup: Arc<TreeSetup>,
     tree: Tree,
     health: Health,
+    /// The health the tree was last replanned with, and when.
+    planned: Health,
+    replanned: Option<Instant>,
     /// The place each slave domain was last told, on which session.
     told: BTreeMap<String, (u64, pb::Assign)>,
     /// The counter of the last frame each slave domain sealed that a
@@ -177,6 +185,36 @@ struct Spanning {
     depth: dmuc_component::metrics::Gauge,
     fanout: dmuc_component::metrics::Gauge,
     reparents: dmuc_component::metrics::Counter,
+}
+
+impl Spanning {
+    /// Replans if the links drifted from the last plan and the last
+    /// replan is [`REPLAN_EVERY`] before `now`; not while a slave is on a
+    /// detour (it has no stream to be told a new place on). Returns the
+    /// number of moves if it replanned.
+    fn replan_if_due(&mut self, now: Instant, on_detour: bool) -> Option<usize> {
+        if on_detour
+            || !self.health.drifted(&self.planned)
+            || self.replanned.is_some_and(|at| now < at + REPLAN_EVERY)
+        {
+            return None;
+        }
+        let moves = self.tree.replan(&self.health);
+        self.planned = self.health.clone();
+        self.replanned = Some(now);
+        Some(moves.len())
+    }
+
+    /// When the links that drifted call for a replan, if they did.
+    fn next_replan(&self, on_detour: bool) -> Option<Instant> {
+        if on_detour || !self.health.drifted(&self.planned) {
+            return None;
+        }
+        Some(match self.replanned {
+            Some(at) => at + REPLAN_EVERY,
+            None => Instant::now(),
+        })
+    }
 }
 
 impl Fanout {
@@ -215,6 +253,8 @@ impl Fanout {
             tree: Tree::new(setup.max_fanout),
             setup,
             health: Health::default(),
+            planned: Health::default(),
+            replanned: None,
             told: BTreeMap::new(),
             sealed: BTreeMap::new(),
             stats: TreeStats::default(),
@@ -276,6 +316,12 @@ impl Fanout {
             if !sp.tree.contains(node) {
                 sp.tree.add(node.clone(), &sp.health);
             }
+        }
+        let detours = domains
+            .values()
+            .any(|e| matches!(e.mode, Mode::Detour { .. }));
+        if let Some(moves) = sp.replan_if_due(Instant::now(), detours) {
+            info!(room = %self.room, moves, "tree: link health drifted, replanned");
         }
         let jid = |n: &NodeId| match n {
             NodeId::Master => String::new(),
@@ -599,7 +645,7 @@ impl Fanout {
                     // It may go on through another slave (its users'
                     // stanzas too, if it intercepts: carried up by its
                     // parent).
-                    if self.detour(key, acked) {
+                    if self.detour(key) {
                         self.sync_tree(effects);
                         return None;
                     }
@@ -657,6 +703,10 @@ impl Fanout {
                         }
                     }
                 }
+                None
+            }
+            PeerNews::Links { links } => {
+                self.links_reported(key, &links, effects);
                 None
             }
             PeerNews::Report {
@@ -725,11 +775,69 @@ impl Fanout {
             } => Some(since + DETOUR_PATIENCE),
             _ => None,
         });
+        let replan = self.spanning.as_ref().and_then(|sp| {
+            let on_detour = self
+                .domains
+                .values()
+                .any(|e| matches!(e.mode, Mode::Detour { .. }));
+            sp.next_replan(on_detour)
+        });
         self.domains
             .values()
             .filter_map(|d| d.ends_at)
             .chain(detours)
+            .chain(replan)
             .min()
+    }
+
+    /// Replans the tree if the links drifted and the last replan is
+    /// [`REPLAN_EVERY`] ago (see [`Self::next_check`]); tells the slaves
+    /// that moved.
+    pub fn replan_due(&mut self, now: Instant) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let detours = self
+            .domains
+            .values()
+            .any(|e| matches!(e.mode, Mode::Detour { .. }));
+        let Some(sp) = &mut self.spanning else {
+            return effects;
+        };
+        if let Some(moves) = sp.replan_if_due(now, detours) {
+            info!(room = %self.room, moves, "tree: link health drifted, replanned");
+            self.sync_tree(&mut effects);
+        }
+        effects
+    }
+
+    /// A peerhost's news of its links to other peerhosts: those to the
+    /// room's other slave domains go into the tree's health (the peerhost
+    /// is one end of each; see [`Health::reported`]), and the tree
+    /// replans if they drifted enough.
+    fn links_reported(
+        &mut self,
+        domain: &str,
+        links: &[(BareJid, Measured)],
+        effects: &mut Vec<Effect>,
+    ) {
+        let Some(sp) = &mut self.spanning else { return };
+        let by = NodeId::peer(domain);
+        let mut taken = 0;
+        for (peer, measured) in links {
+            let others = self
+                .domains
+                .iter()
+                .filter(|(d, e)| d.as_str() != domain && e.peer.target.jid == *peer)
+                .map(|(d, _)| NodeId::peer(d));
+            for other in others {
+                if sp.health.reported(&by, &by, &other, *measured) {
+                    taken += 1;
+                    debug!(%domain, to = %other, rtt_ms = measured.rtt_ms, loss_permille = measured.loss_permille, reachable = measured.reachable, "tree: link health");
+                }
+            }
+        }
+        if taken > 0 {
+            self.sync_tree(effects);
+        }
     }
 
     /// Slaves reached through the tree that have acknowledged nothing they
@@ -779,10 +887,10 @@ impl Fanout {
         effects
     }
 
-    /// `domain`'s stream is down with everything up to `acked` applied: if
-    /// the room runs a tree in which another slave can reach it, it stays
-    /// a slave there (a detour) and the master delivers nothing directly.
-    fn detour(&mut self, domain: &str, acked: u64) -> bool {
+    /// `domain`'s stream is down: if the room runs a tree in which another
+    /// slave can reach it, it stays a slave there (a detour) and the
+    /// master delivers nothing directly.
+    fn detour(&mut self, domain: &str) -> bool {
         let Some(sp) = &mut self.spanning else {
             return false;
         };
@@ -800,8 +908,6 @@ impl Fanout {
             node: node.clone(),
             unusable: NodeId::Master,
             why: Why::Unreachable,
-            keeps: None,
-            have: acked,
         };
         if parent.is_master() {
             sp.tree.report(&report, &mut sp.health);
@@ -972,8 +1078,6 @@ impl Fanout {
             } else {
                 Why::Unreachable
             },
-            keeps: None,
-            have,
         };
         let moves = sp.tree.report(&report, &mut sp.health);
         info!(%domain, %parent, refused, have, moves = moves.len(), "tree: a slave cannot use its parent");
@@ -1605,6 +1709,90 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn links(peer: &str, rtt_ms: u32, reachable: bool) -> PeerNews {
+        PeerNews::Links {
+            links: vec![(
+                peer.parse().unwrap(),
+                Measured {
+                    rtt_ms,
+                    loss_permille: 0,
+                    reachable,
+                },
+            )],
+        }
+    }
+
+    /// Parents preferred by measured link health (issue 5): c.test is far
+    /// from the master; b.test measures a fast link to it: the room
+    /// replans (at most every `REPLAN_EVERY`) and c.test goes under
+    /// b.test; when c.test finds that link slow, it goes back.
+    #[test]
+    fn a_fast_link_between_peerhosts_draws_a_slave_under_the_other_and_back() {
+        let (mut bed, _c_state, _c) = tree_bed();
+        let peer = |bed: &Bed, d: &str| bed.directory.get(&d.parse().unwrap()).unwrap();
+        peer(&bed, "b.test").set_rtt_ms(10);
+        peer(&bed, "c.test").set_rtt_ms(120);
+        bed.input(join("bob@b.test/1", "bob"));
+        let (_, effects) = bed.input(join("carol@c.test/1", "carol"));
+        assert!(
+            assigns(&effects)
+                .iter()
+                .all(|(_, parent, _)| parent.is_empty())
+        );
+        let health = |bed: &Bed| bed.fanout.spanning.as_ref().unwrap().health.clone();
+        let (b, c) = (NodeId::peer("b.test"), NodeId::peer("c.test"));
+
+        // What b.test says of links it is no end of, or of peerhosts not
+        // in the room, is not taken.
+        for peer in ["muc-peer.b.test", "conference.a.test", "muc-peer.z.test"] {
+            assert!(news_of(&mut bed, "b.test", links(peer, 1, true)).is_empty());
+        }
+        assert_eq!(health(&bed).link(&b, &c), crate::tree::Link::default());
+        assert_eq!(health(&bed).link(&b, &NodeId::Master).rtt_ms, 10);
+
+        // The room replanned for the master's links a moment ago: the
+        // next replan waits.
+        let effects = news_of(&mut bed, "b.test", links("muc-peer.c.test", 5, true));
+        assert_eq!(health(&bed).link(&b, &c).rtt_ms, 5);
+        assert!(assigns(&effects).is_empty());
+        let due = bed.fanout.next_check().expect("a replan is due");
+        assert!(due <= Instant::now() + REPLAN_EVERY);
+        let effects = bed.fanout.replan_due(due);
+        let mut moved = assigns(&effects);
+        moved.sort();
+        assert_eq!(
+            moved,
+            [
+                (
+                    "b.test".into(),
+                    String::new(),
+                    vec!["muc-peer.c.test".into()]
+                ),
+                ("c.test".into(), "muc-peer.b.test".into(), vec![]),
+            ]
+        );
+        assert!(bed.fanout.next_check().is_none(), "nothing drifted since");
+
+        // c.test finds the link slow: the worse end counts.
+        news_of(&mut bed, "c.test", links("muc-peer.b.test", 300, true));
+        assert_eq!(health(&bed).link(&b, &c).rtt_ms, 300);
+        let due = bed.fanout.next_check().expect("a replan is due");
+        assert!(
+            bed.fanout
+                .replan_due(due - Duration::from_secs(1))
+                .is_empty()
+        );
+        let mut moved = assigns(&bed.fanout.replan_due(due));
+        moved.sort();
+        assert_eq!(
+            moved,
+            [
+                ("b.test".into(), String::new(), vec![]),
+                ("c.test".into(), String::new(), vec![]),
+            ]
+        );
     }
 
     #[test]

@@ -190,6 +190,8 @@ impl RoomTask {
                 () = sleep_until(check), if check.is_some() => {
                     let effects = self.fanout.detours(Instant::now());
                     self.perform(effects).await;
+                    let effects = self.fanout.replan_due(Instant::now());
+                    self.perform(effects).await;
                     let steps = self.fanout.occupancy(&self.room, Instant::now());
                     self.queue(None, steps.into_iter().map(Item::Step).collect()).await;
                 }

@@ -587,3 +587,104 @@ async fn what_an_orphan_could_not_carry_up_reaches_everyone_on_heal() {
     exchange(&mut clients, 0, "after the heal").await;
     nothing_twice(&mut clients).await;
 }
+
+/// Parents preferred by measured link health (issue 5): b.test, c.test
+/// and d.test in a star. The master's link to c.test is slow (the testbed
+/// holds what crosses it 60 ms each way), and so is the way c.test dials
+/// d.test (d.test's way to c.test is fast, but the worse end counts),
+/// while c.test reaches b.test fast. Unmeasured, the b.test-c.test link
+/// counts as 100 ms, so c.test's direct link (about 120 ms) wins; once
+/// the peerhosts' pings measure it and they report it, the room replans
+/// and c.test goes under b.test, with no cut: its stream to the master
+/// stays up, b.test relays the events, and c.test's user gets every
+/// message exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_measured_fast_peer_link_replaces_a_slow_master_link() {
+    const PEERS: [&str; 3] = ["b.test", "c.test", "d.test"];
+    let master = env!("CARGO_BIN_EXE_dmuc-master");
+    let system = distributed::start_counted(
+        master,
+        &MasterSetup {
+            // The master measures its links soon.
+            peering_toml: "keepalive_secs = 1\n".into(),
+            extra_toml: "[limits]\nrate_per_second = 0\n".into(),
+            ..MasterSetup::default()
+        },
+        &PEERS,
+        &PeerhostSetup::default(),
+    )
+    .await
+    .expect("system starts");
+    let c = peerhost(&system, "c.test");
+    c.relay.as_ref().unwrap().delay(Duration::from_millis(60));
+    system
+        .link("c.test", "d.test")
+        .unwrap()
+        .delay(Duration::from_millis(60));
+    let started = Instant::now();
+    let mut clients = occupants(&system, &PEERS).await;
+    exchange(&mut clients, 0, "warm-up").await;
+    master_logs_after(&system, 0, &["tree changed", "nodes=3", "depth=1"]).await;
+
+    // c.test's peerhost measures its link to b.test and tells the master;
+    // the room replans (at most every 10 s): c.test under b.test.
+    c.process
+        .wait_for_log_line(
+            &["tree: link health reported", "peer=muc-peer.b.test"],
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    c.process
+        .wait_for_log_line(
+            &["tree: place assigned", "parent=\"muc-peer.b.test\""],
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let moved = started.elapsed();
+    let log = system.master.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("tree: link health drifted, replanned") && l.contains("moves=1")),
+        "the master replanned for the measured link"
+    );
+    master_logs_after(&system, 0, &["tree changed", "depth=2", "master_fanout=2"]).await;
+    c.process
+        .wait_for_log_line(
+            &["tree: following the parent", "muc-peer.b.test"],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+
+    let via_b = system.link("c.test", "b.test").unwrap().traffic();
+    let mut latencies = Vec::new();
+    for i in 0..MESSAGES {
+        let sender = if i % 4 == 3 { 2 } else { 0 };
+        latencies.push(exchange(&mut clients, sender, &format!("measured{i}")).await);
+    }
+    nothing_twice(&mut clients).await;
+    latencies.sort();
+    let relayed = system
+        .link("c.test", "b.test")
+        .unwrap()
+        .traffic()
+        .since(&via_b);
+    println!(
+        "master-c.test 60 ms each way, c.test-b.test measured: c.test moved under b.test \
+         {moved:?} after the joins began; then latency to the last recipient (median) {:?}, \
+         max {:?}; b.test relayed {} B to c.test",
+        latencies[latencies.len() / 2],
+        latencies.last().unwrap(),
+        relayed.bytes_out
+    );
+    assert!(
+        relayed.bytes_out > 50 * MESSAGES as u64,
+        "b.test relays to c.test: {relayed:?}"
+    );
+    // No cut: c.test's stream never went down, no slave was lost.
+    let log = system.master.log();
+    assert!(!log.contains("peerhost stream down"), "a stream went down");
+    assert!(!log.contains("slave lost"), "a slave was lost");
+}

@@ -20,8 +20,9 @@
 //! - [`uplink`]: masters the peerhost dials itself (`[[peering.uplink]]`),
 //!   served like streams they opened.
 //! - [`relay`]: spanning trees: this peerhost's slaves relaying the
-//!   master's (signed) events to other peerhosts' slaves, and following a
-//!   parent peerhost when the master assigns one.
+//!   master's (signed) events to other peerhosts' slaves, following a
+//!   parent peerhost when the master assigns one, and measuring the links
+//!   to the other peerhosts of the trees (pings, reported to the masters).
 //! - [`shadow`]: interception (`[[shadow]]`): routes this domain's users'
 //!   stanzas for a remote service up its master's stream, or, while the
 //!   stream is down, to the room's split slave.
@@ -252,6 +253,7 @@ pub async fn run(
     let hub = relay::Hub::new(peer_jid, tls.clone(), config.peering.routes.clone())
         .with_metrics(&metrics);
     let service = service.with_relay(hub.clone());
+    tokio::spawn(hub.clone().probe_links(shutdown.clone()));
     let streams = service.streams();
     let mut uplinks = config.peering.uplinks()?;
     for target in &shadowed {

@@ -66,6 +66,13 @@
 //!  next stream ─▶ Hub::adopt: the slaves come back, offered for resume
 //! ```
 //!
+//! # Link health: [`links`], `probe`
+//! Every few seconds the node pings the peerhosts its places name (parent
+//! and fallbacks, `TreeRelay.Ping`), smooths what it measures per peer
+//! ([`links::Estimator`], pure), and tells each master on its own stream
+//! (`LinkHealth`) when its links to that master's rooms' peers changed
+//! enough; the master's trees prefer parents by it.
+//!
 //! # Sequence numbers: [`window`]
 //! What a node decides with sequence numbers is the pure
 //! [`window::Window`], one per room's place: which events from a parent
@@ -91,15 +98,6 @@
 //! exceeded, master streams cut, the master's history short): every slave
 //! delivers the master's events exactly once, in order, with no gaps, and
 //! once links heal every slave has them all, with no later event needed.
-//!
-//! Why `Hub` and not `dmuc_room::relay::RelayNode`: the node is a complete
-//! per-room relay machine (reports through any path, heads, fetches), but
-//! the master speaks only part of `RelayNode`'s reports (`TreeReport` on
-//! the slave's own stream: unreachable or refused; not through other
-//! paths, not `Declined`) and none of its heads. The runtime keeps its
-//! own, smaller machine ([`window`], above), property-tested as it runs;
-//! `RelayNode` and its proptest (`crates/room/tests/relay.rs`) describe
-//! the fuller protocol the master does not speak yet.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -124,8 +122,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::slave::{Slave, SlaveSender};
 use crate::stream::Upstream;
 
+pub mod links;
+mod probe;
 pub mod window;
 
+use links::Estimate;
 use window::{Publish, Window};
 
 /// Events a parent keeps per room for its children's (re)subscriptions.
@@ -171,6 +172,9 @@ pub struct Hub {
     rooms: Arc<Mutex<HashMap<BareJid, Place>>>,
     /// The stream of each master, for children's frames carried up.
     upstreams: Arc<Mutex<HashMap<BareJid, Upstream>>>,
+    /// What each master was last told of this node's link to each peer
+    /// (see [`probe`]), by master and peer JID.
+    told: Arc<Mutex<HashMap<(BareJid, String), Estimate>>>,
     metrics: HubMetrics,
 }
 
@@ -230,6 +234,8 @@ struct Place {
     children: HashSet<String>,
     /// The parent followed, if it is a peerhost, and the task doing it.
     parent: Option<(String, Follow)>,
+    /// The parent's endpoint, as the master gave it (for link probes).
+    parent_endpoint: String,
     /// The last event this node has (from any path) and the recent ones,
     /// for children's subscriptions.
     window: Window<Arc<pb::SignedEvent>>,
@@ -251,6 +257,7 @@ impl Default for Place {
             master: None,
             children: HashSet::new(),
             parent: None,
+            parent_endpoint: String::new(),
             window: Window::new(WINDOW),
             subscribers: HashMap::new(),
             verifier: None,
@@ -344,6 +351,7 @@ impl Hub {
             routes: Arc::new(routes),
             rooms: Arc::default(),
             upstreams: Arc::default(),
+            told: Arc::default(),
             metrics: HubMetrics::default(),
         }
     }
@@ -397,6 +405,7 @@ impl Hub {
             .map(|f| (f.jid, f.endpoint))
             .collect();
         place.children = assign.children.into_iter().collect();
+        place.parent_endpoint = assign.parent_endpoint.clone();
         let children = &place.children;
         place.subscribers.retain(|c, _| children.contains(c));
         let parent = (!assign.parent_jid.is_empty()).then_some(assign.parent_jid);
@@ -457,12 +466,38 @@ impl Hub {
         Follow(tokio::spawn(follow.run().instrument(span)))
     }
 
-    /// `master`'s stream is up: children's frames for it go there.
+    /// `master`'s stream is up: children's frames for it go there, and it
+    /// is told every link again.
     pub fn stream_up(&self, master: &BareJid, up: Upstream) {
+        self.told
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(m, _), _| m != master);
         self.upstreams
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(master.clone(), up);
+    }
+
+    /// How to dial the peerhost `jid` at `url`: with mutual TLS, checking
+    /// that its certificate is valid for `jid` (plaintext only if this
+    /// peerhost has no TLS either).
+    fn endpoint(&self, jid: &str, url: &str) -> Result<Endpoint, String> {
+        let endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| e.to_string())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        if url.starts_with("https://") {
+            let Some(tls) = &self.tls else {
+                return Err("https peer, but no [peering] tls_cert".into());
+            };
+            let config = tls::client_config(tls, jid).map_err(|e| e.to_string())?;
+            endpoint.tls_config(config).map_err(|e| e.to_string())
+        } else if self.tls.is_some() {
+            Err("plaintext peer refused: this peerhost uses TLS".into())
+        } else {
+            Ok(endpoint)
+        }
     }
 
     /// `master`'s stream ended: the slaves of rooms whose tree can still
@@ -801,6 +836,22 @@ impl TreeRelay for Hub {
         };
         self.carry_up(request.get_ref(), names.as_deref()).await?;
         Ok(Response::new(pb::ReportReply {}))
+    }
+
+    async fn ping(
+        &self,
+        request: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingReply>, Status> {
+        let names = match &self.tls {
+            Some(_) => Some(
+                tls::client_names(&request)
+                    .map_err(|_| Status::unauthenticated("a client certificate is required"))?,
+            ),
+            None => None,
+        };
+        Ok(Response::new(
+            self.pong(request.get_ref(), names.as_deref())?,
+        ))
     }
 }
 
@@ -1170,20 +1221,7 @@ impl Following {
         if endpoint.is_empty() {
             return Err("no endpoint for the peerhost".into());
         }
-        let https = endpoint.starts_with("https://");
-        let mut endpoint = Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| e.to_string())?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
-        if https {
-            let Some(tls) = &self.hub.tls else {
-                return Err("https peerhost, but no [peering] tls_cert".into());
-            };
-            let config = tls::client_config(tls, peer).map_err(|e| e.to_string())?;
-            endpoint = endpoint.tls_config(config).map_err(|e| e.to_string())?;
-        } else if self.hub.tls.is_some() {
-            return Err("plaintext peerhost refused: this peerhost uses TLS".into());
-        }
+        let endpoint = self.hub.endpoint(peer, endpoint)?;
         let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
         Ok(TreeRelayClient::new(channel).max_decoding_message_size(MAX_BATCH_BYTES))
     }

@@ -228,6 +228,8 @@ pub struct Upstream {
     resync: bool,
     /// Whether the "keepalive-echo" feature was agreed.
     keepalive_echo: bool,
+    /// Whether the "link-health" feature was agreed.
+    link_health: bool,
     /// Ends the whole stream (a gap without "resync"); cancelled too once
     /// the stream is ending.
     end: CancellationToken,
@@ -242,6 +244,7 @@ impl Upstream {
             frames: mpsc::channel(1).0,
             resync: false,
             keepalive_echo: false,
+            link_health: false,
             end,
         }
     }
@@ -253,8 +256,14 @@ impl Upstream {
             frames,
             resync: true,
             keepalive_echo: false,
+            link_health: false,
             end: CancellationToken::new(),
         }
+    }
+
+    /// Whether the master takes `LinkHealth` frames.
+    pub fn link_health(&self) -> bool {
+        self.link_health
     }
 
     /// Sends a frame; `false` once the stream is gone or ending. A master
@@ -565,6 +574,7 @@ async fn welcome(
         frames: frames.clone(),
         resync: agreed.features.iter().any(|f| f == feature::RESYNC),
         keepalive_echo: agreed.features.iter().any(|f| f == feature::KEEPALIVE_ECHO),
+        link_health: agreed.features.iter().any(|f| f == feature::LINK_HEALTH),
         end: end.clone(),
     };
     Some((up, master, held, welcome))

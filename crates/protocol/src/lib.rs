@@ -89,8 +89,11 @@ pub mod feature {
     /// cannot continue. Without it, a gap ends the whole stream, and the
     /// master recreates every slave on reconnect.
     pub const RESYNC: &str = "resync";
+    /// The peerhost reports its links to other peerhosts (`LinkHealth`),
+    /// for the master's rooms' trees.
+    pub const LINK_HEALTH: &str = "link-health";
     /// Every feature this build supports.
-    pub const ALL: &[&str] = &[KEEPALIVE_ECHO, RESYNC];
+    pub const ALL: &[&str] = &[KEEPALIVE_ECHO, RESYNC, LINK_HEALTH];
 }
 
 /// How a domain's peerhost is found (XEP-0030, XEP-0128): the domain's

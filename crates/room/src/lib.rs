@@ -20,9 +20,6 @@
 //! - [`merge`]: the master's room takes a healed split's inputs back, each
 //!   once and in order, keeping their stanza ids and telling only those
 //!   who did not see them.
-//! - [`relay`]: spanning trees of slaves: one node's relay of a room's
-//!   events (forward in order to children, deliver exactly once, drop
-//!   duplicates, fetch gaps, reparent, refuse loops).
 //! - `testing` (feature `testing`): proptest strategies for inputs, shared
 //!   with the crates that carry rooms over a wire.
 //!
@@ -43,7 +40,6 @@ pub mod form;
 pub mod history;
 pub mod ids;
 pub mod merge;
-pub mod relay;
 pub mod replica;
 pub mod room;
 pub mod split;

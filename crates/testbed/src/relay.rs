@@ -8,14 +8,20 @@
 //!  a.test ── s2s ──▶ relay 127.x.y.102:5269 ──▶ b.test 127.x.y.2:5269
 //!                     counts: bytes ▶ / ◀, stanzas ▶ / ◀
 //! ```
+//!
+//! A test may cut the link, stall it silently, or make it slow (a fixed
+//! delay each way, as a distant link).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 
@@ -78,6 +84,8 @@ struct Counters {
     connections: AtomicU64,
     bytes: [AtomicU64; 2],
     stanzas: [AtomicU64; 2],
+    /// What crosses is held this long each way, in µs.
+    delay_us: AtomicU64,
 }
 
 /// A running relay; stops (and drops its connections) on drop.
@@ -117,6 +125,13 @@ impl Relay {
     /// connections stay open, nothing passes either way (it waits).
     pub fn stall(&self) {
         self.link.send_replace(Link::Stalled);
+    }
+
+    /// Makes the link slow: what crosses from now on is held `one_way`
+    /// each way (so a round trip takes twice that more); zero: no delay.
+    pub fn delay(&self, one_way: Duration) {
+        let us = u64::try_from(one_way.as_micros()).unwrap_or(u64::MAX);
+        self.counters.delay_us.store(us, Ordering::SeqCst);
     }
 
     /// Heals the link: connections are relayed again.
@@ -201,31 +216,58 @@ async fn accept(
 
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
+    to: tokio::net::tcp::OwnedWriteHalf,
     counters: Arc<Counters>,
     mut link: tokio::sync::watch::Receiver<Link>,
     way: usize,
 ) {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut scanner = StanzaScanner::default();
-    loop {
-        // A stalled link holds everything where it is.
+    // What was read, and when it may be written (now, unless delayed):
+    // the writer holds it while the reader goes on.
+    let (read, pending) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let writer = write_when_due(to, pending, link.clone());
+    let reader = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut scanner = StanzaScanner::default();
+        loop {
+            // A stalled link holds everything where it is.
+            if link.wait_for(|l| *l != Link::Stalled).await.is_err() {
+                break;
+            }
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            // Count before forwarding: once the bytes are on their way, a
+            // reader of the counters may already see their effect.
+            counters.bytes[way].fetch_add(n as u64, Ordering::SeqCst);
+            let stanzas = scanner.feed(&buf[..n]);
+            counters.stanzas[way].fetch_add(stanzas, Ordering::SeqCst);
+            let delay = Duration::from_micros(counters.delay_us.load(Ordering::SeqCst));
+            if read
+                .send((Instant::now() + delay, buf[..n].to_vec()))
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    tokio::join!(reader, writer);
+}
+
+/// Writes what the reader of a pipe read, each piece once it is due.
+async fn write_when_due(
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut pending: mpsc::UnboundedReceiver<(Instant, Vec<u8>)>,
+    mut link: tokio::sync::watch::Receiver<Link>,
+) {
+    while let Some((due, bytes)) = pending.recv().await {
+        if due > Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
         if link.wait_for(|l| *l != Link::Stalled).await.is_err() {
             break;
         }
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        // Count before forwarding: once the bytes are on their way, a
-        // reader of the counters may already see their effect.
-        counters.bytes[way].fetch_add(n as u64, Ordering::SeqCst);
-        let stanzas = scanner.feed(&buf[..n]);
-        counters.stanzas[way].fetch_add(stanzas, Ordering::SeqCst);
-        if link.wait_for(|l| *l != Link::Stalled).await.is_err() {
-            break;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
+        if to.write_all(&bytes).await.is_err() {
             break;
         }
     }
@@ -343,6 +385,38 @@ mod tests {
         <x xmlns='http://jabber.org/protocol/muc#user'><item/></x></message>\
         <presence from='r@c.a.test/x' to='bob@b.test'/>\
         <iq type='get' id='1'><query xmlns='q'><iq/></query></iq>";
+
+    #[tokio::test]
+    async fn a_delayed_link_holds_what_crosses_each_way() {
+        let server = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut echo, _) = server.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            while let Ok(n @ 1..) = echo.read(&mut buf).await {
+                echo.write_all(&buf[..n]).await.unwrap();
+            }
+        });
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listen = front.local_addr().unwrap();
+        drop(front);
+        let relay = Relay::start(listen, target).await.unwrap();
+        let mut client = TcpStream::connect(listen).await.unwrap();
+        let mut buf = [0u8; 4];
+        let mut round_trip = async |client: &mut TcpStream| {
+            let sent = Instant::now();
+            client.write_all(b"ping").await.unwrap();
+            client.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"ping");
+            sent.elapsed()
+        };
+        assert!(round_trip(&mut client).await < Duration::from_millis(100));
+        relay.delay(Duration::from_millis(100));
+        let slow = round_trip(&mut client).await;
+        assert!(slow >= Duration::from_millis(200), "{slow:?}");
+        relay.delay(Duration::ZERO);
+        assert!(round_trip(&mut client).await < Duration::from_millis(100));
+    }
 
     #[test]
     fn counts_the_stanzas_of_a_stream_however_it_is_cut() {

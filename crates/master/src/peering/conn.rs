@@ -4,8 +4,8 @@
 //!
 //! ```text
 //!  room tasks ─ToPeer─▶ conn task ─(batched) MasterFrame─▶ peerhost
-//!       ▲                   │      ◀─ PeerFrame (Welcome, Ack, Resync, Keepalive) ─┘
-//!       └──── PeerNews ─────┘  Up / Down / Ack / Resync, per registered room
+//!       ▲                   │      ◀─ PeerFrame (Welcome, Ack, Resync, Keepalive, LinkHealth) ─┘
+//!       └──── PeerNews ─────┘  Up / Down / Ack / Resync, per registered room; Links, to every room
 //! ```
 //!
 //! Each stream is a *session*, numbered from 1. A room's frames name the
@@ -35,6 +35,7 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{ChildFrame, News, PeerHandle, PeerNews, PeerTarget, Seal, ToPeer};
+use crate::tree::Measured;
 
 /// Frames queued for the stream before rooms wait.
 const QUEUE: usize = 4096;
@@ -486,6 +487,7 @@ impl Conn {
                 };
                 (room, PeerNews::Relayed { child, frame, seal })
             }
+            Some(peer_frame::Frame::LinkHealth(health)) => return self.on_link_health(health),
             Some(peer_frame::Frame::Submit(submit)) => return self.on_submit(submit),
             Some(peer_frame::Frame::Forward(forward)) => return self.on_forward(forward),
             other => {
@@ -502,6 +504,37 @@ impl Conn {
                 let _ = tx.send(self.news(news));
             }
             None => debug!(%room, "frame for a room without a slave here"),
+        }
+    }
+
+    /// How the peerhost's links to other peerhosts are: for every room
+    /// here (each takes the links between its own slaves). The peerhost
+    /// is one end of each link (the stream says who it is); a link to
+    /// itself or of a malformed JID is dropped.
+    fn on_link_health(&self, health: pb::LinkHealth) {
+        let links: Vec<(BareJid, Measured)> = health
+            .links
+            .into_iter()
+            .filter_map(|l| {
+                let peer = l.peer_jid.parse::<BareJid>().ok()?;
+                (peer != self.target.jid).then_some((
+                    peer,
+                    Measured {
+                        rtt_ms: l.rtt_ms,
+                        loss_permille: l.loss_permille.min(1000) as u16,
+                        reachable: l.reachable,
+                    },
+                ))
+            })
+            .collect();
+        debug!(links = links.len(), "link health");
+        if links.is_empty() {
+            return;
+        }
+        for tx in self.rooms.values() {
+            let _ = tx.send(self.news(PeerNews::Links {
+                links: links.clone(),
+            }));
         }
     }
 

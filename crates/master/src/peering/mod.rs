@@ -7,7 +7,7 @@
 //!                              │ yes                           │ found: conn::spawn, wait for Up
 //!                              ▼                               ▼
 //!                          room task ── Register ──▶ conn task (one per peerhost) ══gRPC══▶ peerhost
-//!                              ▲ ◀── Up / Down / Ack / Resync ──┘
+//!                              ▲ ◀── Up / Down / Ack / Resync / Links ──┘
 //! ```
 //!
 //! - [`discovery`]: disco#items of the domain, then disco#info of each item,
@@ -204,6 +204,11 @@ pub enum PeerNews {
         child: BareJid,
         frame: ChildFrame,
         seal: Seal,
+    },
+    /// How the peerhost's links to other peerhosts are (its `LinkHealth`),
+    /// by the other end's peerhost JID: it is an end of each.
+    Links {
+        links: Vec<(BareJid, crate::tree::Measured)>,
     },
     /// The slave cannot use `parent`, its parent in the room's tree
     /// (`refused`: it refused the slave; else it cannot be reached); it
