@@ -176,15 +176,44 @@ struct Spanning {
     replanned: Option<Instant>,
     /// The place each slave domain was last told, on which session.
     told: BTreeMap<String, (u64, pb::Assign)>,
-    /// The counter of the last frame each slave domain sealed that a
-    /// peerhost carried up, apart for its reports (`Fanout::sender_of`).
-    sealed: BTreeMap<(String, bool), u64>,
+    /// The frames each slave domain sealed that were taken, apart for its
+    /// reports (`Fanout::sender_of`).
+    sealed: BTreeMap<(String, bool), Seen>,
     stats: TreeStats,
     /// This room's `dmuc_tree_depth`, `dmuc_tree_fanout` and
     /// `dmuc_reparents_total`.
     depth: dmuc_component::metrics::Gauge,
     fanout: dmuc_component::metrics::Gauge,
     reparents: dmuc_component::metrics::Counter,
+}
+
+/// The counters of the sealed frames taken from one child: each is taken
+/// once. Frames may come by different paths (an old parent's slower
+/// stream, a new parent's, the child's own), so a counter below the
+/// highest is taken too if not seen, within the last `SEEN` taken.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Counters at or below this are too old: refused.
+    floor: u64,
+    recent: BTreeSet<u64>,
+}
+
+/// Sealed frames remembered per child.
+const SEEN: usize = 1024;
+
+impl Seen {
+    /// Whether `counter` is taken now (not seen before, not too old).
+    fn first_time(&mut self, counter: u64) -> bool {
+        if counter <= self.floor || !self.recent.insert(counter) {
+            return false;
+        }
+        if self.recent.len() > SEEN
+            && let Some(oldest) = self.recent.pop_first()
+        {
+            self.floor = oldest;
+        }
+        true
+    }
 }
 
 impl Spanning {
@@ -933,13 +962,13 @@ impl Fanout {
         true
     }
 
-    /// The domain of `child`, whose `frame` `relay`'s slave carried up,
-    /// if it is taken: `relay` is the child's parent in the tree (any node
-    /// for a report that it cannot use its parent; the child itself on its
-    /// new stream for what no parent carried up), and the child sealed
-    /// it, with a counter above any taken before (so a parent can drop a
-    /// child's frames, never make, alter or replay them). Reports, which
-    /// may go another way than the rest, are counted apart.
+    /// The domain of `child`, whose `frame` `relay`'s slave carried up
+    /// (its parent, most often; any peerhost of the tree for its report
+    /// that it cannot use its parent; the child itself, on its new stream,
+    /// for what no parent carried up), if it is taken: the child sealed it
+    /// with its own key, and it was not taken before. So a peerhost can
+    /// drop a child's frames, never make, alter or replay them. Reports,
+    /// which may go another way than the rest, are counted apart.
     fn sender_of(
         &mut self,
         relay: &str,
@@ -957,28 +986,16 @@ impl Fanout {
             debug!(%child, "relayed frame of a peerhost without a slave");
             return None;
         };
-        let report = matches!(frame, ChildFrame::Report { .. });
-        let by_parent = sp.tree.parent(&NodeId::peer(&domain)) == Some(&NodeId::peer(relay));
-        // The child's new stream sends up what its parents did not.
-        let own = relay == domain
-            && matches!(
-                self.domains.get(&domain).map(|e| &e.mode),
-                Some(Mode::Slave { .. })
-            );
-        if !(report || by_parent || own) {
-            warn!(%child, %relay, "relayed frame from a peerhost that is not its parent rejected");
-            return None;
-        }
         if let Err(e) = sp.setup.report_keys.check(child.as_str(), &seal.sealed()) {
             warn!(%child, %relay, error = %e, "relayed frame rejected: not sealed by the child");
             return None;
         }
-        let last = sp.sealed.entry((domain.clone(), report)).or_default();
-        if seal.counter <= *last {
-            warn!(%child, %relay, counter = seal.counter, last = *last, "relayed frame rejected: replayed");
+        let report = matches!(frame, ChildFrame::Report { .. });
+        let seen = sp.sealed.entry((domain.clone(), report)).or_default();
+        if !seen.first_time(seal.counter) {
+            warn!(%child, %relay, counter = seal.counter, "relayed frame rejected: replayed");
             return None;
         }
-        *last = seal.counter;
         Some(domain)
     }
 
@@ -1843,11 +1860,8 @@ mod tests {
                 .detours(Instant::now() + DETOUR_PATIENCE * 2)
                 .is_empty()
         );
-        // An acknowledgement through a peerhost that is not its parent is ignored,
-        // and what c.test does not acknowledge in time is delivered directly.
+        // What c.test does not acknowledge in time is delivered directly.
         bed.input(say("alice@a.test/1", "again"));
-        let ack = sealed(&bed, "muc-peer.c.test", 2, ChildFrame::Ack(6));
-        news_of(&mut bed, "c.test", ack);
         assert_owed_goes_direct(&mut bed);
     }
 
@@ -1892,7 +1906,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stanza_carried_up_is_taken_only_from_the_parent_for_the_childs_users() {
+    fn a_stanza_carried_up_is_taken_once_if_sealed_by_the_child_for_its_users() {
         let (mut bed, c_state, _c) = tree_bed();
         bob_and_carol_join(&mut bed);
         let stanza = |from: &str, to: &str| {
@@ -1911,17 +1925,16 @@ mod tests {
                 .filter(|e| matches!(e, Effect::Forward(_)))
                 .count()
         };
-        // c.test is under the master: b.test is not its parent.
-        let early = sealed(&bed, "muc-peer.c.test", 1, carols.clone());
-        assert_eq!(forwarded(&news_of(&mut bed, "b.test", early)), 0);
         c_goes_down(&mut bed, &c_state);
-        // Now b.test is its parent: what carol sent to the room is taken.
-        let good = sealed(&bed, "muc-peer.c.test", 2, carols.clone());
+        // b.test is its parent now: what carol sent to the room is taken.
+        let good = sealed(&bed, "muc-peer.c.test", 5, carols.clone());
         assert_eq!(forwarded(&news_of(&mut bed, "b.test", good.clone())), 1);
-        // Once only: b.test cannot replay it, nor an older one.
+        // Once only: b.test cannot replay it.
         assert_eq!(forwarded(&news_of(&mut bed, "b.test", good)), 0);
-        let older = sealed(&bed, "muc-peer.c.test", 1, carols.clone());
-        assert_eq!(forwarded(&news_of(&mut bed, "b.test", older)), 0);
+        // One sealed before, on a slower way: taken once too.
+        let slower = sealed(&bed, "muc-peer.c.test", 4, carols.clone());
+        assert_eq!(forwarded(&news_of(&mut bed, "b.test", slower.clone())), 1);
+        assert_eq!(forwarded(&news_of(&mut bed, "b.test", slower)), 0);
         // b.test cannot make one up: it does not have c.test's key (its
         // own, or none, will not do).
         let b_key = report_key(&bed, "muc-peer.b.test");
@@ -1930,18 +1943,13 @@ mod tests {
         let unsealed = sealed_with(&[0; 32], "muc-peer.c.test", 10, carols.clone());
         assert_eq!(forwarded(&news_of(&mut bed, "b.test", unsealed)), 0);
         // Sealed by c.test, but not from a user of its domain, or not to
-        // this room; and not c.test relaying for itself.
+        // this room.
         let bobs = stanza("bob@b.test/1", "r@conference.a.test");
         let bobs = sealed(&bed, "muc-peer.c.test", 11, bobs);
         assert_eq!(forwarded(&news_of(&mut bed, "b.test", bobs)), 0);
         let elsewhere = stanza("carol@c.test/1", "s@conference.a.test");
         let elsewhere = sealed(&bed, "muc-peer.c.test", 12, elsewhere);
         assert_eq!(forwarded(&news_of(&mut bed, "b.test", elsewhere)), 0);
-        let own = sealed(&bed, "muc-peer.c.test", 13, carols.clone());
-        assert_eq!(forwarded(&news_of(&mut bed, "c.test", own)), 0);
-        // A later one is taken.
-        let later = sealed(&bed, "muc-peer.c.test", 15, carols.clone());
-        assert_eq!(forwarded(&news_of(&mut bed, "b.test", later)), 1);
         // c.test's stream comes back. It sends up, sealed, what it does not
         // know b.test carried: each is taken once, whichever way came first.
         let carried = sealed(&bed, "muc-peer.c.test", 16, carols.clone());
@@ -1992,6 +2000,23 @@ mod tests {
         assert_eq!(parent_of_c(&effects).as_deref(), Some("d.test"));
         // Replayed, it moves nothing.
         assert_eq!(assigns(&news_of(&mut bed, "b.test", report(&c_key, 3))), []);
+    }
+
+    #[test]
+    fn a_sealed_counter_is_taken_once_in_any_order_until_it_is_too_old() {
+        let mut seen = Seen::default();
+        assert!(seen.first_time(10));
+        assert!(!seen.first_time(10));
+        assert!(seen.first_time(7), "an older one, not seen");
+        assert!(!seen.first_time(7));
+        for counter in 100..100 + SEEN as u64 {
+            assert!(seen.first_time(counter));
+        }
+        // The oldest are forgotten, and refused from then on.
+        assert!(!seen.first_time(7));
+        assert!(!seen.first_time(8), "below the oldest remembered");
+        assert!(!seen.first_time(100));
+        assert!(seen.first_time(100 + SEEN as u64));
     }
 
     #[test]

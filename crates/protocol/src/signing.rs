@@ -12,7 +12,7 @@
 //! on that peerhost's own stream, a key of its own (`Assign.report_key`,
 //! derived from a per-run secret: [`ReportKeys`]); the peerhost seals each
 //! such frame with it and a counter that only grows ([`ReportKey`]), and the
-//! master takes a sealed frame only once, in counter order.
+//! master takes a sealed frame only once, by its counter.
 
 use prost::Message;
 use ring::hmac;
