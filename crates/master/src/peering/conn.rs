@@ -179,7 +179,8 @@ struct Conn {
     target: PeerTarget,
     /// Shared with the handles: `Welcome.intercepts` of the last stream.
     intercepts: Arc<AtomicBool>,
-    /// Shared with the handles: the last keepalive round trip, in ms.
+    /// Shared with the handles: the keepalive round trip, in ms, smoothed
+    /// ([`smoothed_rtt`]).
     rtt_ms: Arc<AtomicU32>,
     context: Arc<PeerContext>,
     /// The rooms with a slave (or wanting one) on this peerhost.
@@ -365,7 +366,8 @@ impl Conn {
                             outstanding = None;
                             // The link's health, for rooms' trees.
                             let rtt = sent.elapsed().as_millis().clamp(1, u128::from(u32::MAX));
-                            self.rtt_ms.store(rtt as u32, Ordering::Relaxed);
+                            let smoothed = smoothed_rtt(self.rtt_ms.load(Ordering::Relaxed), rtt as u32);
+                            self.rtt_ms.store(smoothed, Ordering::Relaxed);
                         }
                         self.on_peer_frame(session, frame);
                     }
@@ -707,6 +709,17 @@ impl Conn {
     }
 }
 
+/// The round trip after a new `sample`, from the smoothed one so far
+/// (0: none yet): a quarter of the way to the sample, so that trees are
+/// not replanned on one slow keepalive of a busy machine.
+fn smoothed_rtt(smoothed: u32, sample: u32) -> u32 {
+    if smoothed == 0 {
+        return sample;
+    }
+    let next = (u64::from(smoothed) * 3 + u64::from(sample)) / 4;
+    u32::try_from(next).unwrap_or(u32::MAX).max(1)
+}
+
 /// Sleeps until `at` (forever if `None`).
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -766,4 +779,19 @@ async fn flush(frames: &mpsc::Sender<pb::MasterFrame>, batch: &mut Batch) -> boo
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::smoothed_rtt;
+
+    #[test]
+    fn one_slow_keepalive_moves_the_round_trip_a_quarter_of_the_way() {
+        assert_eq!(smoothed_rtt(0, 40), 40);
+        assert_eq!(smoothed_rtt(2, 150), 39);
+        // A link that stays slow gets there.
+        let slow = (0..12).fold(2, |rtt, _| smoothed_rtt(rtt, 150));
+        assert!(slow > 140, "{slow}");
+        assert_eq!(smoothed_rtt(1, 1), 1);
+    }
 }
