@@ -138,7 +138,8 @@ enum Mode {
     /// The slave's stream is down but, in the room's tree, it follows
     /// another slave, which relays its events down and its acknowledgements
     /// up: it still delivers its domain's share. If nothing it owes is
-    /// acknowledged for [`DETOUR_PATIENCE`], the master delivers directly.
+    /// acknowledged for [`DETOUR_PATIENCE`], or its peerhost is found not
+    /// running (`PeerNews::NotRunning`), the master delivers directly.
     Detour {
         unacked: VecDeque<(u64, Vec<Action>)>,
         acked: u64,
@@ -640,6 +641,13 @@ impl Fanout {
             return None;
         };
         match news {
+            PeerNews::NotRunning { .. } => {
+                // No parent can be reaching it: no need to wait for news.
+                if self.end_detour(key, "its peerhost is not running", effects) {
+                    self.sync_tree(effects);
+                }
+                None
+            }
             PeerNews::Up {
                 session,
                 resume_from,
@@ -873,47 +881,58 @@ impl Fanout {
     /// owe for [`DETOUR_PATIENCE`]: the master delivers to their domains
     /// itself, as for a slave that is lost.
     pub fn detours(&mut self, now: Instant) -> Vec<Effect> {
+        let expired: Vec<String> = self
+            .domains
+            .iter()
+            .filter(|(_, e)| {
+                matches!(e.mode, Mode::Detour { waiting: Some(since), .. } if now >= since + DETOUR_PATIENCE)
+            })
+            .map(|(d, _)| d.clone())
+            .collect();
         let mut effects = Vec::new();
-        let mut lost = false;
-        for (domain, entry) in &mut self.domains {
-            let Mode::Detour {
-                waiting: Some(since),
-                ..
-            } = entry.mode
-            else {
-                continue;
-            };
-            if now < since + DETOUR_PATIENCE {
-                continue;
-            }
-            if entry.peer.intercepts() {
-                // Its users can only be reached through it: they wait (it
-                // splits), and its slave catches up when it is back.
-                let Mode::Detour { acked, .. } = std::mem::replace(&mut entry.mode, Mode::Cut)
-                else {
-                    unreachable!()
-                };
-                info!(%domain, acked, "tree: no news of the slave through its parent; split: the slave's events wait for it");
-                entry.direct_until = acked;
-                lost = true;
-                continue;
-            }
-            let Mode::Detour { unacked, .. } = std::mem::replace(&mut entry.mode, Mode::Direct)
-            else {
-                unreachable!()
-            };
-            info!(%domain, unacked = unacked.len(), "tree: no news of the slave through its parent: delivering directly");
-            entry.direct_until = self.released;
-            let owed: Vec<Action> = unacked.into_iter().flat_map(|(_, a)| a).collect();
-            if !owed.is_empty() {
-                effects.push(Effect::Direct(owed));
-            }
-            lost = true;
+        for domain in &expired {
+            self.end_detour(
+                domain,
+                "no news of the slave through its parent",
+                &mut effects,
+            );
         }
-        if lost {
+        if !expired.is_empty() {
             self.sync_tree(&mut effects);
         }
         effects
+    }
+
+    /// `domain`'s slave, on a detour, is not reached through its parent
+    /// (`why`): if its users can only be reached through it (it
+    /// intercepts), they wait: it splits, and its slave catches up when it
+    /// is back; else the master delivers to them itself, from what the
+    /// slave did not acknowledge on. Whether it was on a detour.
+    fn end_detour(&mut self, domain: &str, why: &str, effects: &mut Vec<Effect>) -> bool {
+        let Some(entry) = self.domains.get_mut(domain) else {
+            return false;
+        };
+        if !matches!(entry.mode, Mode::Detour { .. }) {
+            return false;
+        }
+        if entry.peer.intercepts() {
+            let Mode::Detour { acked, .. } = std::mem::replace(&mut entry.mode, Mode::Cut) else {
+                unreachable!("checked")
+            };
+            info!(%domain, acked, "tree: {why}; split: the slave's events wait for it");
+            entry.direct_until = acked;
+            return true;
+        }
+        let Mode::Detour { unacked, .. } = std::mem::replace(&mut entry.mode, Mode::Direct) else {
+            unreachable!("checked")
+        };
+        info!(%domain, unacked = unacked.len(), "tree: {why}: delivering directly");
+        entry.direct_until = self.released;
+        let owed: Vec<Action> = unacked.into_iter().flat_map(|(_, a)| a).collect();
+        if !owed.is_empty() {
+            effects.push(Effect::Direct(owed));
+        }
+        true
     }
 
     /// `domain`'s stream is down: if the room runs a tree in which another
@@ -2017,6 +2036,32 @@ mod tests {
         assert!(!seen.first_time(8), "below the oldest remembered");
         assert!(!seen.first_time(100));
         assert!(seen.first_time(100 + SEEN as u64));
+    }
+
+    #[test]
+    fn a_peerhost_not_running_is_not_waited_for() {
+        let (mut bed, c_state, _c) = tree_bed();
+        bob_and_carol_join(&mut bed);
+        news_of(&mut bed, "c.test", PeerNews::Ack { session: 1, seq: 3 });
+        c_goes_down(&mut bed, &c_state);
+        let (_, effects) = bed.input(say("alice@a.test/1", "hi"));
+        assert_eq!(summary(&effects), ["signed4"], "through b.test");
+        // The master's next dial is refused: nothing listens there, so no
+        // parent is reaching its slave either. Carol gets it now, and what
+        // follows, without the wait for news.
+        let effects = news_of(&mut bed, "c.test", PeerNews::NotRunning { session: 1 });
+        assert_eq!(summary(&effects)[0], "direct:carol@c.test/1");
+        let (_, effects) = bed.input(say("alice@a.test/1", "again"));
+        assert!(
+            summary(&effects).contains(&"direct:carol@c.test/1".to_owned()),
+            "{:?}",
+            summary(&effects)
+        );
+        assert!(
+            bed.fanout
+                .detours(Instant::now() + DETOUR_PATIENCE * 2)
+                .is_empty()
+        );
     }
 
     #[test]

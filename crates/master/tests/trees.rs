@@ -9,9 +9,10 @@
 
 use std::time::{Duration, Instant};
 
+use dmuc_master::fanout::DETOUR_PATIENCE;
 use dmuc_testbed::distributed::{self, Distributed, PeerhostSetup};
 use dmuc_testbed::scenarios::MasterSetup;
-use dmuc_testbed::{Client, Element, stanza};
+use dmuc_testbed::{Client, DomainOptions, Element, TestbedOptions, stanza};
 
 const ROOM: &str = "tree@conference.a.test";
 const DOMAINS: [&str; 6] = ["b.test", "c.test", "d.test", "e.test", "f.test", "g.test"];
@@ -687,4 +688,66 @@ async fn a_measured_fast_peer_link_replaces_a_slow_master_link() {
     let log = system.master.log();
     assert!(!log.contains("peerhost stream down"), "a stream went down");
     assert!(!log.contains("slave lost"), "a slave was lost");
+}
+
+/// A peerhost that dies is not waited for (issue 5): b.test, c.test and
+/// d.test in a star, dialled directly by the master. c.test's peerhost is
+/// killed: the master first takes its slave to be cut off and reached
+/// through another slave, but its next dial is refused (nothing listens
+/// there), so no parent is reaching it either: c.test's user gets the
+/// room's messages from the master itself, at once, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peerhost_that_died_is_not_waited_for() {
+    const PEERS: [&str; 3] = ["b.test", "c.test", "d.test"];
+    let master = env!("CARGO_BIN_EXE_dmuc-master");
+    let options = PEERS.iter().fold(
+        TestbedOptions::new().with_domain(DomainOptions::new("a.test")),
+        |options, domain| options.with_domain(DomainOptions::new(*domain)),
+    );
+    let mut system = distributed::start_distributed(
+        master,
+        distributed::peerhost_binary(master).unwrap(),
+        options,
+        &MasterSetup {
+            extra_toml: "[limits]\nrate_per_second = 0\n".into(),
+            ..MasterSetup::default()
+        },
+        &PEERS,
+        &PeerhostSetup::default(),
+    )
+    .await
+    .expect("system starts");
+    let mut clients = occupants(&system, &PEERS).await;
+    // Killed between messages, not between a delivery and its ack.
+    const ACKED: [&str; 2] = ["slave acknowledged everything", "c.test"];
+    let acked = system.master.log_lines(&ACKED);
+    exchange(&mut clients, 0, "before").await;
+    system
+        .master
+        .wait_for_log_lines(&ACKED, acked + 1, Duration::from_secs(15))
+        .await
+        .unwrap();
+
+    let mark = system.master.log().len();
+    system.peerhost("c.test").unwrap().kill9();
+    let killed = Instant::now();
+    master_logs_after(
+        &system,
+        mark,
+        &["its peerhost is not running: delivering directly", "c.test"],
+    )
+    .await;
+    let noticed = killed.elapsed();
+    let latency = exchange(&mut clients, 0, "after the kill").await;
+    println!(
+        "c.test's peerhost killed: the master delivered to c.test itself {noticed:?} after \
+         the kill (not after the {DETOUR_PATIENCE:?} it waits for news of a cut-off slave); \
+         next message to the last recipient in {latency:?}"
+    );
+    exchange(&mut clients, 2, "from c, directly").await;
+    nothing_twice(&mut clients).await;
+    assert!(
+        !system.master.log()[mark..].contains("no news of the slave through its parent"),
+        "the master waited for news of c.test"
+    );
 }

@@ -199,6 +199,9 @@ enum Ended {
     /// The rooms' side of the channel is gone: the master is stopping.
     Orphaned,
     Failed(String),
+    /// Nothing listens at the peerhost's endpoint: it is not running (its
+    /// slaves cannot be following parents either).
+    Refused(String),
     /// The peerhost dialled in again: the new stream replaces this one.
     Replaced(Box<Transport>),
 }
@@ -237,7 +240,8 @@ impl Conn {
                     self.session(transport, &mut from_rooms, &mut adopt, &shutdown)
                         .await
                 }
-                Err(reason) => Ended::Failed(reason),
+                Err(Dial::Refused(reason)) => Ended::Refused(reason),
+                Err(Dial::Failed(reason)) => Ended::Failed(reason),
             };
             if self.state.borrow().ne(&LinkState::Down) {
                 let was = self.state.send_replace(LinkState::Down);
@@ -247,13 +251,17 @@ impl Conn {
                 }
             }
             self.tell_all(|session| PeerNews::Down { session });
+            if let Ended::Refused(reason) = &ended {
+                info!(%reason, "peerhost not running (its endpoint refused the connection)");
+                self.tell_all(|session| PeerNews::NotRunning { session });
+            }
             match ended {
                 Ended::Shutdown | Ended::Orphaned => break,
                 Ended::Replaced(transport) => {
                     info!("peerhost dialled in again: new stream");
                     next = Some(*transport);
                 }
-                Ended::Failed(reason) => {
+                Ended::Failed(reason) | Ended::Refused(reason) => {
                     backoff.connected_for(started.elapsed());
                     if self.target.endpoint.is_some() {
                         let delay = backoff.next_delay();
@@ -269,10 +277,12 @@ impl Conn {
     }
 
     /// Dials the peerhost and says hello.
-    async fn dial(&self) -> Result<Transport, String> {
+    async fn dial(&self) -> Result<Transport, Dial> {
         let (frames, rx) = mpsc::channel::<pb::MasterFrame>(QUEUE);
         let inbound = self.open(rx).await?;
-        handshake(&self.context.master_jid, frames, inbound).await
+        handshake(&self.context.master_jid, frames, inbound)
+            .await
+            .map_err(Dial::Failed)
     }
 
     /// Serves one welcomed stream until it ends.
@@ -411,36 +421,42 @@ impl Conn {
     async fn open(
         &self,
         outbound: mpsc::Receiver<pb::MasterFrame>,
-    ) -> Result<Streaming<pb::PeerFrame>, String> {
+    ) -> Result<Streaming<pb::PeerFrame>, Dial> {
         let Some(url) = &self.target.endpoint else {
-            return Err("this peerhost dials in; it has no endpoint".into());
+            return Err(Dial::Failed(
+                "this peerhost dials in; it has no endpoint".into(),
+            ));
         };
         let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| format!("endpoint {url:?}: {e}"))?
+            .map_err(|e| Dial::Failed(format!("endpoint {url:?}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(self.context.keepalive)
             .keep_alive_timeout(self.context.keepalive);
         if url.starts_with("https://") {
             let Some(tls) = &self.context.tls else {
-                return Err("https endpoint, but no [peering] tls_cert configured".into());
+                return Err(Dial::Failed(
+                    "https endpoint, but no [peering] tls_cert configured".into(),
+                ));
             };
             // The peerhost must prove it is the JID its domain listed.
-            let config =
-                tls::client_config(tls, self.target.jid.as_str()).map_err(|e| e.to_string())?;
-            endpoint = endpoint.tls_config(config).map_err(|e| e.to_string())?;
+            let config = tls::client_config(tls, self.target.jid.as_str())
+                .map_err(|e| Dial::Failed(e.to_string()))?;
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| Dial::Failed(e.to_string()))?;
         } else if !self.context.allow_plaintext {
-            return Err(format!(
+            return Err(Dial::Failed(format!(
                 "plaintext endpoint {url:?} refused (set [peering] allow_plaintext to dial it)"
-            ));
+            )));
         }
-        let channel: Channel = endpoint.connect().await.map_err(|e| error_chain(&e))?;
+        let channel: Channel = endpoint.connect().await.map_err(|e| Dial::of(&e))?;
         let mut client = PeeringClient::new(channel).max_decoding_message_size(MAX_INBOUND_FRAME);
         client
             .replicate(ReceiverStream::new(outbound))
             .await
             .map(|r| r.into_inner())
-            .map_err(|s| error_chain(&s))
+            .map_err(|s| Dial::Failed(error_chain(&s)))
     }
 
     /// A frame from the peerhost, for the room it names.
@@ -740,6 +756,29 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
+/// Why dialling a peerhost failed.
+#[derive(Debug)]
+enum Dial {
+    /// Its endpoint refused the connection: nothing listens there.
+    Refused(String),
+    Failed(String),
+}
+
+impl Dial {
+    fn of(e: &(dyn std::error::Error + 'static)) -> Dial {
+        let mut source = Some(e);
+        while let Some(s) = source {
+            if s.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+            {
+                return Dial::Refused(error_chain(e));
+            }
+            source = s.source();
+        }
+        Dial::Failed(error_chain(e))
+    }
+}
+
 /// Events waiting to go out as one frame: plain, and signed (rooms that
 /// run spanning trees). A room's events are all of one kind.
 #[derive(Debug, Default)]
@@ -784,6 +823,25 @@ async fn flush(frames: &mpsc::Sender<pb::MasterFrame>, batch: &mut Batch) -> boo
 #[cfg(test)]
 mod tests {
     use super::smoothed_rtt;
+
+    #[tokio::test]
+    async fn a_port_nobody_listens_on_is_told_apart_from_other_failures() {
+        use super::Dial;
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let refused = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(Dial::of(&refused), Dial::Refused(_)),
+            "{refused:?}"
+        );
+        let other = std::io::Error::other("the handshake failed");
+        assert!(matches!(Dial::of(&other), Dial::Failed(_)));
+    }
 
     #[test]
     fn one_slow_keepalive_moves_the_round_trip_a_quarter_of_the_way() {

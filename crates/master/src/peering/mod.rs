@@ -192,6 +192,9 @@ pub enum PeerNews {
     },
     /// The stream broke (or was never up): the room delivers itself.
     Down { session: u64 },
+    /// The peerhost is not running (its endpoint refused the master): its
+    /// slave cannot be reached through a parent either.
+    NotRunning { session: u64 },
     /// The slave applied the room's events up to `seq`.
     Ack { session: u64, seq: u64 },
     /// The slave is stuck at `have` and needs the rest or a snapshot.
