@@ -1649,6 +1649,16 @@ mod tests {
         assert_eq!(summary(&effects)[0], "direct:carol@c.test/1");
     }
 
+    /// The one move: b.test (under the master) is told to take c.test.
+    fn assert_b_takes_c(effects: &[Effect]) {
+        let b_takes_c = (
+            "b.test".into(),
+            String::new(),
+            vec!["muc-peer.c.test".into()],
+        );
+        assert_eq!(assigns(effects), [b_takes_c]);
+    }
+
     fn bob_and_carol_join(bed: &mut Bed) {
         bed.input(join("bob@b.test/1", "bob"));
         bed.input(join("carol@c.test/1", "carol"));
@@ -1849,14 +1859,7 @@ mod tests {
         let effects = c_goes_down(&mut bed, &c_state);
         // Nothing direct; b.test is told to take c.test as its child, and
         // gets signed what c.test did not acknowledge, to relay it.
-        assert_eq!(
-            assigns(&effects),
-            [(
-                "b.test".into(),
-                String::new(),
-                vec!["muc-peer.c.test".into()]
-            )]
-        );
+        assert_b_takes_c(&effects);
         assert_eq!(summary(&effects)[1..], ["signed4"]);
         // Operators see it: two levels, one reparent, in the room's series.
         let metrics = bed.fanout.spanning.as_ref().unwrap().setup.metrics.render();
@@ -1895,14 +1898,7 @@ mod tests {
         news_of(&mut bed, "c.test", PeerNews::Ack { session: 1, seq: 3 });
         let effects = c_goes_down(&mut bed, &c_state);
         // A detour, as for any slave: b.test is its parent.
-        assert_eq!(
-            assigns(&effects),
-            [(
-                "b.test".into(),
-                String::new(),
-                vec!["muc-peer.c.test".into()]
-            )]
-        );
+        assert_b_takes_c(&effects);
         bed.input(say("alice@a.test/1", "hi"));
         // No news in time: its users cannot be reached but through it, so
         // nothing goes direct; it catches up when it is back.
@@ -2102,14 +2098,7 @@ mod tests {
         let summary = summary(&effects);
         assert_eq!(summary[..2], ["direct:bob@b.test/1", "create@4"]);
         assert_eq!(summary[3..], ["signed4"]);
-        assert_eq!(
-            assigns(&effects),
-            [(
-                "b.test".into(),
-                String::new(),
-                vec!["muc-peer.c.test".into()]
-            )]
-        );
+        assert_b_takes_c(&effects);
     }
 
     /// The bed of [`tree_bed`] with the keepalives' round trips measured:

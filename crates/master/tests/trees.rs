@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use dmuc_master::fanout::DETOUR_PATIENCE;
 use dmuc_testbed::distributed::{self, Distributed, PeerhostSetup};
 use dmuc_testbed::scenarios::MasterSetup;
-use dmuc_testbed::{Client, DomainOptions, Element, TestbedOptions, stanza};
+use dmuc_testbed::{Client, Element, stanza};
 
 const ROOM: &str = "tree@conference.a.test";
 const DOMAINS: [&str; 6] = ["b.test", "c.test", "d.test", "e.test", "f.test", "g.test"];
@@ -30,24 +30,33 @@ async fn system(max_fanout: usize) -> Distributed {
 }
 
 async fn system_of(max_fanout: usize, domains: &[&str]) -> Distributed {
+    // 0 is the default: no key at all.
+    let peering = match max_fanout {
+        0 => String::new(),
+        n => format!("max_fanout = {n}\n"),
+    };
+    start(domains, &peering, &PeerhostSetup::default(), true).await
+}
+
+/// The master (no flood control: one sender, many messages; `peering`:
+/// more lines of its `[peering]`) and a peerhost on each of `domains`, set
+/// up as `peerhosts` says; every link through a counting relay if
+/// `counted`.
+async fn start(
+    domains: &[&str],
+    peering: &str,
+    peerhosts: &PeerhostSetup,
+    counted: bool,
+) -> Distributed {
     let master = env!("CARGO_BIN_EXE_dmuc-master");
-    distributed::start_counted(
-        master,
-        &MasterSetup {
-            // 0 is the default: no key at all.
-            peering_toml: match max_fanout {
-                0 => String::new(),
-                n => format!("max_fanout = {n}\n"),
-            },
-            // One sender, many messages: no flood control.
-            extra_toml: "[limits]\nrate_per_second = 0\n".into(),
-            ..MasterSetup::default()
-        },
-        domains,
-        &PeerhostSetup::default(),
-    )
-    .await
-    .expect("system starts")
+    let setup = MasterSetup {
+        peering_toml: peering.into(),
+        extra_toml: "[limits]\nrate_per_second = 0\n".into(),
+        ..MasterSetup::default()
+    };
+    distributed::start(master, &setup, domains, peerhosts, counted)
+        .await
+        .expect("system starts")
 }
 
 /// Sends `body` from `clients[sender]`; every client must get it as its
@@ -413,25 +422,24 @@ async fn cut_from_parent(system: &Distributed, child: &str, parent: &str) -> Dur
     started.elapsed()
 }
 
+/// Waits until a line of `peerhost`'s log has all of `parts`.
+async fn peerhost_logs(peerhost: &distributed::Peerhost, parts: &[&str]) {
+    peerhost
+        .process
+        .wait_for_log_line(parts, Duration::from_secs(30))
+        .await
+        .unwrap();
+}
+
 /// A room with alice and one user of each of `peers`, whose peerhosts
 /// intercept their users' stanzas for the master (and dial it), after a
 /// first message.
 async fn intercepting(peers: &[&str]) -> (Distributed, Vec<Client>) {
-    let master = env!("CARGO_BIN_EXE_dmuc-master");
-    let system = distributed::start_counted(
-        master,
-        &MasterSetup {
-            extra_toml: "[limits]\nrate_per_second = 0\n".into(),
-            ..MasterSetup::default()
-        },
-        peers,
-        &PeerhostSetup {
-            intercept: true,
-            ..PeerhostSetup::default()
-        },
-    )
-    .await
-    .expect("system starts");
+    let intercepting = PeerhostSetup {
+        intercept: true,
+        ..PeerhostSetup::default()
+    };
+    let system = start(peers, "", &intercepting, true).await;
     for domain in peers {
         master_logs_after(&system, 0, &["peerhost stream up", domain]).await;
     }
@@ -566,10 +574,7 @@ async fn what_an_orphan_could_not_carry_up_reaches_everyone_on_heal() {
     exchange(&mut clients, 0, "through b").await;
     // (c.test followed no peerhost before the first cut.)
     system.link("c.test", "b.test").unwrap().cut();
-    c.process
-        .wait_for_log_line(&["tree: cannot follow the parent"], Duration::from_secs(10))
-        .await
-        .expect("c.test's peerhost loses b.test");
+    peerhost_logs(c, &["tree: cannot follow the parent"]).await;
     clients[2]
         .send_groupchat(ROOM, "said with no way up")
         .await
@@ -602,20 +607,14 @@ async fn what_an_orphan_could_not_carry_up_reaches_everyone_on_heal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_measured_fast_peer_link_replaces_a_slow_master_link() {
     const PEERS: [&str; 3] = ["b.test", "c.test", "d.test"];
-    let master = env!("CARGO_BIN_EXE_dmuc-master");
-    let system = distributed::start_counted(
-        master,
-        &MasterSetup {
-            // The master measures its links soon.
-            peering_toml: "keepalive_secs = 1\n".into(),
-            extra_toml: "[limits]\nrate_per_second = 0\n".into(),
-            ..MasterSetup::default()
-        },
+    // The master measures its links soon.
+    let system = start(
         &PEERS,
+        "keepalive_secs = 1\n",
         &PeerhostSetup::default(),
+        true,
     )
-    .await
-    .expect("system starts");
+    .await;
     let c = peerhost(&system, "c.test");
     c.relay.as_ref().unwrap().delay(Duration::from_millis(60));
     system
@@ -629,20 +628,8 @@ async fn a_measured_fast_peer_link_replaces_a_slow_master_link() {
 
     // c.test's peerhost measures its link to b.test and tells the master;
     // the room replans (at most every 10 s): c.test under b.test.
-    c.process
-        .wait_for_log_line(
-            &["tree: link health reported", "peer=muc-peer.b.test"],
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
-    c.process
-        .wait_for_log_line(
-            &["tree: place assigned", "parent=\"muc-peer.b.test\""],
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap();
+    peerhost_logs(c, &["tree: link health reported", "peer=muc-peer.b.test"]).await;
+    peerhost_logs(c, &["tree: place assigned", "parent=\"muc-peer.b.test\""]).await;
     let moved = started.elapsed();
     let log = system.master.log();
     assert!(
@@ -651,13 +638,7 @@ async fn a_measured_fast_peer_link_replaces_a_slow_master_link() {
         "the master replanned for the measured link"
     );
     master_logs_after(&system, 0, &["tree changed", "depth=2", "master_fanout=2"]).await;
-    c.process
-        .wait_for_log_line(
-            &["tree: following the parent", "muc-peer.b.test"],
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    peerhost_logs(c, &["tree: following the parent", "muc-peer.b.test"]).await;
 
     let via_b = system.link("c.test", "b.test").unwrap().traffic();
     let mut latencies = Vec::new();
@@ -699,24 +680,9 @@ async fn a_measured_fast_peer_link_replaces_a_slow_master_link() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peerhost_that_died_is_not_waited_for() {
     const PEERS: [&str; 3] = ["b.test", "c.test", "d.test"];
-    let master = env!("CARGO_BIN_EXE_dmuc-master");
-    let options = PEERS.iter().fold(
-        TestbedOptions::new().with_domain(DomainOptions::new("a.test")),
-        |options, domain| options.with_domain(DomainOptions::new(*domain)),
-    );
-    let mut system = distributed::start_distributed(
-        master,
-        distributed::peerhost_binary(master).unwrap(),
-        options,
-        &MasterSetup {
-            extra_toml: "[limits]\nrate_per_second = 0\n".into(),
-            ..MasterSetup::default()
-        },
-        &PEERS,
-        &PeerhostSetup::default(),
-    )
-    .await
-    .expect("system starts");
+    // Dialled directly: a dead peerhost's port refuses, as in production
+    // (a counting relay would accept the connection).
+    let mut system = start(&PEERS, "", &PeerhostSetup::default(), false).await;
     let mut clients = occupants(&system, &PEERS).await;
     // Killed between messages, not between a delivery and its ack.
     const ACKED: [&str; 2] = ["slave acknowledged everything", "c.test"];

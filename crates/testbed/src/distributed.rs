@@ -370,6 +370,19 @@ pub async fn start_counted(
     peer_domains: &[&str],
     peers: &PeerhostSetup,
 ) -> Result<Distributed> {
+    start(master_binary, master, peer_domains, peers, true).await
+}
+
+/// As [`start_counted`], with the links counted (each through a relay
+/// that can also cut, stall or delay it) only if `counted`: else the
+/// master dials the peerhosts, and they each other, directly.
+pub async fn start(
+    master_binary: &str,
+    master: &MasterSetup,
+    peer_domains: &[&str],
+    peers: &PeerhostSetup,
+    counted: bool,
+) -> Result<Distributed> {
     let options = peer_domains.iter().fold(
         TestbedOptions::new().with_domain(DomainOptions::new("a.test")),
         |options, domain| options.with_domain(DomainOptions::new(*domain)),
@@ -377,7 +390,7 @@ pub async fn start_counted(
     start_distributed(
         master_binary,
         peerhost_binary(master_binary)?,
-        options.counted(),
+        if counted { options.counted() } else { options },
         master,
         peer_domains,
         peers,
