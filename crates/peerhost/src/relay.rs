@@ -145,6 +145,8 @@ const REPORT_AFTER: Duration = Duration::from_secs(1);
 const ORPHAN_PATIENCE: Duration = Duration::from_secs(3);
 /// An orphan's intercepted stanzas that may wait for its parent.
 const FORWARD_QUEUE: usize = 1024;
+/// How long a parent may take to carry one of an orphan's frames up.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest relayed batch accepted.
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 
@@ -280,8 +282,78 @@ struct Orphan {
     _feeder: Follow,
 }
 
-/// An orphan's users' stanzas (`Forward`s, sealed) waiting for a parent.
-type Unsent = Arc<Mutex<VecDeque<pb::ReportRequest>>>;
+/// The stanzas an orphan's users send, on their way up: sealed as they
+/// come (so their counters are in the users' order) and queued for the
+/// orphan's reporter, which carries them up through its parent. A slow
+/// parent never holds the sender, and what is left when the orphan is
+/// given back goes to whoever takes it ([`Returned`]).
+#[derive(Debug, Clone)]
+pub struct Unsent {
+    /// `None` once the orphan is given back.
+    queue: Arc<Mutex<Option<VecDeque<pb::ReportRequest>>>>,
+    sealer: Arc<Mutex<Sealer>>,
+    /// Wakes the reporter.
+    more: Arc<tokio::sync::Notify>,
+}
+
+impl Unsent {
+    fn new(sealer: Arc<Mutex<Sealer>>) -> Unsent {
+        Unsent {
+            queue: Arc::new(Mutex::new(Some(VecDeque::new()))),
+            sealer,
+            more: Arc::default(),
+        }
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Option<VecDeque<pb::ReportRequest>>> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `stanza`, one of the room's users'; false once the orphan is
+    /// given back (it is not queued).
+    pub fn forward(&self, stanza: &minidom::Element) -> bool {
+        let frame = pb::PeerFrame {
+            frame: Some(pb::peer_frame::Frame::Forward(pb::Forward {
+                stanza: String::from(stanza),
+            })),
+        };
+        let mut queue = self.queue();
+        let Some(queue) = queue.as_mut() else {
+            return false;
+        };
+        if queue.len() >= FORWARD_QUEUE {
+            warn!("tree: the parent does not carry stanzas up: the oldest is dropped");
+            queue.pop_front();
+        }
+        let sealed = self
+            .sealer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .seal(&frame);
+        queue.push_back(sealed);
+        self.more.notify_one();
+        true
+    }
+
+    /// The oldest stanza not carried up yet.
+    fn front(&self) -> Option<pb::ReportRequest> {
+        self.queue().as_ref()?.front().cloned()
+    }
+
+    /// The stanza sealed with `counter` was carried up.
+    fn carried(&self, counter: u64) {
+        if let Some(queue) = self.queue().as_mut()
+            && queue.front().is_some_and(|f| f.counter == counter)
+        {
+            queue.pop_front();
+        }
+    }
+
+    /// What is left; nothing is queued after.
+    fn take(&self) -> Vec<pb::ReportRequest> {
+        self.queue().take().map(Vec::from).unwrap_or_default()
+    }
+}
 
 /// An orphan's slave, given back to a new stream of the master or to
 /// split, with the stanzas its users sent that no parent has carried up
@@ -297,12 +369,10 @@ impl Orphan {
     fn returned(self, room: BareJid) -> Returned {
         // No more tries to carry them up: what is left is the caller's.
         drop(self.reporter);
-        let unsent =
-            std::mem::take(&mut *self.unsent.lock().unwrap_or_else(PoisonError::into_inner));
         Returned {
             room,
             slave: self.slave,
-            unsent: unsent.into(),
+            unsent: self.unsent.take(),
         }
     }
 }
@@ -310,17 +380,22 @@ impl Orphan {
 impl Returned {
     /// The unsent stanzas themselves.
     pub fn stanzas(&self) -> Vec<minidom::Element> {
-        use prost::Message;
-        self.unsent
-            .iter()
-            .filter_map(
-                |r| match pb::PeerFrame::decode(r.frame.as_slice()).ok()?.frame? {
-                    pb::peer_frame::Frame::Forward(f) => f.stanza.parse().ok(),
-                    _ => None,
-                },
-            )
-            .collect()
+        forwarded(&self.unsent)
     }
+}
+
+/// The stanzas of sealed `Forward`s.
+fn forwarded(sealed: &[pb::ReportRequest]) -> Vec<minidom::Element> {
+    use prost::Message;
+    sealed
+        .iter()
+        .filter_map(
+            |r| match pb::PeerFrame::decode(r.frame.as_slice()).ok()?.frame? {
+                pb::peer_frame::Frame::Forward(f) => f.stanza.parse().ok(),
+                _ => None,
+            },
+        )
+        .collect()
 }
 
 /// What a task following a parent for an orphan needs.
@@ -514,7 +589,7 @@ impl Hub {
         master: &BareJid,
         slaves: &mut HashMap<BareJid, Slave>,
         lost: Option<mpsc::UnboundedSender<Returned>>,
-    ) -> HashMap<BareJid, Upstream> {
+    ) -> HashMap<BareJid, Unsent> {
         let mut ups = HashMap::new();
         self.upstreams
             .lock()
@@ -582,16 +657,16 @@ impl Hub {
                 room: room.clone(),
                 slave: slave.sender(),
             };
-            let unsent = Unsent::default();
+            let unsent = Unsent::new(sealer.clone());
             place.orphan = Some(Orphan {
                 slave,
                 reporter: Follow(tokio::spawn(
                     report(sealer, unsent.clone(), reports, reporter).instrument(span.clone()),
                 )),
-                unsent,
+                unsent: unsent.clone(),
                 _feeder: Follow(tokio::spawn(feeder.run(fed).instrument(span))),
             });
-            ups.insert(room, up);
+            ups.insert(room, unsent);
         }
         ups
     }
@@ -858,46 +933,25 @@ impl TreeRelay for Hub {
 /// The parent an orphan's frames go to: the one that accepted it.
 type Reporter = TreeRelayClient<tonic::transport::Channel>;
 
-/// Carries an orphan's frames up to the parent that accepted it: its
-/// acknowledgements (only the latest matters) and, in order, the stanzas
-/// its room's users sent (`Forward`s; at most `FORWARD_QUEUE` wait).
+/// Carries an orphan's frames up to the parent that accepted it: in order,
+/// the stanzas its room's users sent ([`Unsent`]), then its latest
+/// acknowledgement (only the latest matters).
 async fn report(
     sealer: Arc<Mutex<Sealer>>,
-    forwards: Unsent,
+    unsent: Unsent,
     mut frames: mpsc::Receiver<Result<pb::PeerFrame, Status>>,
     parent: Arc<Mutex<Option<Reporter>>>,
 ) {
-    let seal = |frame: &pb::PeerFrame| {
-        sealer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .seal(frame)
-    };
     let mut pending: Option<pb::PeerFrame> = None;
-    // Stanzas are sealed as they come (their counters are in the users'
-    // order) and queued in `forwards`, which the orphan's new owner takes
-    // if no parent carried them up.
-    let queue = || forwards.lock().unwrap_or_else(PoisonError::into_inner);
     let mut tick = tokio::time::interval(RETRY_MIN * 2);
     loop {
         tokio::select! {
             frame = frames.recv() => match frame {
-                Some(Ok(frame @ pb::PeerFrame { frame: Some(pb::peer_frame::Frame::Forward(_)) })) => {
-                    let sealed = seal(&frame);
-                    let mut forwards = queue();
-                    if forwards.len() >= FORWARD_QUEUE {
-                        warn!("tree: the parent does not carry stanzas up: one dropped");
-                        forwards.pop_front();
-                    }
-                    forwards.push_back(sealed);
-                }
                 Some(Ok(frame)) => pending = Some(frame),
                 _ => return,
             },
+            () = unsent.more.notified() => {}
             _ = tick.tick() => {}
-        }
-        if pending.is_none() && queue().is_empty() {
-            continue;
         }
         let client = parent
             .lock()
@@ -910,21 +964,15 @@ async fn report(
         // leaves the rest, and the acknowledgement (sealed after them), for
         // the next try.
         let mut carried = true;
-        loop {
-            let Some(request) = queue().front().cloned() else {
-                break;
-            };
-            if let Err(status) = client.report(request.clone()).await {
-                debug!(%status, "tree: the parent did not carry a stanza up");
-                carried = false;
-                break;
-            }
-            let mut forwards = queue();
-            if forwards
-                .front()
-                .is_some_and(|f| f.counter == request.counter)
-            {
-                forwards.pop_front();
+        while let Some(request) = unsent.front() {
+            let counter = request.counter;
+            match tokio::time::timeout(REPORT_TIMEOUT, client.report(request)).await {
+                Ok(Ok(_)) => unsent.carried(counter),
+                failed => {
+                    debug!(?failed, "tree: the parent did not carry a stanza up");
+                    carried = false;
+                    break;
+                }
             }
         }
         if !carried {
@@ -933,9 +981,16 @@ async fn report(
         let Some(frame) = pending.take() else {
             continue;
         };
-        if let Err(status) = client.report(seal(&frame)).await {
-            debug!(%status, "tree: the parent did not carry a frame up");
-            pending = Some(frame);
+        let request = sealer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .seal(&frame);
+        match tokio::time::timeout(REPORT_TIMEOUT, client.report(request)).await {
+            Ok(Ok(_)) => {}
+            failed => {
+                debug!(?failed, "tree: the parent did not carry a frame up");
+                pending = Some(frame);
+            }
         }
     }
 }
@@ -944,6 +999,7 @@ async fn report(
 /// with counters that grow across restarts too (the clock's microseconds,
 /// or one more than the last). One counter for all its frames; the master
 /// orders its `TreeReport`s (which may go another way) apart from the rest.
+#[derive(Debug)]
 struct Sealer {
     me: BareJid,
     key: ReportKey,
@@ -1322,6 +1378,48 @@ mod tests {
         let batch = rx.try_recv().unwrap().unwrap();
         let seqs: Vec<u8> = batch.events.iter().map(|e| e.event[0]).collect();
         assert_eq!(seqs, [3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn an_orphans_stanzas_wait_in_order_and_go_to_whoever_takes_it_back() {
+        use dmuc_protocol::signing::{ReportKeys, Sealed};
+        let master = ReportKeys::generate();
+        let me = "muc-peer.c.test";
+        let key = ReportKey::new(&master.for_peer(me)).unwrap();
+        let unsent = Unsent::new(Arc::new(Mutex::new(Sealer::new(me.parse().unwrap(), key))));
+        let said = |body: &str| -> minidom::Element {
+            format!(
+                "<message xmlns='jabber:client' type='groupchat' from='carol@c.test/1' \
+                 to='r@conference.a.test'><body>{body}</body></message>"
+            )
+            .parse()
+            .unwrap()
+        };
+        for body in ["one", "two", "three"] {
+            assert!(unsent.forward(&said(body)));
+        }
+        // The parent carried the first up.
+        let first = unsent.front().unwrap();
+        unsent.carried(first.counter);
+        // Given back: the rest, in order, sealed as they came.
+        let left = unsent.take();
+        let bodies: Vec<_> = forwarded(&left)
+            .iter()
+            .map(|s| s.get_child("body", "jabber:client").unwrap().text())
+            .collect();
+        assert_eq!(bodies, ["two", "three"]);
+        assert!(first.counter < left[0].counter && left[0].counter < left[1].counter);
+        for request in &left {
+            let sealed = Sealed {
+                frame: &request.frame,
+                counter: request.counter,
+                mac: &request.mac,
+            };
+            master.check(me, &sealed).unwrap();
+        }
+        // Nothing is queued after, and nothing is handed over twice.
+        assert!(!unsent.forward(&said("four")));
+        assert!(unsent.take().is_empty());
     }
 
     #[test]

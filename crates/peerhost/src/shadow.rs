@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::relay::Returned;
+use crate::relay::{Returned, Unsent};
 use crate::slave::{Dormant, Outlets, Slave};
 use crate::store::Store;
 use crate::stream::Upstream;
@@ -105,7 +105,7 @@ enum Msg {
     /// stanzas go up through it.
     Down {
         slaves: HashMap<BareJid, Slave>,
-        orphans: HashMap<BareJid, Upstream>,
+        orphans: HashMap<BareJid, Unsent>,
     },
     /// A new stream of the master takes the split slaves.
     Take(oneshot::Sender<HashMap<BareJid, Slave>>),
@@ -162,7 +162,7 @@ impl Shadow {
     /// Hands over the slaves of a stream that ended: they split. The
     /// stanzas for `orphans`' rooms go up their way (through a parent in
     /// the room's tree) instead.
-    pub async fn down(&self, slaves: HashMap<BareJid, Slave>, orphans: HashMap<BareJid, Upstream>) {
+    pub async fn down(&self, slaves: HashMap<BareJid, Slave>, orphans: HashMap<BareJid, Unsent>) {
         if let Err(e) = self.tx.send(Msg::Down { slaves, orphans }).await
             && let Msg::Down { slaves, .. } = e.0
         {
@@ -203,7 +203,7 @@ struct Router {
     split: HashMap<BareJid, Slave>,
     /// While the master's stream is down, the way up of the rooms whose
     /// slaves follow a parent (`crate::relay` orphans).
-    orphans: HashMap<BareJid, Upstream>,
+    orphans: HashMap<BareJid, Unsent>,
     metrics: SplitMetrics,
 }
 
@@ -358,10 +358,7 @@ impl Router {
         let room = room_of(&stanza);
         if let Some(orphan) = room.as_ref().and_then(|room| self.orphans.get(room)) {
             // Its slave follows a parent: the stanza goes up through it.
-            let frame = peer_frame::Frame::Forward(pb::Forward {
-                stanza: String::from(&stanza),
-            });
-            if orphan.send(frame).await {
+            if orphan.forward(&stanza) {
                 return;
             }
             self.orphans.remove(room.as_ref().expect("checked"));

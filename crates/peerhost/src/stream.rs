@@ -50,7 +50,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::relay::{Hub, Relayed, Returned};
+use crate::relay::{Hub, Relayed, Returned, Unsent};
 use crate::shadow::{Shadow, SplitMetrics};
 use crate::slave::{Dormant, HealedSplit, Outlets, Slave};
 use crate::store::Store;
@@ -604,7 +604,7 @@ impl StreamState<'_> {
     /// intercepted (unless the peerhost is shutting down); otherwise they
     /// finish and save. The rooms of `orphans` (slaves gone on through
     /// their trees) do not split: their stanzas go up through the parent.
-    async fn end(&mut self, shadow: Option<Shadow>, orphans: HashMap<BareJid, Upstream>) {
+    async fn end(&mut self, shadow: Option<Shadow>, orphans: HashMap<BareJid, Unsent>) {
         let slaves = std::mem::take(&mut self.slaves);
         match shadow {
             Some(shadow) if !self.service.shutdown.is_cancelled() => {
