@@ -280,9 +280,7 @@ impl Conn {
     async fn dial(&self) -> Result<Transport, Dial> {
         let (frames, rx) = mpsc::channel::<pb::MasterFrame>(QUEUE);
         let inbound = self.open(rx).await?;
-        handshake(&self.context.master_jid, frames, inbound)
-            .await
-            .map_err(Dial::Failed)
+        Ok(handshake(&self.context.master_jid, frames, inbound).await?)
     }
 
     /// Serves one welcomed stream until it ends.
@@ -423,32 +421,27 @@ impl Conn {
         outbound: mpsc::Receiver<pb::MasterFrame>,
     ) -> Result<Streaming<pb::PeerFrame>, Dial> {
         let Some(url) = &self.target.endpoint else {
-            return Err(Dial::Failed(
-                "this peerhost dials in; it has no endpoint".into(),
-            ));
+            return Err("this peerhost dials in; it has no endpoint".into());
         };
         let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| Dial::Failed(format!("endpoint {url:?}: {e}")))?
+            .map_err(|e| format!("endpoint {url:?}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(self.context.keepalive)
             .keep_alive_timeout(self.context.keepalive);
         if url.starts_with("https://") {
             let Some(tls) = &self.context.tls else {
-                return Err(Dial::Failed(
-                    "https endpoint, but no [peering] tls_cert configured".into(),
-                ));
+                return Err("https endpoint, but no [peering] tls_cert configured".into());
             };
             // The peerhost must prove it is the JID its domain listed.
-            let config = tls::client_config(tls, self.target.jid.as_str())
-                .map_err(|e| Dial::Failed(e.to_string()))?;
-            endpoint = endpoint
-                .tls_config(config)
-                .map_err(|e| Dial::Failed(e.to_string()))?;
+            let config =
+                tls::client_config(tls, self.target.jid.as_str()).map_err(|e| e.to_string())?;
+            endpoint = endpoint.tls_config(config).map_err(|e| e.to_string())?;
         } else if !self.context.allow_plaintext {
-            return Err(Dial::Failed(format!(
+            return Err(format!(
                 "plaintext endpoint {url:?} refused (set [peering] allow_plaintext to dial it)"
-            )));
+            )
+            .into());
         }
         let channel: Channel = endpoint.connect().await.map_err(|e| Dial::of(&e))?;
         let mut client = PeeringClient::new(channel).max_decoding_message_size(MAX_INBOUND_FRAME);
@@ -456,7 +449,7 @@ impl Conn {
             .replicate(ReceiverStream::new(outbound))
             .await
             .map(|r| r.into_inner())
-            .map_err(|s| Dial::Failed(error_chain(&s)))
+            .map_err(|s| error_chain(&s).into())
     }
 
     /// A frame from the peerhost, for the room it names.
@@ -762,6 +755,12 @@ enum Dial {
     /// Its endpoint refused the connection: nothing listens there.
     Refused(String),
     Failed(String),
+}
+
+impl<T: Into<String>> From<T> for Dial {
+    fn from(reason: T) -> Dial {
+        Dial::Failed(reason.into())
+    }
 }
 
 impl Dial {
