@@ -297,10 +297,10 @@ pub struct Unsent {
 }
 
 impl Unsent {
-    fn new(sealer: Arc<Mutex<Sealer>>) -> Unsent {
+    fn new(sealer: Sealer) -> Unsent {
         Unsent {
             queue: Arc::new(Mutex::new(Some(VecDeque::new()))),
-            sealer,
+            sealer: Arc::new(Mutex::new(sealer)),
             more: Arc::default(),
         }
     }
@@ -325,14 +325,18 @@ impl Unsent {
             warn!("tree: the parent does not carry stanzas up: the oldest is dropped");
             queue.pop_front();
         }
-        let sealed = self
-            .sealer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .seal(&frame);
-        queue.push_back(sealed);
+        queue.push_back(self.seal(&frame));
         self.more.notify_one();
         true
+    }
+
+    /// `frame` sealed for the master, with the next counter (the orphan's
+    /// acknowledgements and reports; its stanzas as they are queued).
+    fn seal(&self, frame: &pb::PeerFrame) -> pb::ReportRequest {
+        self.sealer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .seal(frame)
     }
 
     /// The oldest stanza not carried up yet.
@@ -402,8 +406,9 @@ fn forwarded(sealed: &[pb::ReportRequest]) -> Vec<minidom::Element> {
 struct Orphaned {
     /// Where to leave the parent that accepted it (for its frames).
     reporter: Arc<Mutex<Option<Reporter>>>,
-    /// Seals its frames for the master (shared with its reporter task).
-    sealer: Arc<Mutex<Sealer>>,
+    /// Its users' stanzas on their way up, and the seal of its frames
+    /// (shared with its reporter task).
+    unsent: Unsent,
     /// Where to hand the slave if no parent accepts it in time.
     lost: Option<mpsc::UnboundedSender<Returned>>,
 }
@@ -635,10 +640,10 @@ impl Hub {
             }
             info!(room = %room, candidates = candidates.len(), "tree: stream down, the slave goes on through the tree");
             let reporter = Arc::new(Mutex::new(None));
-            let sealer = Arc::new(Mutex::new(Sealer::new(
+            let unsent = Unsent::new(Sealer::new(
                 self.me.clone(),
                 place.report_key.clone().expect("set with the verifier"),
-            )));
+            ));
             let follow = self.following(
                 &room,
                 candidates,
@@ -646,7 +651,7 @@ impl Hub {
                 feed,
                 Some(Orphaned {
                     reporter: reporter.clone(),
-                    sealer: sealer.clone(),
+                    unsent: unsent.clone(),
                     lost: lost.clone(),
                 }),
             );
@@ -657,11 +662,10 @@ impl Hub {
                 room: room.clone(),
                 slave: slave.sender(),
             };
-            let unsent = Unsent::new(sealer.clone());
             place.orphan = Some(Orphan {
                 slave,
                 reporter: Follow(tokio::spawn(
-                    report(sealer, unsent.clone(), reports, reporter).instrument(span.clone()),
+                    report(unsent.clone(), reports, reporter).instrument(span.clone()),
                 )),
                 unsent: unsent.clone(),
                 _feeder: Follow(tokio::spawn(feeder.run(fed).instrument(span))),
@@ -937,7 +941,6 @@ type Reporter = TreeRelayClient<tonic::transport::Channel>;
 /// the stanzas its room's users sent ([`Unsent`]), then its latest
 /// acknowledgement (only the latest matters).
 async fn report(
-    sealer: Arc<Mutex<Sealer>>,
     unsent: Unsent,
     mut frames: mpsc::Receiver<Result<pb::PeerFrame, Status>>,
     parent: Arc<Mutex<Option<Reporter>>>,
@@ -981,10 +984,7 @@ async fn report(
         let Some(frame) = pending.take() else {
             continue;
         };
-        let request = sealer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .seal(&frame);
+        let request = unsent.seal(&frame);
         match tokio::time::timeout(REPORT_TIMEOUT, client.report(request)).await {
             Ok(Ok(_)) => {}
             failed => {
@@ -1230,11 +1230,7 @@ impl Following {
         let frame = pb::PeerFrame {
             frame: Some(self.unusable(parent, false)),
         };
-        let request = orphaned
-            .sealer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .seal(&frame);
+        let request = orphaned.unsent.seal(&frame);
         for (other, endpoint) in self.candidates.iter().filter(|(jid, _)| jid != parent) {
             let carried = match self.connect(other, endpoint).await {
                 Ok(mut client) => client
@@ -1386,7 +1382,7 @@ mod tests {
         let master = ReportKeys::generate();
         let me = "muc-peer.c.test";
         let key = ReportKey::new(&master.for_peer(me)).unwrap();
-        let unsent = Unsent::new(Arc::new(Mutex::new(Sealer::new(me.parse().unwrap(), key))));
+        let unsent = Unsent::new(Sealer::new(me.parse().unwrap(), key));
         let said = |body: &str| -> minidom::Element {
             format!(
                 "<message xmlns='jabber:client' type='groupchat' from='carol@c.test/1' \
